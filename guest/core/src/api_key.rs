@@ -1,0 +1,287 @@
+//! Hashed API keys: `<prefix><random>`, stored only as SHA-256.
+//!
+//! A presented key is found by its first `prefix_length` characters (the part dashboards show),
+//! then its SHA-256 is compared in constant time with every stored hash under that prefix.
+//! Restrictions (expiry, client ranges, origins) are checked after the key is proven, so an
+//! unknown key learns nothing about them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::identity::Identity;
+use crate::jwt::refuse_if_revoked;
+use crate::reason::Reason;
+use crate::request::{HeaderValue, Request};
+use crate::revocation::{RevocationQuery, RevocationSet, Revocations};
+use crate::types::ApiKeyPrefix;
+
+/// Longest API key accepted.
+pub const MAX_API_KEY_BYTES: usize = 256;
+
+/// An origin a key may be used from: exact (`https://app.example.com`) or any subdomain
+/// (`https://*.example.com`). Stored lowercase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// Scheme, host and optional port, exactly.
+    Exact(String),
+    /// `scheme://` and a `.domain[:port]` suffix; at least one label must precede it.
+    Subdomains {
+        /// `https://`
+        scheme: String,
+        /// `.example.com` (with port, if any)
+        suffix: String,
+    },
+}
+
+impl OriginPattern {
+    /// True when the `Origin` header value is allowed.
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginPattern::Exact(o) => origin.eq_ignore_ascii_case(o),
+            OriginPattern::Subdomains { scheme, suffix } => {
+                let Some(host) = strip_prefix_ignore_case(origin, scheme) else {
+                    return false;
+                };
+                host.len() > suffix.len()
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+                    && host
+                        .get(..host.len() - suffix.len())
+                        .is_some_and(|label| !label.is_empty() && !label.contains(['/', ':', '@']))
+            }
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
+}
+
+impl std::str::FromStr for OriginPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        let (scheme, rest) = lower
+            .split_once("://")
+            .ok_or_else(|| format!("origin `{s}` must look like https://host[:port]"))?;
+        if !matches!(scheme, "http" | "https")
+            || rest.is_empty()
+            || rest.contains(['/', '?', '#', '@', ' '])
+        {
+            return Err(format!(
+                "origin `{s}` must be scheme://host[:port] with no path"
+            ));
+        }
+        match rest.strip_prefix('*') {
+            Some(suffix)
+                if suffix.starts_with('.') && suffix.len() > 1 && !suffix.contains('*') =>
+            {
+                Ok(OriginPattern::Subdomains {
+                    scheme: format!("{scheme}://"),
+                    suffix: suffix.to_owned(),
+                })
+            }
+            Some(_) => Err(format!(
+                "origin `{s}`: a wildcard is only allowed as `scheme://*.domain`"
+            )),
+            None if rest.contains('*') => Err(format!("origin `{s}`: misplaced wildcard")),
+            None => Ok(OriginPattern::Exact(lower)),
+        }
+    }
+}
+
+/// One stored key.
+#[derive(Debug)]
+pub struct ApiKeyEntry {
+    /// Stable id (revocation, audit, `key_id`).
+    pub id: Arc<str>,
+    /// SHA-256 of the whole key.
+    pub sha256: [u8; 32],
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
+    /// When the key was issued (for subject revocations).
+    pub created_at: Option<i64>,
+    /// Client ranges; empty means any.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Origins; empty means any (and no `Origin` needed).
+    pub allowed_origins: Vec<OriginPattern>,
+    /// The identity an accepted key yields.
+    pub identity: Identity,
+}
+
+/// The compiled `api_keys` section.
+#[derive(Debug)]
+pub struct ApiKeyPolicy {
+    /// Type prefix (`ask_`).
+    pub prefix: ApiKeyPrefix,
+    /// Characters used for lookup, including the type prefix.
+    pub prefix_length: usize,
+    /// Header carrying a key (besides `Authorization: Bearer`).
+    pub header: String,
+    entries: Vec<ApiKeyEntry>,
+    by_prefix: HashMap<Box<str>, Vec<usize>>,
+}
+
+impl ApiKeyPolicy {
+    /// Indexes `entries` by their lookup prefix.
+    pub fn new(
+        prefix: ApiKeyPrefix,
+        prefix_length: usize,
+        header: String,
+        entries: Vec<(String, ApiKeyEntry)>,
+    ) -> Self {
+        let mut by_prefix: HashMap<Box<str>, Vec<usize>> = HashMap::with_capacity(entries.len());
+        let mut list = Vec::with_capacity(entries.len());
+        for (i, (lookup, entry)) in entries.into_iter().enumerate() {
+            by_prefix
+                .entry(lookup.into_boxed_str())
+                .or_default()
+                .push(i);
+            list.push(entry);
+        }
+        ApiKeyPolicy {
+            prefix,
+            prefix_length,
+            header,
+            entries: list,
+            by_prefix,
+        }
+    }
+
+    /// Stored keys.
+    pub fn entries(&self) -> &[ApiKeyEntry] {
+        &self.entries
+    }
+
+    /// True when `token` carries this deployment's API key prefix.
+    pub fn claims_token(&self, token: &str) -> bool {
+        token.starts_with(self.prefix.as_str())
+    }
+
+    /// Verifies a presented key.
+    pub(crate) fn verify(
+        &self,
+        key: &str,
+        req: &Request<'_>,
+        accept: Option<&dyn Fn(&str) -> bool>,
+        statics: &RevocationSet,
+        revocations: &dyn Revocations,
+    ) -> Result<Identity, Reason> {
+        if key.len() > MAX_API_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Reason::Malformed);
+        }
+        let lookup = key.get(..self.prefix_length).ok_or(Reason::UnknownApiKey)?;
+        let candidates = self.by_prefix.get(lookup).ok_or(Reason::UnknownApiKey)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Compare against every candidate so timing does not reveal which one matched.
+        let mut found = None;
+        for &i in candidates {
+            if let Some(e) = self.entries.get(i)
+                && bool::from(e.sha256.ct_eq(&digest))
+            {
+                found = Some(e);
+            }
+        }
+        let entry = found.ok_or(Reason::UnknownApiKey)?;
+        if accept.is_some_and(|f| !f(&entry.id)) {
+            return Err(Reason::CredentialNotAccepted);
+        }
+        if entry.expires_at.is_some_and(|t| req.now.0 >= t) {
+            return Err(Reason::KeyExpired);
+        }
+        if !entry.allowed_cidrs.is_empty() && !client_in(req.client_ip, &entry.allowed_cidrs) {
+            return Err(Reason::IpNotAllowed);
+        }
+        if !entry.allowed_origins.is_empty() {
+            match req.header("origin") {
+                HeaderValue::One(o) if entry.allowed_origins.iter().any(|p| p.matches(o)) => {}
+                _ => return Err(Reason::OriginNotAllowed),
+            }
+        }
+        refuse_if_revoked(statics, revocations, RevocationQuery::ApiKey(&entry.id))?;
+        if let Some(subject) = entry.identity.subject.as_deref() {
+            #[allow(clippy::cast_precision_loss)]
+            let issued_at = entry.created_at.map(|t| t as f64);
+            refuse_if_revoked(
+                statics,
+                revocations,
+                RevocationQuery::Subject { subject, issued_at },
+            )?;
+        }
+        Ok(entry.identity.clone())
+    }
+}
+
+fn client_in(ip: Option<IpAddr>, nets: &[IpNet]) -> bool {
+    let Some(ip) = ip else { return false };
+    // An IPv4 client seen through an IPv6 socket (::ffff:a.b.c.d) is matched as IPv4.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn exact_origins_match_case_insensitively() {
+        let p: OriginPattern = "https://App.Example.com".parse().unwrap();
+        assert!(p.matches("https://app.example.com"));
+        assert!(p.matches("HTTPS://APP.EXAMPLE.COM"));
+        assert!(!p.matches("https://app.example.com:8443"));
+        assert!(!p.matches("http://app.example.com"));
+        assert!(!p.matches("null"));
+    }
+
+    #[test]
+    fn subdomain_origins_need_a_label_before_the_suffix() {
+        let p: OriginPattern = "https://*.example.com".parse().unwrap();
+        assert!(p.matches("https://a.example.com"));
+        assert!(p.matches("https://a.b.example.com"));
+        assert!(!p.matches("https://example.com"));
+        assert!(!p.matches("https://.example.com"));
+        assert!(!p.matches("https://evil.com/.example.com"));
+        assert!(!p.matches("https://evilexample.com"));
+        assert!(!p.matches("http://a.example.com"));
+    }
+
+    #[test]
+    fn bad_origin_patterns_are_rejected() {
+        for bad in [
+            "example.com",
+            "https://a.com/path",
+            "ftp://a.com",
+            "https://a*.com",
+            "https://*",
+            "https://",
+        ] {
+            assert!(bad.parse::<OriginPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_match_ipv4_ranges() {
+        let nets = vec!["10.0.0.0/8".parse::<IpNet>().unwrap()];
+        assert!(client_in(Some("10.1.2.3".parse().unwrap()), &nets));
+        assert!(client_in(Some("::ffff:10.1.2.3".parse().unwrap()), &nets));
+        assert!(!client_in(Some("11.1.2.3".parse().unwrap()), &nets));
+        assert!(
+            !client_in(None, &nets),
+            "an unknown client address is outside every range"
+        );
+    }
+}

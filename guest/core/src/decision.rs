@@ -1,0 +1,123 @@
+//! The outcome of a request: a value, never an error.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::identity::{Identity, Names, no_names};
+use crate::reason::Reason;
+
+/// Allow or deny, why, and what to tell upstream.
+///
+/// `allow` and `status` are derived from `reason`, so they can never disagree with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Why. [`Reason::Allowed`] exactly when the request is allowed.
+    pub reason: Reason,
+    /// The verified identity: on allow, and on authorization denials (403), where the
+    /// credential itself was valid.
+    pub identity: Option<Identity>,
+    /// The route that matched, if any.
+    pub route: Option<Arc<str>>,
+    /// The rule that decided, if a rule did.
+    pub rule: Option<Arc<str>>,
+    /// Headers to set on the upstream request (allow only).
+    pub headers_to_set: Vec<(Arc<str>, String)>,
+    /// Headers to strip from the upstream request, always (so clients cannot forge identity).
+    pub headers_to_remove: Names,
+    /// What shadow (dry-run) routes or rules would have decided, without enforcing it.
+    pub shadow: Option<Shadow>,
+}
+
+/// A dry-run verdict reported beside the enforced one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Shadow {
+    /// The reason the shadow route or rule would have given.
+    pub reason: Reason,
+    /// The shadow rule, if a rule decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    /// The shadow route, if a route decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Arc<str>>,
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl Decision {
+    /// A denial with no identity.
+    pub fn deny(reason: Reason) -> Decision {
+        Decision {
+            reason,
+            identity: None,
+            route: None,
+            rule: None,
+            headers_to_set: Vec::new(),
+            headers_to_remove: no_names(),
+            shadow: None,
+        }
+    }
+
+    /// An allow for `identity`.
+    pub fn allow(identity: Identity) -> Decision {
+        Decision {
+            identity: Some(identity),
+            ..Decision::deny(Reason::Allowed)
+        }
+    }
+
+    /// True when allowed.
+    pub fn allowed(&self) -> bool {
+        self.reason == Reason::Allowed
+    }
+
+    /// The HTTP status to return.
+    pub fn status(&self) -> u16 {
+        self.reason.status()
+    }
+}
+
+/// One flat JSON object: `allow`, `status`, `reason`, then the identity's fields, then route,
+/// rule and headers. This is the CLI's output and the shape of every decision log line.
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("allow", &self.allowed())?;
+        m.serialize_entry("status", &self.status())?;
+        m.serialize_entry("reason", &self.reason)?;
+        if let Some(id) = &self.identity {
+            let v = serde_json::to_value(id).map_err(serde::ser::Error::custom)?;
+            if let serde_json::Value::Object(fields) = v {
+                for (k, v) in fields {
+                    m.serialize_entry(&k, &v)?;
+                }
+            }
+        }
+        if let Some(r) = &self.route {
+            m.serialize_entry("route", r)?;
+        }
+        if let Some(r) = &self.rule {
+            m.serialize_entry("rule", r)?;
+        }
+        if !self.headers_to_set.is_empty() {
+            let set: serde_json::Map<String, serde_json::Value> = self
+                .headers_to_set
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+                .collect();
+            m.serialize_entry("headers_to_set", &set)?;
+        }
+        if !self.headers_to_remove.is_empty() {
+            m.serialize_entry("headers_to_remove", &self.headers_to_remove)?;
+        }
+        if let Some(sh) = &self.shadow {
+            m.serialize_entry("shadow", sh)?;
+        }
+        m.end()
+    }
+}

@@ -1,0 +1,376 @@
+//! JWT verification (RFC 7515/7519) with the strict rules in `docs/policy.md`.
+//!
+//! The order of checks is part of the contract, because it decides which reason a token with
+//! several defects gets:
+//!
+//! 1. size, three segments, canonical base64url, header and payload strict JSON objects,
+//!    no `crit`, string `alg`, string `kid` → `malformed`
+//! 2. `iss` selects the issuer: absent or unknown → `wrong_issuer` (keys are scoped to their
+//!    issuer, so nothing can be verified without one)
+//! 3. `alg` outside the issuer's allow-list, or `kid` naming a key of another algorithm
+//!    → `alg_not_allowed`; no fitting key → `unknown_kid`
+//! 4. signature → `bad_signature`
+//! 5. claim types → `malformed`; required claims → `missing_claim`
+//! 6. `exp` → `expired`, `nbf` → `not_yet_valid`, `iat` → `issued_in_future`,
+//!    lifetime → `lifetime_too_long`, `aud` → `wrong_audience`, `jti`/subject → `revoked`
+//!
+//! Header parameters that point at keys (`jku`, `x5u`, `x5c`, `jwk`) are never consulted.
+
+use std::sync::Arc;
+
+use crate::identity::{CredentialKind, Identity, Names};
+use crate::json::{ClaimPath, Json, Object, parse_object};
+use crate::keys::{Alg, AlgSet, KeyChoice, KeySet, TrustedKey};
+use crate::reason::Reason;
+use crate::revocation::{self, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
+use crate::time::UnixTime;
+use crate::types::{Issuer, ScopePattern};
+use crate::{b64, claims};
+
+/// Largest signature accepted (RSA-4096).
+const MAX_SIGNATURE_BYTES: usize = 512;
+
+/// How identity fields are read from a JWT's claims.
+#[derive(Clone, Debug)]
+pub struct ClaimMapping {
+    /// Subject claim (default `sub`).
+    pub subject: ClaimPath,
+    /// E-mail claim (default `email`).
+    pub email: Option<ClaimPath>,
+    /// Scope claims, merged (default `scope` then `scp`).
+    pub scopes: Vec<ClaimPath>,
+    /// Roles claim (default `roles`).
+    pub roles: Option<ClaimPath>,
+    /// Groups or entitlements claim (default `groups`).
+    pub groups: Option<ClaimPath>,
+    /// Tenant claim (default `tenant`).
+    pub tenant: Option<ClaimPath>,
+}
+
+/// One trusted issuer, compiled.
+#[derive(Debug)]
+pub struct IssuerPolicy {
+    /// The exact `iss` value.
+    pub issuer: Issuer,
+    /// Accepted audiences (at least one).
+    pub audiences: Vec<Arc<str>>,
+    /// Allowed algorithms.
+    pub algorithms: AlgSet,
+    /// Trusted keys.
+    pub keys: KeySet,
+    /// Clock leeway in seconds.
+    pub leeway: f64,
+    /// Maximum `exp - iat`, in seconds.
+    pub max_lifetime: Option<f64>,
+    /// Claims that must be present.
+    pub required_claims: Vec<String>,
+    /// Where identity fields come from.
+    pub claims: ClaimMapping,
+    /// Group name -> roles it grants.
+    pub group_roles: std::collections::HashMap<String, Vec<Arc<str>>>,
+}
+
+/// Where a verification looks things up.
+pub(crate) struct JwtContext<'p> {
+    pub issuers: &'p [IssuerPolicy],
+    pub max_token_bytes: usize,
+    pub statics: &'p RevocationSet,
+}
+
+/// What a caller may narrow a verification to (a route accepting only some issuers).
+pub(crate) type IssuerFilter<'r> = Option<&'r dyn Fn(usize) -> bool>;
+
+struct Parts<'t> {
+    signing_input: &'t str,
+    signature: &'t str,
+    header: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
+    if token.len() > max {
+        return Err(Reason::Malformed);
+    }
+    let mut dots = token.match_indices('.').map(|(i, _)| i);
+    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
+        return Err(Reason::Malformed);
+    };
+    let header_b64 = token.get(..d1).ok_or(Reason::Malformed)?;
+    let payload_b64 = token.get(d1 + 1..d2).ok_or(Reason::Malformed)?;
+    let signing_input = token.get(..d2).ok_or(Reason::Malformed)?;
+    let signature = token.get(d2 + 1..).ok_or(Reason::Malformed)?;
+    let header = b64::decode(header_b64).ok_or(Reason::Malformed)?;
+    let payload = b64::decode(payload_b64).ok_or(Reason::Malformed)?;
+    Ok(Parts {
+        signing_input,
+        signature,
+        header,
+        payload,
+    })
+}
+
+/// Verifies a JWT and builds its identity.
+pub(crate) fn verify(
+    token: &str,
+    ctx: &JwtContext<'_>,
+    accept: IssuerFilter<'_>,
+    now: UnixTime,
+    revocations: &dyn Revocations,
+) -> Result<Identity, Reason> {
+    let parts = split(token, ctx.max_token_bytes)?;
+    let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+    let signature = b64::decode_into(parts.signature, &mut sig_buf).ok_or(Reason::Malformed)?;
+
+    let header = parse_object(&parts.header).map_err(|_| Reason::Malformed)?;
+    if header.get("crit").is_some() {
+        return Err(Reason::Malformed);
+    }
+    let alg = match header.get("alg") {
+        Some(Json::Str(a)) => a,
+        _ => return Err(Reason::Malformed),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Json::Str(k)) => Some(k.as_ref()),
+        Some(_) => return Err(Reason::Malformed),
+    };
+    let claims = parse_object(&parts.payload).map_err(|_| Reason::Malformed)?;
+
+    // Keys are scoped to the issuer the token names, so find it before touching any key.
+    let iss = match claims.get("iss") {
+        None => return Err(Reason::WrongIssuer),
+        Some(Json::Str(s)) => s.as_ref(),
+        Some(_) => return Err(Reason::Malformed),
+    };
+    let (index, issuer) = ctx
+        .issuers
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.issuer.as_str() == iss)
+        .ok_or(Reason::WrongIssuer)?;
+    if accept.is_some_and(|f| !f(index)) {
+        return Err(Reason::CredentialNotAccepted);
+    }
+
+    let alg = Alg::from_name(alg)
+        .filter(|a| issuer.algorithms.contains(*a))
+        .ok_or(Reason::AlgNotAllowed)?;
+    let key = match issuer.keys.choose(alg, kid) {
+        KeyChoice::One(k) => k
+            .verify(alg, parts.signing_input.as_bytes(), signature)
+            .then_some(k),
+        KeyChoice::AnyOf(keys) => keys
+            .into_iter()
+            .find(|k| k.verify(alg, parts.signing_input.as_bytes(), signature)),
+        KeyChoice::WrongAlg => return Err(Reason::AlgNotAllowed),
+        KeyChoice::Unknown => return Err(Reason::UnknownKid),
+    }
+    .ok_or(Reason::BadSignature)?;
+
+    let registered = Registered::read(&claims)?;
+    for name in &issuer.required_claims {
+        if claims.get(name).is_none() {
+            return Err(Reason::MissingClaim);
+        }
+    }
+    if issuer.max_lifetime.is_some() && registered.exp.is_none() {
+        // A bounded lifetime cannot be enforced on a token that never expires.
+        return Err(Reason::MissingClaim);
+    }
+    claims::check_times(
+        now,
+        issuer.leeway,
+        registered.exp,
+        registered.nbf,
+        registered.iat,
+        issuer.max_lifetime,
+    )?;
+    let audience = match &registered.aud {
+        Aud::Absent => None,
+        Aud::One(a) => issuer.audiences.iter().find(|x| &***x == *a),
+        Aud::Many(list) => issuer
+            .audiences
+            .iter()
+            .find(|x| list.iter().any(|a| &***x == *a)),
+    }
+    .ok_or(Reason::WrongAudience)?;
+
+    if let Some(jti) = registered.jti {
+        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::TokenId(jti))?;
+    }
+    if let Some(sub) = registered.sub {
+        refuse_if_revoked(
+            ctx.statics,
+            revocations,
+            RevocationQuery::Subject {
+                subject: sub,
+                issued_at: registered.iat,
+            },
+        )?;
+    }
+
+    build_identity(issuer, key, audience, &registered, &claims)
+}
+
+pub(crate) fn refuse_if_revoked(
+    statics: &RevocationSet,
+    dynamic: &dyn Revocations,
+    q: RevocationQuery<'_>,
+) -> Result<(), Reason> {
+    match revocation::check(statics, dynamic, q) {
+        RevocationStatus::Active => Ok(()),
+        RevocationStatus::Revoked => Err(Reason::Revoked),
+        RevocationStatus::Unavailable => Err(Reason::RevocationStale),
+    }
+}
+
+enum Aud<'a> {
+    Absent,
+    One(&'a str),
+    Many(Vec<&'a str>),
+}
+
+/// The registered claims, type-checked.
+struct Registered<'a> {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+    sub: Option<&'a str>,
+    jti: Option<&'a str>,
+    aud: Aud<'a>,
+}
+
+impl<'a> Registered<'a> {
+    fn read(claims: &'a Object<'a>) -> Result<Self, Reason> {
+        let mut r = Registered {
+            exp: None,
+            nbf: None,
+            iat: None,
+            sub: None,
+            jti: None,
+            aud: Aud::Absent,
+        };
+        for (name, value) in claims.iter() {
+            match name {
+                "exp" => r.exp = Some(value.as_f64().ok_or(Reason::Malformed)?),
+                "nbf" => r.nbf = Some(value.as_f64().ok_or(Reason::Malformed)?),
+                "iat" => r.iat = Some(value.as_f64().ok_or(Reason::Malformed)?),
+                "sub" => r.sub = Some(value.as_str().ok_or(Reason::Malformed)?),
+                "jti" => r.jti = Some(value.as_str().ok_or(Reason::Malformed)?),
+                "aud" => {
+                    r.aud = match value {
+                        Json::Str(s) => Aud::One(s),
+                        Json::Arr(items) => Aud::Many(
+                            items
+                                .iter()
+                                .map(|i| i.as_str().ok_or(Reason::Malformed))
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        _ => return Err(Reason::Malformed),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn build_identity(
+    issuer: &IssuerPolicy,
+    key: &TrustedKey,
+    audience: &Arc<str>,
+    registered: &Registered<'_>,
+    claims: &Object<'_>,
+) -> Result<Identity, Reason> {
+    let map = &issuer.claims;
+    let mut id = Identity::new(CredentialKind::Jwt);
+    id.issuer = Some(issuer.issuer.shared());
+    id.key_id = key.kid().map(|k| k.shared());
+    id.audience = Some(Arc::clone(audience));
+    id.expires_at = registered.exp;
+    id.token_id = registered.jti.map(claims::header_safe).transpose()?;
+    id.subject = optional_string(claims, &map.subject)?;
+    if let Some(p) = &map.email {
+        id.email = optional_string(claims, p)?;
+    }
+    if let Some(p) = &map.tenant {
+        id.tenant = optional_string(claims, p)?;
+    }
+
+    let mut scopes: Vec<Arc<str>> = Vec::new();
+    for path in &map.scopes {
+        match claims.path(path) {
+            None => {}
+            Some(Json::Str(s)) => {
+                for scope in s.split(' ').filter(|s| !s.is_empty()) {
+                    scopes.push(claims::scope_grant(scope)?);
+                }
+            }
+            Some(Json::Arr(items)) => {
+                for item in items {
+                    scopes.push(claims::scope_grant(
+                        item.as_str().ok_or(Reason::Malformed)?,
+                    )?);
+                }
+            }
+            Some(_) => return Err(Reason::Malformed),
+        }
+    }
+    id.scopes = dedup(scopes);
+
+    let groups = match &map.groups {
+        Some(p) => string_list(claims, p)?,
+        None => Vec::new(),
+    };
+    let mut roles = match &map.roles {
+        Some(p) => string_list(claims, p)?,
+        None => Vec::new(),
+    };
+    for g in &groups {
+        if let Some(mapped) = issuer.group_roles.get(&**g) {
+            roles.extend(mapped.iter().cloned());
+        }
+    }
+    id.roles = dedup(roles);
+    id.groups = Names::from(groups);
+    Ok(id)
+}
+
+fn optional_string(claims: &Object<'_>, path: &ClaimPath) -> Result<Option<Arc<str>>, Reason> {
+    match claims.path(path) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => claims::header_safe(s).map(Some),
+        Some(Json::Num(n)) => claims::header_safe(&n.to_string()).map(Some),
+        Some(_) => Err(Reason::Malformed),
+    }
+}
+
+fn string_list(claims: &Object<'_>, path: &ClaimPath) -> Result<Vec<Arc<str>>, Reason> {
+    match claims.path(path) {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::Str(s)) => Ok(vec![claims::header_safe(s)?]),
+        Some(Json::Arr(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .ok_or(Reason::Malformed)
+                    .and_then(claims::header_safe)
+            })
+            .collect(),
+        Some(_) => Err(Reason::Malformed),
+    }
+}
+
+fn dedup(mut v: Vec<Arc<str>>) -> Names {
+    if v.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(v.len());
+        v.retain(|s| seen.insert(Arc::clone(s)));
+    }
+    Names::from(v)
+}
+
+/// A grant that `*` would make: only a policy that opts in may honour it (see the policy engine).
+pub fn is_global_wildcard(p: &ScopePattern) -> bool {
+    matches!(p, ScopePattern::Any)
+}

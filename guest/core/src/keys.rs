@@ -1,0 +1,729 @@
+//! JWS algorithms and trusted verification keys, loaded from RFC 7517 JWKS documents.
+//!
+//! Keys are parsed and checked once, when the policy loads: RSA moduli under 2048 bits, HMAC
+//! secrets shorter than their hash, curve points off the curve, private key material in a JWKS,
+//! duplicate `kid`s and keys whose `alg` contradicts their type are load errors. HMAC keys keep a
+//! keyed state per allowed hash so a verification clones it instead of re-deriving the pads.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rsa::traits::PublicKeyParts;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+use crate::b64;
+use crate::types::Kid;
+
+/// A JWS algorithm Portcullis verifies. Names are matched case-sensitively (RFC 7515 §4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Alg {
+    /// HMAC with SHA-256.
+    HS256,
+    /// HMAC with SHA-384.
+    HS384,
+    /// HMAC with SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256 (salt = 32 bytes).
+    PS256,
+    /// RSASSA-PSS with SHA-384 (salt = 48 bytes).
+    PS384,
+    /// RSASSA-PSS with SHA-512 (salt = 64 bytes).
+    PS512,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// Ed25519 (RFC 8037 `EdDSA` with `crv: Ed25519`).
+    EdDSA,
+}
+
+impl Alg {
+    /// Every supported algorithm.
+    pub const ALL: [Alg; 12] = [
+        Alg::HS256,
+        Alg::HS384,
+        Alg::HS512,
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+    ];
+
+    /// The registered name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Case-sensitive lookup; `none`, `hs256` and unknown names are `None`.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// True for the HMAC family.
+    pub const fn is_hmac(self) -> bool {
+        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
+    }
+
+    const fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// Minimum HMAC secret length (RFC 7518 §3.2: at least the hash size).
+    const fn min_hmac_secret(self) -> usize {
+        match self {
+            Alg::HS384 => 48,
+            Alg::HS512 => 64,
+            _ => 32,
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Alg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Alg::from_name(s).ok_or_else(|| {
+            format!(
+                "unsupported algorithm `{s}` (supported: {})",
+                Alg::ALL.map(Alg::name).join(", ")
+            )
+        })
+    }
+}
+
+/// A set of algorithms.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AlgSet(u16);
+
+impl AlgSet {
+    /// The empty set.
+    pub const EMPTY: AlgSet = AlgSet(0);
+
+    /// True when `alg` is in the set.
+    pub const fn contains(self, alg: Alg) -> bool {
+        self.0 & alg.bit() != 0
+    }
+
+    /// Adds `alg`.
+    pub fn insert(&mut self, alg: Alg) {
+        self.0 |= alg.bit();
+    }
+
+    /// The intersection.
+    #[must_use]
+    pub const fn and(self, other: AlgSet) -> AlgSet {
+        AlgSet(self.0 & other.0)
+    }
+
+    /// True when empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Members in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = Alg> {
+        Alg::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+impl FromIterator<Alg> for AlgSet {
+    fn from_iter<I: IntoIterator<Item = Alg>>(iter: I) -> Self {
+        let mut s = AlgSet::EMPTY;
+        for a in iter {
+            s.insert(a);
+        }
+        s
+    }
+}
+
+impl fmt::Debug for AlgSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// Keyed HMAC states, one per hash the key may be used with.
+struct HmacStates {
+    hs256: Option<Hmac<Sha256>>,
+    hs384: Option<Hmac<Sha384>>,
+    hs512: Option<Hmac<Sha512>>,
+}
+
+/// Verification material for one key. Secrets never appear in `Debug` output.
+enum Material {
+    Hmac(Box<HmacStates>),
+    Rsa(Box<rsa::RsaPublicKey>),
+    P256(Box<p256::ecdsa::VerifyingKey>),
+    P384(Box<p384::ecdsa::VerifyingKey>),
+    Ed25519(Box<ed25519_dalek::VerifyingKey>),
+}
+
+impl Material {
+    fn kind(&self) -> &'static str {
+        match self {
+            Material::Hmac(_) => "oct",
+            Material::Rsa(_) => "RSA",
+            Material::P256(_) => "EC P-256",
+            Material::P384(_) => "EC P-384",
+            Material::Ed25519(_) => "OKP Ed25519",
+        }
+    }
+}
+
+/// A key trusted to verify tokens for one issuer, with the algorithms it may be used with.
+pub struct TrustedKey {
+    kid: Option<Kid>,
+    algs: AlgSet,
+    material: Material,
+}
+
+impl fmt::Debug for TrustedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustedKey")
+            .field("kid", &self.kid)
+            .field("kty", &self.material.kind())
+            .field("algs", &self.algs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrustedKey {
+    /// The key's `kid`, if it has one.
+    pub fn kid(&self) -> Option<&Kid> {
+        self.kid.as_ref()
+    }
+
+    /// Algorithms this key may verify.
+    pub fn algs(&self) -> AlgSet {
+        self.algs
+    }
+
+    /// Verifies `sig` over `message` with `alg`. False when the key does not support `alg`.
+    pub fn verify(&self, alg: Alg, message: &[u8], sig: &[u8]) -> bool {
+        if !self.algs.contains(alg) {
+            return false;
+        }
+        match (&self.material, alg) {
+            (Material::Hmac(h), Alg::HS256) => h
+                .hs256
+                .as_ref()
+                .is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Hmac(h), Alg::HS384) => h
+                .hs384
+                .as_ref()
+                .is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Hmac(h), Alg::HS512) => h
+                .hs512
+                .as_ref()
+                .is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Rsa(k), _) => rsa_verify(k, alg, message, sig),
+            (Material::P256(k), Alg::ES256) => {
+                use p256::ecdsa::signature::Verifier;
+                p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(message, &s).is_ok())
+            }
+            (Material::P384(k), Alg::ES384) => {
+                use p384::ecdsa::signature::Verifier;
+                p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(message, &s).is_ok())
+            }
+            (Material::Ed25519(k), Alg::EdDSA) => <[u8; 64]>::try_from(sig).is_ok_and(|s| {
+                k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&s))
+                    .is_ok()
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Constant-time MAC check (`verify_slice` compares with `subtle`).
+fn mac_verify<M: Mac + Clone>(keyed: &M, message: &[u8], sig: &[u8]) -> bool {
+    let mut mac = keyed.clone();
+    mac.update(message);
+    mac.verify_slice(sig).is_ok()
+}
+
+fn rsa_verify(key: &rsa::RsaPublicKey, alg: Alg, message: &[u8], sig: &[u8]) -> bool {
+    use rsa::{Pkcs1v15Sign, Pss};
+    let r = match alg {
+        Alg::RS256 => key.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), sig),
+        Alg::RS384 => key.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(message), sig),
+        Alg::RS512 => key.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(message), sig),
+        Alg::PS256 => key.verify(Pss::new::<Sha256>(), &Sha256::digest(message), sig),
+        Alg::PS384 => key.verify(Pss::new::<Sha384>(), &Sha384::digest(message), sig),
+        Alg::PS512 => key.verify(Pss::new::<Sha512>(), &Sha512::digest(message), sig),
+        _ => return false,
+    };
+    r.is_ok()
+}
+
+/// Keys trusted for one issuer, indexed by `kid`.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<TrustedKey>,
+    by_kid: HashMap<Kid, usize>,
+}
+
+/// What a key lookup found.
+#[derive(Debug)]
+pub enum KeyChoice<'a> {
+    /// Exactly this key.
+    One(&'a TrustedKey),
+    /// Try each of these HMAC keys (no `kid`, HMAC algorithm).
+    AnyOf(Vec<&'a TrustedKey>),
+    /// `kid` names a key that does not support the algorithm.
+    WrongAlg,
+    /// No usable key.
+    Unknown,
+}
+
+impl KeySet {
+    /// All keys.
+    pub fn keys(&self) -> &[TrustedKey] {
+        &self.keys
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Selects the key(s) for a token, following the `kid` rules in `docs/policy.md`.
+    pub fn choose(&self, alg: Alg, kid: Option<&str>) -> KeyChoice<'_> {
+        if let Some(kid) = kid {
+            return match self.by_kid.get(kid).and_then(|&i| self.keys.get(i)) {
+                Some(k) if k.algs.contains(alg) => KeyChoice::One(k),
+                Some(_) => KeyChoice::WrongAlg,
+                None => KeyChoice::Unknown,
+            };
+        }
+        let mut fitting = self.keys.iter().filter(|k| k.algs.contains(alg));
+        if alg.is_hmac() {
+            let all: Vec<_> = fitting.collect();
+            if all.is_empty() {
+                KeyChoice::Unknown
+            } else {
+                KeyChoice::AnyOf(all)
+            }
+        } else {
+            match (fitting.next(), fitting.next()) {
+                (Some(k), None) => KeyChoice::One(k),
+                _ => KeyChoice::Unknown,
+            }
+        }
+    }
+
+    /// Parses a JWKS document. `allowed` is the issuer's algorithm allow-list: each key is limited
+    /// to the algorithms it supports within that list, and a key left with none is an error
+    /// (it could never verify anything, which is almost always a configuration mistake).
+    pub fn from_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, String> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JSON document: {e}"))?;
+        let keys = doc
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or("a JWKS is an object with a `keys` array")?;
+        let mut set = KeySet::default();
+        for (i, jwk) in keys.iter().enumerate() {
+            let Some(key) = parse_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))? else {
+                continue;
+            };
+            if let Some(kid) = &key.kid
+                && set.by_kid.insert(kid.clone(), set.keys.len()).is_some()
+            {
+                return Err(format!("keys[{i}]: duplicate kid `{kid}`"));
+            }
+            set.keys.push(key);
+        }
+        Ok(set)
+    }
+}
+
+fn field<'a>(jwk: &'a serde_json::Value, name: &str) -> Result<Option<&'a str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("`{name}` must be a string")),
+    }
+}
+
+fn required<'a>(jwk: &'a serde_json::Value, name: &str) -> Result<&'a str, String> {
+    field(jwk, name)?.ok_or_else(|| format!("`{name}` is required"))
+}
+
+fn bytes_of(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
+    b64::URL_SAFE_STRICT
+        .decode(required(jwk, name)?)
+        .map_err(|_| format!("`{name}` is not unpadded base64url"))
+}
+
+/// Parses one JWK. `Ok(None)` for keys that are not signature keys (`use: enc`, or `key_ops`
+/// without `verify`): identity providers publish those beside signing keys.
+fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Option<TrustedKey>, String> {
+    if !jwk.is_object() {
+        return Err("a JWK is a JSON object".into());
+    }
+    if let Some(u) = field(jwk, "use")?
+        && u != "sig"
+    {
+        return Ok(None);
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let ops = ops.as_array().ok_or("`key_ops` must be an array")?;
+        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
+            return Ok(None);
+        }
+    }
+    let kid = field(jwk, "kid")?
+        .map(|k| k.parse::<Kid>().map_err(|e| format!("kid: {e}")))
+        .transpose()?;
+    let kty = required(jwk, "kty")?;
+    let declared = field(jwk, "alg")?.map(|a| a.parse::<Alg>()).transpose()?;
+    for private in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
+        if kty != "oct" && jwk.get(private).is_some() {
+            return Err(format!(
+                "contains private key member `{private}`; publish only the public key"
+            ));
+        }
+    }
+
+    let (family, material): (AlgSet, Material) = match kty {
+        "oct" => {
+            let secret = bytes_of(jwk, "k")?;
+            let fits = |a: Alg| secret.len() >= a.min_hmac_secret();
+            if let Some(a) = declared
+                && a.is_hmac()
+                && !fits(a)
+            {
+                return Err(format!(
+                    "secret is {} bytes; {a} needs at least {}",
+                    secret.len(),
+                    a.min_hmac_secret()
+                ));
+            }
+            if !fits(Alg::HS256) {
+                return Err(format!(
+                    "secret is {} bytes; HMAC keys need at least 32",
+                    secret.len()
+                ));
+            }
+            let family: AlgSet = [Alg::HS256, Alg::HS384, Alg::HS512]
+                .into_iter()
+                .filter(|a| fits(*a))
+                .collect();
+            let want = narrow(family, declared, allowed);
+            let material = Material::Hmac(Box::new(HmacStates {
+                hs256: keyed(want.contains(Alg::HS256), &secret)?,
+                hs384: keyed(want.contains(Alg::HS384), &secret)?,
+                hs512: keyed(want.contains(Alg::HS512), &secret)?,
+            }));
+            (family, material)
+        }
+        "RSA" => {
+            let n = rsa::BigUint::from_bytes_be(&bytes_of(jwk, "n")?);
+            let e = rsa::BigUint::from_bytes_be(&bytes_of(jwk, "e")?);
+            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
+            let bits = key.n().bits();
+            if bits < 2048 {
+                return Err(format!(
+                    "RSA modulus is {bits} bits; at least 2048 are required"
+                ));
+            }
+            let family = [
+                Alg::RS256,
+                Alg::RS384,
+                Alg::RS512,
+                Alg::PS256,
+                Alg::PS384,
+                Alg::PS512,
+            ]
+            .into_iter()
+            .collect();
+            (family, Material::Rsa(Box::new(key)))
+        }
+        "EC" => {
+            let crv = required(jwk, "crv")?;
+            let (x, y) = (bytes_of(jwk, "x")?, bytes_of(jwk, "y")?);
+            match crv {
+                "P-256" => {
+                    let point = sec1_point(&x, &y, 32)?;
+                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map_err(|_| "the point is not on P-256".to_string())?;
+                    (
+                        [Alg::ES256].into_iter().collect(),
+                        Material::P256(Box::new(key)),
+                    )
+                }
+                "P-384" => {
+                    let point = sec1_point(&x, &y, 48)?;
+                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map_err(|_| "the point is not on P-384".to_string())?;
+                    (
+                        [Alg::ES384].into_iter().collect(),
+                        Material::P384(Box::new(key)),
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "unsupported EC curve `{other}` (supported: P-256, P-384)"
+                    ));
+                }
+            }
+        }
+        "OKP" => {
+            let crv = required(jwk, "crv")?;
+            if crv != "Ed25519" {
+                return Err(format!(
+                    "unsupported OKP curve `{crv}` (supported: Ed25519)"
+                ));
+            }
+            let x: [u8; 32] = bytes_of(jwk, "x")?
+                .try_into()
+                .map_err(|_| "an Ed25519 `x` is 32 bytes".to_string())?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
+                .map_err(|_| "`x` is not a valid Ed25519 point".to_string())?;
+            if key.is_weak() {
+                return Err("`x` is a small-order Ed25519 point".into());
+            }
+            (
+                [Alg::EdDSA].into_iter().collect(),
+                Material::Ed25519(Box::new(key)),
+            )
+        }
+        other => {
+            return Err(format!(
+                "unsupported kty `{other}` (supported: oct, RSA, EC, OKP)"
+            ));
+        }
+    };
+
+    if let Some(a) = declared
+        && !family.contains(a)
+    {
+        return Err(format!("alg {a} does not fit a {} key", material.kind()));
+    }
+    let algs = narrow(family, declared, allowed);
+    if algs.is_empty() {
+        let what = declared.map_or_else(|| material.kind().to_string(), |a| a.to_string());
+        return Err(format!(
+            "this {what} key can verify none of the issuer's algorithms"
+        ));
+    }
+    Ok(Some(TrustedKey {
+        kid,
+        algs,
+        material,
+    }))
+}
+
+fn narrow(family: AlgSet, declared: Option<Alg>, allowed: AlgSet) -> AlgSet {
+    let mut s = family.and(allowed);
+    if let Some(a) = declared {
+        s = s.and([a].into_iter().collect());
+    }
+    s
+}
+
+fn keyed<M: Mac + hmac::digest::KeyInit>(wanted: bool, secret: &[u8]) -> Result<Option<M>, String> {
+    if !wanted {
+        return Ok(None);
+    }
+    <M as hmac::digest::KeyInit>::new_from_slice(secret)
+        .map(Some)
+        .map_err(|_| "unusable HMAC secret".to_string())
+}
+
+fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    if x.len() != len || y.len() != len {
+        return Err(format!("`x` and `y` must each be {len} bytes"));
+    }
+    let mut p = Vec::with_capacity(1 + 2 * len);
+    p.push(0x04);
+    p.extend_from_slice(x);
+    p.extend_from_slice(y);
+    Ok(p)
+}
+
+/// Builds a key set holding one HMAC secret (service tokens use this path too).
+pub(crate) fn hmac_sha256(secret: &[u8]) -> Result<Hmac<Sha256>, String> {
+    if secret.len() < 32 {
+        return Err(format!(
+            "secret is {} bytes; at least 32 are required",
+            secret.len()
+        ));
+    }
+    <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret)
+        .map_err(|_| "unusable HMAC secret".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn all() -> AlgSet {
+        Alg::ALL.into_iter().collect()
+    }
+
+    fn oct(k: &[u8]) -> serde_json::Value {
+        serde_json::json!({"kty":"oct","k": b64::URL_SAFE_STRICT.encode(k)})
+    }
+
+    #[test]
+    fn alg_names_are_case_sensitive_and_none_is_unknown() {
+        assert_eq!(Alg::from_name("HS256"), Some(Alg::HS256));
+        assert_eq!(Alg::from_name("EdDSA"), Some(Alg::EdDSA));
+        for bad in ["none", "None", "hs256", "HS256 ", "ES512", "RS1", ""] {
+            assert_eq!(Alg::from_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_rejected() {
+        let e = parse_jwk(&oct(&[7; 31]), all()).unwrap_err();
+        assert!(e.contains("at least 32"), "{e}");
+    }
+
+    #[test]
+    fn hmac_keys_only_serve_hashes_their_length_supports() {
+        let k = parse_jwk(&oct(&[7; 40]), all()).unwrap().unwrap();
+        assert!(k.algs().contains(Alg::HS256));
+        assert!(!k.algs().contains(Alg::HS384));
+        let mut declared = oct(&[7; 40]);
+        declared["alg"] = "HS512".into();
+        assert!(
+            parse_jwk(&declared, all())
+                .unwrap_err()
+                .contains("HS512 needs at least 64")
+        );
+    }
+
+    #[test]
+    fn declared_alg_must_fit_the_key_type() {
+        let mut k = oct(&[7; 32]);
+        k["alg"] = "RS256".into();
+        assert!(parse_jwk(&k, all()).unwrap_err().contains("does not fit"));
+    }
+
+    #[test]
+    fn key_outside_the_issuer_allow_list_is_an_error() {
+        let only_rs: AlgSet = [Alg::RS256].into_iter().collect();
+        assert!(
+            parse_jwk(&oct(&[7; 32]), only_rs)
+                .unwrap_err()
+                .contains("none of the issuer's algorithms")
+        );
+    }
+
+    #[test]
+    fn private_members_in_public_key_sets_are_rejected() {
+        let k = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"});
+        assert!(
+            parse_jwk(&k, all())
+                .unwrap_err()
+                .contains("private key member `d`")
+        );
+    }
+
+    #[test]
+    fn encryption_keys_are_skipped_not_trusted() {
+        let mut k = oct(&[7; 32]);
+        k["use"] = "enc".into();
+        assert!(parse_jwk(&k, all()).unwrap().is_none());
+        let mut k = oct(&[7; 32]);
+        k["key_ops"] = serde_json::json!(["encrypt"]);
+        assert!(parse_jwk(&k, all()).unwrap().is_none());
+    }
+
+    #[test]
+    fn small_rsa_moduli_are_rejected() {
+        // A 1024-bit modulus (all ones is not prime-derived, but size is checked first).
+        let n = b64::URL_SAFE_STRICT.encode([0xff_u8; 128]);
+        let k = serde_json::json!({"kty":"RSA","n": n, "e":"AQAB"});
+        assert!(parse_jwk(&k, all()).unwrap_err().contains("1024 bits"));
+    }
+
+    #[test]
+    fn ec_points_off_the_curve_are_rejected() {
+        let z = b64::URL_SAFE_STRICT.encode([1u8; 32]);
+        let k = serde_json::json!({"kty":"EC","crv":"P-256","x": z, "y": z});
+        assert!(parse_jwk(&k, all()).unwrap_err().contains("not on P-256"));
+    }
+
+    #[test]
+    fn padded_or_standard_base64_in_a_jwk_is_rejected() {
+        let k =
+            serde_json::json!({"kty":"oct","k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="});
+        assert!(parse_jwk(&k, all()).unwrap_err().contains("base64url"));
+    }
+
+    #[test]
+    fn duplicate_kids_are_rejected() {
+        let k = b64::URL_SAFE_STRICT.encode([7u8; 32]);
+        let doc = serde_json::json!({"keys":[{"kty":"oct","kid":"a","k":k},{"kty":"oct","kid":"a","k":k}]});
+        let e = KeySet::from_jwks(doc.to_string().as_bytes(), all()).unwrap_err();
+        assert!(e.contains("duplicate kid"), "{e}");
+    }
+
+    #[test]
+    fn kid_selection_follows_the_rules() {
+        let k = b64::URL_SAFE_STRICT.encode([7u8; 32]);
+        let doc = serde_json::json!({"keys":[
+            {"kty":"oct","kid":"h1","k":k},
+            {"kty":"oct","kid":"h2","k":k},
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]});
+        let set = KeySet::from_jwks(doc.to_string().as_bytes(), all()).unwrap();
+        assert!(matches!(
+            set.choose(Alg::HS256, Some("h1")),
+            KeyChoice::One(_)
+        ));
+        assert!(matches!(
+            set.choose(Alg::HS256, Some("ed")),
+            KeyChoice::WrongAlg
+        ));
+        assert!(matches!(
+            set.choose(Alg::HS256, Some("zz")),
+            KeyChoice::Unknown
+        ));
+        assert!(matches!(set.choose(Alg::HS256, None), KeyChoice::AnyOf(v) if v.len() == 2));
+        assert!(matches!(set.choose(Alg::EdDSA, None), KeyChoice::One(_)));
+        assert!(matches!(set.choose(Alg::ES256, None), KeyChoice::Unknown));
+    }
+}

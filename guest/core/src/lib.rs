@@ -1,0 +1,62 @@
+//! # Portcullis core
+//!
+//! The whole authorization decision, as a pure function of a compiled [`Policy`], a
+//! [`Request`] and the host's [`Revocations`]. No IO, no clock, no randomness: the time arrives
+//! in the request, files arrive through a [`FileSource`], revocations through a trait. The same
+//! code runs natively, in the WASI component, in the Envoy filter and in Spin.
+//!
+//! A decision is a value ([`Decision`]), never an error: every outcome has a stable
+//! [`Reason`] code. Errors ([`PolicyError`]) are faults in configuration, found at load time.
+//!
+//! ```
+//! use portcullis_core::{NoRevocations, Policy, Reason, Request, UnixTime};
+//! use std::collections::BTreeMap;
+//!
+//! let policy = r#"
+//! version: 1
+//! api_keys:
+//!   prefix: ask_
+//!   keys:
+//!     - id: ci
+//!       prefix: ask_demo1234
+//!       sha256: be6ffa46de3b6440abff8266f87ce603ce15dd581e16b8b73e9325fb4a6af9b2   # sha256("ask_demo1234secret")
+//!       scopes: [deploy:write]
+//! "#;
+//! let policy = Policy::load(policy, &BTreeMap::new()).unwrap();
+//! let now = UnixTime(1_800_000_000);
+//!
+//! let headers = [("X-API-Key", "ask_demo1234secret")];
+//! let decision = policy.decide(&Request { headers: &headers, ..Request::new("GET", "/", now) }, &NoRevocations);
+//! assert!(decision.allowed());
+//! assert_eq!(decision.identity.unwrap().subject.as_deref(), Some("ci"));
+//!
+//! let headers = [("X-API-Key", "ask_demo1234wrong")];
+//! let decision = policy.decide(&Request { headers: &headers, ..Request::new("GET", "/", now) }, &NoRevocations);
+//! assert_eq!((decision.reason, decision.status()), (Reason::UnknownApiKey, 401));
+//! ```
+
+pub mod api_key;
+pub mod b64;
+mod claims;
+pub mod decision;
+pub mod identity;
+pub mod json;
+pub mod jwt;
+pub mod keys;
+pub mod policy;
+pub mod reason;
+pub mod request;
+pub mod revocation;
+pub mod service_token;
+pub mod time;
+pub mod types;
+
+pub use decision::Decision;
+pub use identity::{CredentialKind, Identity};
+pub use policy::{FileSource, NoFiles, Policy, PolicyError};
+pub use reason::Reason;
+pub use request::{OwnedRequest, Request};
+pub use revocation::{
+    NoRevocations, RevocationQuery, RevocationSet, RevocationStatus, Revocations,
+};
+pub use time::UnixTime;

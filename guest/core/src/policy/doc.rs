@@ -1,0 +1,317 @@
+//! The policy document exactly as written: YAML or JSON, `deny_unknown_fields` everywhere.
+//!
+//! These types only describe shape. Meaning (valid algorithms, key sizes, CIDRs, scope syntax,
+//! cross-references) is checked by the compiler in `compile.rs`, which reports the path of the
+//! offending value. `policies/schema.json` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[cfg(feature = "schema")]
+use schemars::JsonSchema;
+
+/// A Portcullis policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct PolicyDocument {
+    /// Format version. Only `1` exists.
+    pub version: u32,
+    /// Size limits, checked before anything is parsed.
+    #[serde(default)]
+    pub limits: LimitsDoc,
+    /// Trusted JWT issuers. Default: none.
+    #[serde(default)]
+    pub issuers: Vec<IssuerDoc>,
+    /// HMAC service tokens. Default: not accepted.
+    #[serde(default)]
+    pub service_tokens: Option<ServiceTokensDoc>,
+    /// Hashed API keys. Default: not accepted.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysDoc>,
+    /// Static revocations, checked before the runtime's dynamic store. Default: none.
+    #[serde(default)]
+    pub revoked: RevokedDoc,
+}
+
+/// Input size limits. A request over a limit is denied `malformed` before parsing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct LimitsDoc {
+    /// Longest credential accepted, in bytes. Default 8192; 256 to 65536.
+    pub max_token_bytes: usize,
+    /// Most request headers accepted. Default 128.
+    pub max_headers: usize,
+    /// Largest total size of header names and values, in bytes. Default 65536.
+    pub max_header_bytes: usize,
+    /// Longest path plus query, in bytes. Default 8192.
+    pub max_path_bytes: usize,
+}
+
+impl Default for LimitsDoc {
+    fn default() -> Self {
+        LimitsDoc {
+            max_token_bytes: 8192,
+            max_headers: 128,
+            max_header_bytes: 65536,
+            max_path_bytes: 8192,
+        }
+    }
+}
+
+/// A trusted JWT issuer and its keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct IssuerDoc {
+    /// The exact `iss` value (compared byte for byte; no trailing-slash normalisation).
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one. Required, non-empty.
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values (case-sensitive): HS256, HS384, HS512, RS256, RS384, RS512, PS256,
+    /// PS384, PS512, ES256, ES384, EdDSA. Required, non-empty.
+    pub algorithms: Vec<String>,
+    /// A JWKS file, relative to the policy file. Exactly one of `jwks_file` and `jwks`.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// An inline JWKS. HMAC (`oct`) keys inline are secrets in the policy: use `jwks_file`
+    /// in production (`policy lint --production` flags this).
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")
+    )]
+    pub jwks: Option<serde_json::Value>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Default 60.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway_seconds: u32,
+    /// Longest `exp - iat` accepted, in seconds. When set, `exp` is required. Default: unbounded.
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u32>,
+    /// Claims that must be present. Default `[exp]`. (`iss` and `aud` are always required.)
+    #[serde(default = "default_required_claims")]
+    pub required_claims: Vec<String>,
+    /// Where identity fields come from.
+    #[serde(default)]
+    pub claims: ClaimsDoc,
+    /// Group (or entitlement) name -> roles it grants. Default: none.
+    #[serde(default)]
+    pub group_roles: BTreeMap<String, Vec<String>>,
+}
+
+fn default_jwt_leeway() -> u32 {
+    60
+}
+
+fn default_required_claims() -> Vec<String> {
+    vec!["exp".into()]
+}
+
+/// Claim paths for identity fields. A path is dotted (`realm_access.roles`); a claim whose name
+/// contains dots is written in brackets (`[https://example.com/roles]`). `null` turns a field off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ClaimsDoc {
+    /// Subject. Default `sub`.
+    pub subject: String,
+    /// E-mail. Default `email`.
+    pub email: Option<String>,
+    /// Scope claims, merged: a space-separated string or an array. Default `[scope, scp]`.
+    pub scopes: Vec<String>,
+    /// Roles: a string or an array. Default `roles`.
+    pub roles: Option<String>,
+    /// Groups or entitlements: a string or an array. Default `groups`.
+    pub groups: Option<String>,
+    /// Tenant. Default `tenant`.
+    pub tenant: Option<String>,
+}
+
+impl Default for ClaimsDoc {
+    fn default() -> Self {
+        ClaimsDoc {
+            subject: "sub".into(),
+            email: Some("email".into()),
+            scopes: vec!["scope".into(), "scp".into()],
+            roles: Some("roles".into()),
+            groups: Some("groups".into()),
+            tenant: Some("tenant".into()),
+        }
+    }
+}
+
+/// HMAC-signed service tokens, `<prefix>-v1.<payload>.<signature>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ServiceTokensDoc {
+    /// Token prefix, 1 to 16 of `[A-Za-z0-9_]` (tokens start with `<prefix>-v1.`). Required.
+    pub prefix: String,
+    /// Signing keys: the first is active (used by `portcullis token service`), all verify.
+    /// Required, non-empty.
+    pub keys: Vec<SecretDoc>,
+    /// Audiences this deployment accepts. Required, non-empty.
+    pub audiences: Vec<String>,
+    /// Request header that must equal the token's `worker_id`. Default `X-Worker-ID`.
+    #[serde(default = "default_worker_header")]
+    pub worker_header: String,
+    /// Clock skew tolerated, in seconds. Default 30.
+    #[serde(default = "default_service_leeway")]
+    pub leeway_seconds: u32,
+    /// Longest `exp - iat` accepted, in seconds. Default 900 (15 minutes).
+    #[serde(default = "default_service_lifetime")]
+    pub max_lifetime_seconds: u32,
+    /// Scope patterns a service token may never grant (`admin:*`, `*`). Matching grants are
+    /// dropped, never honoured. Default: none.
+    #[serde(default)]
+    pub denied_scopes: Vec<String>,
+}
+
+fn default_worker_header() -> String {
+    "X-Worker-ID".into()
+}
+fn default_service_leeway() -> u32 {
+    30
+}
+fn default_service_lifetime() -> u32 {
+    900
+}
+
+/// A named secret, inline or (preferably) from a file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct SecretDoc {
+    /// Key id, shown in identities and logs (never the secret). Required.
+    pub id: String,
+    /// The secret, inline (at least 32 bytes). Exactly one of `secret` and `secret_file`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret, relative to the policy file. One trailing newline is removed.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+}
+
+impl std::fmt::Debug for SecretDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretDoc")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
+}
+
+/// Hashed API keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ApiKeysDoc {
+    /// Type prefix every key starts with (`ask_`): 2 to 16 of `[A-Za-z0-9_-]`. Required.
+    pub prefix: String,
+    /// Characters (including `prefix`) used to look a key up. Default 12.
+    #[serde(default = "default_prefix_length")]
+    pub prefix_length: usize,
+    /// Header carrying a key, besides `Authorization: Bearer`. Default `X-API-Key`.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Keys. Default: none.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyDoc>,
+    /// A YAML or JSON file holding more keys (`keys: [...]`), relative to the policy file.
+    #[serde(default)]
+    pub keys_file: Option<String>,
+}
+
+fn default_prefix_length() -> usize {
+    12
+}
+fn default_api_key_header() -> String {
+    "X-API-Key".into()
+}
+
+/// The file named by `api_keys.keys_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ApiKeysFileDoc {
+    /// Keys.
+    pub keys: Vec<ApiKeyDoc>,
+}
+
+/// One API key, stored as its hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ApiKeyDoc {
+    /// Stable id: used for revocation, audit, and as the default subject. Required.
+    pub id: String,
+    /// The key's first `prefix_length` characters, as shown to its owner. Required.
+    pub prefix: String,
+    /// Hex SHA-256 of the whole key. Required.
+    pub sha256: String,
+    /// Subject of the identity. Default: `id`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// When the key stops working: Unix seconds or RFC 3339. Default: never.
+    #[serde(default)]
+    pub expires_at: Option<TimeDoc>,
+    /// When the key was issued (used by subject revocations). Default: unknown.
+    #[serde(default)]
+    pub created_at: Option<TimeDoc>,
+    /// Client address ranges (CIDR) allowed to use the key. Default: any.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// `Origin` values allowed (`https://app.example.com`, `https://*.example.com`). When set,
+    /// a request without a matching `Origin` is refused. Default: any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Scopes granted (patterns such as `orders:*` allowed). Default: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles granted. Default: none.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tenant of the key. Default: none.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// A point in time: Unix seconds or an RFC 3339 timestamp.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum TimeDoc {
+    /// Unix seconds.
+    Seconds(i64),
+    /// RFC 3339, e.g. `2027-01-01T00:00:00Z`.
+    Text(String),
+}
+
+/// Static revocations.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RevokedDoc {
+    /// Revoked JWT `jti` values (any issuer).
+    pub jti: Vec<String>,
+    /// Revoked service token `jti` values.
+    pub service_token_jti: Vec<String>,
+    /// Revoked API key ids.
+    pub api_keys: Vec<String>,
+    /// Subjects whose credentials issued at or before `before` are revoked.
+    pub subjects: Vec<SubjectRevocationDoc>,
+}
+
+/// A subject revocation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct SubjectRevocationDoc {
+    /// The subject.
+    pub subject: String,
+    /// Credentials issued at or before this time are revoked.
+    pub before: TimeDoc,
+}

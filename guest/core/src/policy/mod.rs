@@ -1,0 +1,393 @@
+//! Policies: parsed once, compiled into an immutable index, then used for every decision.
+
+mod compile;
+pub mod doc;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::api_key::ApiKeyPolicy;
+use crate::decision::Decision;
+use crate::identity::Identity;
+use crate::jwt::{self, IssuerPolicy, JwtContext};
+use crate::reason::Reason;
+use crate::request::{HeaderValue, Request};
+use crate::revocation::{RevocationSet, Revocations};
+use crate::service_token::ServiceTokenPolicy;
+
+pub use doc::PolicyDocument;
+
+/// Largest policy text accepted.
+pub const MAX_POLICY_BYTES: usize = 16 << 20;
+
+/// Why a policy could not be loaded. Messages name the path into the document and never
+/// contain secret values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Not parseable as YAML or JSON.
+    #[error("policy is not valid YAML or JSON: {0}")]
+    Syntax(String),
+    /// Parseable, but a value is wrong.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Where, e.g. `issuers[0].algorithms[1]`.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A referenced file could not be read or parsed.
+    #[error("{path}: `{file}`: {message}")]
+    File {
+        /// Where the file is referenced.
+        path: String,
+        /// The file as written in the policy.
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl PolicyError {
+    /// A stable code: `policy_syntax`, `policy_invalid` or `policy_file`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PolicyError::Syntax(_) => "policy_syntax",
+            PolicyError::Invalid { .. } => "policy_invalid",
+            PolicyError::File { .. } => "policy_file",
+        }
+    }
+
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Supplies the files a policy references (`jwks_file`, `secret_file`, `keys_file`). The core
+/// does no IO: the host reads them, relative to the policy file, and hands them over.
+pub trait FileSource {
+    /// The contents of `path`, exactly as written in the policy.
+    fn read(&self, path: &str) -> Result<Vec<u8>, String>;
+}
+
+impl FileSource for BTreeMap<String, Vec<u8>> {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        self.get(path)
+            .cloned()
+            .ok_or_else(|| "not provided".to_string())
+    }
+}
+
+/// A source with no files, for self-contained policies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFiles;
+
+impl FileSource for NoFiles {
+    fn read(&self, _: &str) -> Result<Vec<u8>, String> {
+        Err("this runtime has no files; inline the value".into())
+    }
+}
+
+/// Size limits, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`doc::LimitsDoc::max_token_bytes`].
+    pub max_token_bytes: usize,
+    /// See [`doc::LimitsDoc::max_headers`].
+    pub max_headers: usize,
+    /// See [`doc::LimitsDoc::max_header_bytes`].
+    pub max_header_bytes: usize,
+    /// See [`doc::LimitsDoc::max_path_bytes`].
+    pub max_path_bytes: usize,
+}
+
+/// A compiled policy. Immutable; share it with `Arc`.
+pub struct Policy {
+    pub(crate) limits: Limits,
+    pub(crate) issuers: Vec<IssuerPolicy>,
+    pub(crate) service_tokens: Option<ServiceTokenPolicy>,
+    pub(crate) api_keys: Option<ApiKeyPolicy>,
+    pub(crate) statics: RevocationSet,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("issuers", &self.issuers.len())
+            .field("service_tokens", &self.service_tokens.is_some())
+            .field(
+                "api_keys",
+                &self.api_keys.as_ref().map(|a| a.entries().len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses policy text (JSON when it starts with `{`, YAML otherwise) into a JSON value.
+///
+/// JSON goes through the strict token parser so duplicate keys are errors in both syntaxes.
+pub fn parse_text(text: &str) -> Result<serde_json::Value, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::Syntax(format!(
+            "larger than {MAX_POLICY_BYTES} bytes"
+        )));
+    }
+    if text.trim_start().starts_with('{') {
+        let obj = crate::json::parse_object(text.as_bytes())
+            .map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        return Ok(crate::json::Json::Obj(obj).to_value());
+    }
+    serde_saphyr::from_str::<serde_json::Value>(text)
+        .map_err(|e| PolicyError::Syntax(yaml_error(&e)))
+}
+
+/// The first line of a YAML error: its message and location, without the quoted source line
+/// (which could hold a secret).
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    full.lines().next().unwrap_or("invalid YAML").to_owned()
+}
+
+/// Reads the typed document from a parsed value, with the path of any error.
+pub fn document_from_value(value: serde_json::Value) -> Result<PolicyDocument, PolicyError> {
+    if !value.is_object() {
+        return Err(PolicyError::invalid(
+            "$",
+            "a policy is a mapping with at least `version: 1`",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        PolicyError::invalid(
+            if path == "." { "$".to_string() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+impl Policy {
+    /// Parses and compiles policy text, reading referenced files from `files`.
+    pub fn load(text: &str, files: &dyn FileSource) -> Result<Policy, PolicyError> {
+        let doc = document_from_value(parse_text(text)?)?;
+        compile::compile(&doc, files)
+    }
+
+    /// Compiles an already-parsed document.
+    pub fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Policy, PolicyError> {
+        compile::compile(doc, files)
+    }
+
+    /// The files a policy references, in the order they appear, so a host can read them
+    /// before calling [`Policy::load`].
+    pub fn referenced_files(text: &str) -> Result<Vec<String>, PolicyError> {
+        let doc = document_from_value(parse_text(text)?)?;
+        Ok(compile::referenced_files(&doc))
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The service token section, for tooling that mints tokens.
+    pub fn service_tokens(&self) -> Option<&ServiceTokenPolicy> {
+        self.service_tokens.as_ref()
+    }
+
+    /// Decides one request.
+    pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
+        if let Err(reason) = self.check_limits(req) {
+            return Decision::deny(reason);
+        }
+        match self.authenticate(req, &Accept::ANY, revocations) {
+            Ok(identity) => Decision::allow(identity),
+            Err(reason) => Decision::deny(reason),
+        }
+    }
+
+    fn check_limits(&self, req: &Request<'_>) -> Result<(), Reason> {
+        let l = &self.limits;
+        if req.headers.len() > l.max_headers || req.path.len() + req.query.len() > l.max_path_bytes
+        {
+            return Err(Reason::Malformed);
+        }
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > l.max_header_bytes {
+            return Err(Reason::Malformed);
+        }
+        Ok(())
+    }
+
+    /// Finds the request's credential and verifies it.
+    pub(crate) fn authenticate(
+        &self,
+        req: &Request<'_>,
+        accept: &Accept<'_>,
+        revocations: &dyn Revocations,
+    ) -> Result<Identity, Reason> {
+        match self.presented(req)? {
+            Presented::Jwt(token) => {
+                let ctx = JwtContext {
+                    issuers: &self.issuers,
+                    max_token_bytes: self.limits.max_token_bytes,
+                    statics: &self.statics,
+                };
+                jwt::verify(token, &ctx, accept.issuer, req.now, revocations)
+            }
+            Presented::ServiceToken(token, policy) => policy.verify(
+                token,
+                req,
+                self.limits.max_token_bytes,
+                accept.service_audience,
+                &self.statics,
+                revocations,
+            ),
+            Presented::ApiKey(key, policy) => {
+                policy.verify(key, req, accept.api_key, &self.statics, revocations)
+            }
+        }
+    }
+
+    fn presented<'r>(&'r self, req: &Request<'r>) -> Result<Presented<'r>, Reason> {
+        let authorization = match req.header("authorization") {
+            HeaderValue::Absent => None,
+            HeaderValue::One(v) => Some(v),
+            HeaderValue::Repeated => return Err(Reason::Malformed),
+        };
+        let api_header = match &self.api_keys {
+            Some(a) => match req.header(&a.header) {
+                HeaderValue::Absent => None,
+                HeaderValue::One(v) => Some((v, a)),
+                HeaderValue::Repeated => return Err(Reason::Malformed),
+            },
+            None => None,
+        };
+        match (authorization, api_header) {
+            (Some(_), Some(_)) => Err(Reason::AmbiguousCredential),
+            (None, Some((key, policy))) => Ok(Presented::ApiKey(key, policy)),
+            (None, None) => Err(Reason::MissingCredential),
+            (Some(value), None) => {
+                let token = bearer(value, self.limits.max_token_bytes)?;
+                if let Some(a) = self.api_keys.as_ref().filter(|a| a.claims_token(token)) {
+                    return Ok(Presented::ApiKey(token, a));
+                }
+                if let Some(s) = self
+                    .service_tokens
+                    .as_ref()
+                    .filter(|s| s.claims_token(token))
+                {
+                    return Ok(Presented::ServiceToken(token, s));
+                }
+                if self.issuers.is_empty() {
+                    return Err(Reason::Malformed);
+                }
+                Ok(Presented::Jwt(token))
+            }
+        }
+    }
+}
+
+enum Presented<'r> {
+    Jwt(&'r str),
+    ServiceToken(&'r str, &'r ServiceTokenPolicy),
+    ApiKey(&'r str, &'r ApiKeyPolicy),
+}
+
+/// `Bearer <token>` (RFC 6750 §2.1): scheme case-insensitive, then one or more spaces, then a
+/// token with no whitespace.
+fn bearer(value: &str, max_token_bytes: usize) -> Result<&str, Reason> {
+    if value.len() > max_token_bytes + 64 {
+        return Err(Reason::Malformed);
+    }
+    let (scheme, rest) = value.split_once(' ').ok_or(Reason::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Reason::Malformed);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(Reason::Malformed);
+    }
+    Ok(token)
+}
+
+/// Which credentials a decision accepts (all, until a route narrows it).
+pub(crate) struct Accept<'a> {
+    pub issuer: jwt::IssuerFilter<'a>,
+    pub service_audience: Option<&'a dyn Fn(&str) -> bool>,
+    pub api_key: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+impl Accept<'_> {
+    pub const ANY: Accept<'static> = Accept {
+        issuer: None,
+        service_audience: None,
+        api_key: None,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn bearer_parsing_is_strict_about_shape() {
+        assert_eq!(bearer("Bearer abc", 100), Ok("abc"));
+        assert_eq!(bearer("bearer  abc", 100), Ok("abc"));
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Basic abc",
+            "Bearer a b",
+            "Bearer\tabc",
+            "Bearerabc",
+            "Bearer a\u{e9}",
+        ] {
+            assert_eq!(bearer(bad, 100), Err(Reason::Malformed), "{bad:?}");
+        }
+        assert_eq!(
+            bearer(&format!("Bearer {}", "a".repeat(200)), 100),
+            Err(Reason::Malformed)
+        );
+    }
+
+    #[test]
+    fn yaml_and_json_policies_parse_to_the_same_value() {
+        let y = parse_text("version: 1\nissuers: []\n").unwrap();
+        let j = parse_text(r#"{"version": 1, "issuers": []}"#).unwrap();
+        assert_eq!(y, j);
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors_in_yaml_and_json() {
+        assert_eq!(
+            parse_text("version: 1\nversion: 1\n").unwrap_err().code(),
+            "policy_syntax"
+        );
+        assert_eq!(
+            parse_text(r#"{"version":1,"version":1}"#)
+                .unwrap_err()
+                .code(),
+            "policy_syntax"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_path() {
+        let e = document_from_value(parse_text("version: 1\nissuers:\n  - issuer: x\n    audiences: [a]\n    algorithms: [HS256]\n    leway_seconds: 3\n").unwrap()).unwrap_err();
+        assert_eq!(e.code(), "policy_invalid");
+        let msg = e.to_string();
+        assert!(msg.starts_with("issuers[0]"), "{msg}");
+        assert!(msg.contains("leway_seconds"), "{msg}");
+    }
+
+    #[test]
+    fn yaml_errors_do_not_quote_the_source() {
+        let e = parse_text("version: 1\nsecret: \"hunter2-very-secret\n  : [").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,306 @@
+//! Validated names. Each type is built only through `FromStr`/`TryFrom`, so a value in hand
+//! already satisfies its rule.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+macro_rules! validated_str {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The underlying string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// A cheap shared handle to the string.
+            pub fn shared(&self) -> Arc<str> {
+                Arc::clone(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(s)?;
+                Ok($name(Arc::from(s)))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+fn bounded(s: &str, what: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if s.len() > max {
+        return Err(format!("{what} is longer than {max} bytes"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
+    }
+    Ok(())
+}
+
+/// RFC 6749 §3.3 `scope-token`: visible ASCII except space, `"` and `\`.
+fn scope_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+validated_str!(
+    /// A JWK key id. Invariant: 1 to 256 bytes, no control characters.
+    Kid,
+    |s| bounded(s, "kid", 256)
+);
+
+validated_str!(
+    /// A JWT issuer, compared byte for byte. Invariant: 1 to 512 bytes, no control characters.
+    Issuer,
+    |s| bounded(s, "issuer", 512)
+);
+
+validated_str!(
+    /// A tenant identifier. Invariant: 1 to 128 bytes of visible ASCII.
+    TenantId,
+    |s| {
+        bounded(s, "tenant", 128)?;
+        if s.bytes().all(|b| b.is_ascii_graphic()) { Ok(()) } else { Err("tenant must be visible ASCII".into()) }
+    }
+);
+
+validated_str!(
+    /// A concrete scope. Invariant: an RFC 6749 scope-token of at most 256 bytes, no `*`.
+    Scope,
+    |s| {
+        bounded(s, "scope", 256)?;
+        if !scope_chars(s) {
+            return Err(format!("scope `{s}` has characters RFC 6749 does not allow"));
+        }
+        if s.contains('*') {
+            return Err(format!("scope `{s}` contains `*`; wildcards are only valid in grants and patterns"));
+        }
+        Ok(())
+    }
+);
+
+validated_str!(
+    /// The type prefix every API key starts with (`ask_`). Invariant: 2 to 16 of `[A-Za-z0-9_-]`.
+    ApiKeyPrefix,
+    |s| {
+        if (2..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            Ok(())
+        } else {
+            Err(format!("API key prefix `{s}` must be 2 to 16 characters of [A-Za-z0-9_-]"))
+        }
+    }
+);
+
+/// A scope pattern: a concrete scope, `prefix:*` (every scope starting with `prefix:`) or `*`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum ScopePattern {
+    /// Exactly this scope.
+    Exact(Scope),
+    /// Every scope that starts with this string (which ends in `:`).
+    Prefix(Arc<str>),
+    /// Every scope.
+    Any,
+}
+
+impl ScopePattern {
+    /// True when `scope` is covered by the pattern.
+    pub fn matches(&self, scope: &str) -> bool {
+        match self {
+            ScopePattern::Exact(s) => s.as_str() == scope,
+            ScopePattern::Prefix(p) => scope.len() > p.len() && scope.starts_with(&**p),
+            ScopePattern::Any => true,
+        }
+    }
+
+    /// True when some scope is covered by both patterns.
+    pub fn overlaps(&self, other: &ScopePattern) -> bool {
+        match (self, other) {
+            (ScopePattern::Any, _) | (_, ScopePattern::Any) => true,
+            (ScopePattern::Exact(s), o) | (o, ScopePattern::Exact(s)) => o.matches(s.as_str()),
+            (ScopePattern::Prefix(p), ScopePattern::Prefix(q)) => {
+                p.starts_with(&**q) || q.starts_with(&**p)
+            }
+        }
+    }
+
+    /// True when every scope this pattern covers is also covered by `other`.
+    pub fn is_covered_by(&self, other: &ScopePattern) -> bool {
+        match (self, other) {
+            (_, ScopePattern::Any) => true,
+            (ScopePattern::Any, _) => false,
+            (ScopePattern::Exact(s), o) => o.matches(s.as_str()),
+            (ScopePattern::Prefix(p), ScopePattern::Prefix(q)) => p.starts_with(&**q),
+            (ScopePattern::Prefix(_), ScopePattern::Exact(_)) => false,
+        }
+    }
+}
+
+impl FromStr for ScopePattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "*" {
+            return Ok(ScopePattern::Any);
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            if !prefix.ends_with(':')
+                || prefix.len() < 2
+                || prefix.contains('*')
+                || !scope_chars(prefix)
+            {
+                return Err(format!(
+                    "scope pattern `{s}`: a wildcard is `*` alone or a trailing `:*`, as in `admin:*`"
+                ));
+            }
+            return Ok(ScopePattern::Prefix(Arc::from(prefix)));
+        }
+        s.parse().map(ScopePattern::Exact)
+    }
+}
+
+impl fmt::Display for ScopePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopePattern::Exact(s) => f.write_str(s.as_str()),
+            ScopePattern::Prefix(p) => write!(f, "{p}*"),
+            ScopePattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+impl fmt::Debug for ScopePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScopePattern({self})")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ScopePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn scopes_follow_rfc6749() {
+        assert!("read:orders".parse::<Scope>().is_ok());
+        for bad in ["", "a b", "a\"b", "a\\b", "caf\u{e9}", "admin:*", "*"] {
+            assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wildcard_patterns_match_only_their_prefix() {
+        let p: ScopePattern = "admin:*".parse().unwrap();
+        assert!(p.matches("admin:read"));
+        assert!(p.matches("admin:users:write"));
+        assert!(!p.matches("admin:"));
+        assert!(!p.matches("admin"));
+        assert!(!p.matches("administrator:read"));
+        assert!(ScopePattern::Any.matches("anything"));
+    }
+
+    #[test]
+    fn malformed_wildcards_are_rejected() {
+        for bad in ["admin*", "ad*min:", ":*", "**", "a:*:*", "admin:**"] {
+            assert!(bad.parse::<ScopePattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn coverage_between_patterns() {
+        let admin: ScopePattern = "admin:*".parse().unwrap();
+        let users: ScopePattern = "admin:users:*".parse().unwrap();
+        let read: ScopePattern = "admin:read".parse().unwrap();
+        assert!(users.is_covered_by(&admin));
+        assert!(read.is_covered_by(&admin));
+        assert!(!admin.is_covered_by(&users));
+        assert!(admin.is_covered_by(&ScopePattern::Any));
+        assert!(!ScopePattern::Any.is_covered_by(&admin));
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_catches_wildcards() {
+        let p = |s: &str| s.parse::<ScopePattern>().unwrap();
+        let cases = [
+            ("admin:*", "admin:read", true),
+            ("admin:*", "admin:users:*", true),
+            ("*", "read", true),
+            ("admin:*", "api:*", false),
+            ("read", "write", false),
+            ("read", "read", true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(p(a).overlaps(&p(b)), want, "{a} ~ {b}");
+            assert_eq!(p(b).overlaps(&p(a)), want, "{b} ~ {a}");
+        }
+    }
+
+    #[test]
+    fn api_key_prefixes_are_short_and_plain() {
+        assert!("ask_".parse::<ApiKeyPrefix>().is_ok());
+        for bad in ["a", "ask.", "way_too_long_prefix_", "ask "] {
+            assert!(bad.parse::<ApiKeyPrefix>().is_err(), "{bad:?}");
+        }
+    }
+}
