@@ -374,3 +374,173 @@ fn dedup(mut v: Vec<Arc<str>>) -> Names {
 pub fn is_global_wildcard(p: &ScopePattern) -> bool {
     matches!(p, ScopePattern::Any)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::reason::Reason;
+    use crate::revocation::RevocationSet;
+    use crate::testutil::{NOW, SECRET, claims, decide_token, decide_with, hs256, hs_policy};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const H: &str = r#"{"alg":"HS256","kid":"k1"}"#;
+
+    fn reason(extra_policy: &str, header: &str, payload: &str) -> Reason {
+        decide_token(&hs_policy(extra_policy), &hs256(SECRET, header, payload)).reason
+    }
+
+    #[test]
+    fn a_valid_token_yields_its_identity() {
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""jti":"t1","email":"a@x.io","tenant":"acme""#)));
+        assert!(d.allowed(), "{d:?}");
+        let id = d.identity.unwrap();
+        assert_eq!(id.subject.as_deref(), Some("alice"));
+        assert_eq!(id.issuer.as_deref(), Some("https://t.example"));
+        assert_eq!(id.key_id.as_deref(), Some("k1"));
+        assert_eq!(id.token_id.as_deref(), Some("t1"));
+        assert_eq!(id.email.as_deref(), Some("a@x.io"));
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert_eq!(id.audience.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn oversized_tokens_are_malformed_before_parsing() {
+        let pad = "x".repeat(9000);
+        assert_eq!(reason("", H, &claims(&format!(r#""pad":"{pad}""#))), Reason::Malformed);
+    }
+
+    #[test]
+    fn a_raised_token_limit_admits_larger_tokens() {
+        let pad = "x".repeat(9000);
+        let k = base64::Engine::encode(&crate::b64::URL_SAFE_STRICT, SECRET);
+        let text = format!(
+            "version: 1\nlimits: {{max_token_bytes: 16384}}\nissuers:\n  - issuer: https://t.example\n    audiences: [api]\n    algorithms: [HS256]\n    jwks: {{keys: [{{kty: oct, kid: k1, k: {k}}}]}}\n"
+        );
+        let p = crate::Policy::load(&text, &crate::NoFiles).unwrap();
+        assert!(decide_token(&p, &hs256(SECRET, H, &claims(&format!(r#""pad":"{pad}""#)))).allowed());
+    }
+
+    #[test]
+    fn crit_is_malformed_even_when_empty() {
+        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k1","crit":[]}"#, &claims("")), Reason::Malformed);
+    }
+
+    #[test]
+    fn unknown_header_parameters_are_ignored() {
+        let h = r#"{"alg":"HS256","kid":"k1","typ":"at+jwt","x5t":"abc","jku":"https://evil/jwks"}"#;
+        assert_eq!(reason("", h, &claims("")), Reason::Allowed);
+    }
+
+    #[test]
+    fn kid_of_another_issuer_is_unknown() {
+        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k2"}"#, &claims("")), Reason::UnknownKid);
+    }
+
+    #[test]
+    fn missing_kid_tries_hmac_keys() {
+        assert_eq!(reason("", r#"{"alg":"HS256"}"#, &claims("")), Reason::Allowed);
+    }
+
+    #[test]
+    fn required_custom_claims_are_enforced() {
+        let p = "    required_claims: [exp, email]\n";
+        assert_eq!(reason(p, H, &claims("")), Reason::MissingClaim);
+        assert_eq!(reason(p, H, &claims(r#""email":"a@x.io""#)), Reason::Allowed);
+    }
+
+    #[test]
+    fn exp_is_not_required_when_the_policy_says_so() {
+        let p = "    required_claims: []\n";
+        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
+        assert_eq!(reason(p, H, &no_exp), Reason::Allowed);
+    }
+
+    #[test]
+    fn a_lifetime_bound_requires_exp() {
+        let p = "    required_claims: []\n    max_lifetime_seconds: 600\n";
+        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
+        assert_eq!(reason(p, H, &no_exp), Reason::MissingClaim);
+    }
+
+    #[test]
+    fn null_claims_have_the_wrong_type() {
+        assert_eq!(reason("", H, &claims(r#""nbf":null"#)), Reason::Malformed);
+        let c = claims("").replace(r#""sub":"alice""#, r#""sub":null"#);
+        assert_eq!(reason("", H, &c), Reason::Malformed);
+    }
+
+    #[test]
+    fn scope_and_scp_are_merged_without_duplicates() {
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""scope":"a b  a","scp":["b","c"]"#)));
+        let scopes: Vec<_> = d.identity.unwrap().scopes.iter().map(|s| s.to_string()).collect();
+        assert_eq!(scopes, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn scope_claim_of_the_wrong_type_is_malformed() {
+        assert_eq!(reason("", H, &claims(r#""scope":["a",1]"#)), Reason::Malformed);
+        assert_eq!(reason("", H, &claims(r#""scp":{"a":1}"#)), Reason::Malformed);
+    }
+
+    #[test]
+    fn roles_come_from_a_nested_claim_path_and_from_groups() {
+        let p = "    claims: {roles: realm_access.roles, groups: groups}\n    group_roles: {\"/eng/admins\": [admin, operator]}\n";
+        let c = claims(r#""realm_access":{"roles":["viewer"]},"groups":["/eng/admins","/other"]"#);
+        let d = decide_token(&hs_policy(p), &hs256(SECRET, H, &c));
+        let id = d.identity.unwrap();
+        let roles: Vec<_> = id.roles.iter().map(|s| s.to_string()).collect();
+        assert_eq!(roles, ["viewer", "admin", "operator"]);
+        assert_eq!(id.groups.len(), 2);
+    }
+
+    #[test]
+    fn a_single_string_role_is_a_one_element_list() {
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""roles":"admin""#)));
+        assert_eq!(d.identity.unwrap().roles.len(), 1);
+    }
+
+    #[test]
+    fn numeric_tenant_claims_are_rendered_exactly() {
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""tenant":12345678901234"#)));
+        assert_eq!(d.identity.unwrap().tenant.as_deref(), Some("12345678901234"));
+    }
+
+    #[test]
+    fn turning_a_mapping_off_ignores_the_claim() {
+        let d = decide_token(&hs_policy("    claims: {tenant: null}\n"), &hs256(SECRET, H, &claims(r#""tenant":{"x":1}"#)));
+        assert!(d.allowed());
+        assert_eq!(d.identity.unwrap().tenant, None);
+    }
+
+    #[test]
+    fn revocation_of_the_jti_or_subject_denies() {
+        let p = hs_policy("");
+        let t = hs256(SECRET, H, &claims(r#""jti":"j1""#));
+        let mut revs = RevocationSet::default();
+        assert!(decide_with(&p, &t, &revs).allowed());
+        revs.revoke_token_id("j1");
+        assert_eq!(decide_with(&p, &t, &revs).reason, Reason::Revoked);
+        let mut revs = RevocationSet::default();
+        revs.revoke_subject("alice", NOW);
+        assert_eq!(decide_with(&p, &t, &revs).reason, Reason::Revoked);
+    }
+
+    #[test]
+    fn an_unavailable_revocation_store_fails_closed() {
+        struct Down;
+        impl crate::Revocations for Down {
+            fn status(&self, _: crate::RevocationQuery<'_>) -> crate::RevocationStatus {
+                crate::RevocationStatus::Unavailable
+            }
+        }
+        let d = decide_with(&hs_policy(""), &hs256(SECRET, H, &claims("")), &Down);
+        assert_eq!((d.reason, d.status()), (Reason::RevocationStale, 503));
+    }
+
+    #[test]
+    fn identity_never_appears_on_a_denial() {
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, "")));
+        assert_eq!(d.reason, Reason::WrongAudience);
+        assert!(d.identity.is_none());
+    }
+}

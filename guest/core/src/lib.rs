@@ -48,6 +48,10 @@ pub mod reason;
 pub mod request;
 pub mod revocation;
 pub mod service_token;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+#[cfg(test)]
+mod testutil;
 pub mod time;
 pub mod types;
 
@@ -55,7 +59,7 @@ pub use decision::Decision;
 pub use identity::{CredentialKind, Identity};
 pub use policy::{FileSource, NoFiles, Policy, PolicyError};
 pub use reason::Reason;
-pub use request::{OwnedRequest, Request};
+pub use request::{OwnedRequest, Request, RequestSpec};
 pub use revocation::{
     NoRevocations, RevocationQuery, RevocationSet, RevocationStatus, Revocations,
 };
