@@ -87,16 +87,36 @@ impl Decision {
 impl Serialize for Decision {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
+        self.serialize_fields(&mut m)?;
+        m.end()
+    }
+}
+
+/// A decision labelled with the caller's request id, serialised with `id` first.
+#[derive(Debug)]
+pub struct Labeled<'a> {
+    /// The id to echo (any JSON value; `null` when the request had none).
+    pub id: Option<&'a serde_json::Value>,
+    /// The decision.
+    pub decision: &'a Decision,
+}
+
+impl Serialize for Labeled<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id)?;
+        self.decision.serialize_fields(&mut m)?;
+        m.end()
+    }
+}
+
+impl Decision {
+    fn serialize_fields<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
         m.serialize_entry("allow", &self.allowed())?;
         m.serialize_entry("status", &self.status())?;
         m.serialize_entry("reason", &self.reason)?;
         if let Some(id) = &self.identity {
-            let v = serde_json::to_value(id).map_err(serde::ser::Error::custom)?;
-            if let serde_json::Value::Object(fields) = v {
-                for (k, v) in fields {
-                    m.serialize_entry(&k, &v)?;
-                }
-            }
+            id.serialize_fields(m)?;
         }
         if let Some(r) = &self.route {
             m.serialize_entry("route", r)?;
@@ -118,6 +138,6 @@ impl Serialize for Decision {
         if let Some(sh) = &self.shadow {
             m.serialize_entry("shadow", sh)?;
         }
-        m.end()
+        Ok(())
     }
 }

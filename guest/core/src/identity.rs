@@ -31,46 +31,78 @@ impl CredentialKind {
 pub type Names = Arc<[Arc<str>]>;
 
 /// A verified identity. Every field comes from a credential whose signature or hash verified.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Identity {
     /// The credential kind.
     pub credential: CredentialKind,
     /// `sub` (JWT), `worker_id` (service token) or the key id (API key).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<Arc<str>>,
     /// The JWT issuer.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<Arc<str>>,
     /// The key that verified the credential: JWK `kid`, service key id, or API key id.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<Arc<str>>,
     /// `jti` of a JWT or service token.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<Arc<str>>,
     /// The audience the credential was accepted for.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<Arc<str>>,
     /// Granted scopes, after any the policy forbids were dropped.
     pub scopes: Names,
     /// Roles (direct and mapped from groups), before hierarchy expansion.
     pub roles: Names,
     /// Groups or entitlements from the credential.
-    #[serde(skip_serializing_if = "names_empty")]
     pub groups: Names,
     /// The tenant the identity belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Arc<str>>,
     /// An e-mail claim.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<Arc<str>>,
     /// Expiry as Unix seconds, when the credential has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<f64>,
 }
 
-#[allow(clippy::ref_option)]
-fn names_empty(n: &Names) -> bool {
-    n.is_empty()
+impl Identity {
+    /// Writes the identity's fields into a JSON map, in a fixed order; absent and empty optional
+    /// fields are omitted. Used by [`crate::Decision`]'s flat rendering.
+    pub fn serialize_fields<M: serde::ser::SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        m.serialize_entry("credential", &self.credential)?;
+        let opt = [
+            ("subject", &self.subject),
+            ("issuer", &self.issuer),
+            ("key_id", &self.key_id),
+            ("token_id", &self.token_id),
+            ("audience", &self.audience),
+            ("tenant", &self.tenant),
+            ("email", &self.email),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry("scopes", &self.scopes)?;
+        m.serialize_entry("roles", &self.roles)?;
+        if !self.groups.is_empty() {
+            m.serialize_entry("groups", &self.groups)?;
+        }
+        if let Some(exp) = self.expires_at {
+            // Whole seconds print as integers, as they were written.
+            #[allow(clippy::cast_possible_truncation)]
+            if exp.fract() == 0.0 && exp.abs() < 9.0e15 {
+                m.serialize_entry("expires_at", &(exp as i64))?;
+            } else {
+                m.serialize_entry("expires_at", &exp)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        self.serialize_fields(&mut m)?;
+        m.end()
+    }
 }
 
 /// An empty [`Names`] without allocating.

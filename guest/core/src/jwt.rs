@@ -379,7 +379,7 @@ pub fn is_global_wildcard(p: &ScopePattern) -> bool {
 mod tests {
     use crate::reason::Reason;
     use crate::revocation::RevocationSet;
-    use crate::testutil::{NOW, SECRET, claims, decide_token, decide_with, hs256, hs_policy};
+    use crate::testutil::{NOW, SECRET, claims, decide_token, decide_with, hs_policy, hs256};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -391,7 +391,14 @@ mod tests {
 
     #[test]
     fn a_valid_token_yields_its_identity() {
-        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""jti":"t1","email":"a@x.io","tenant":"acme""#)));
+        let d = decide_token(
+            &hs_policy(""),
+            &hs256(
+                SECRET,
+                H,
+                &claims(r#""jti":"t1","email":"a@x.io","tenant":"acme""#),
+            ),
+        );
         assert!(d.allowed(), "{d:?}");
         let id = d.identity.unwrap();
         assert_eq!(id.subject.as_deref(), Some("alice"));
@@ -406,7 +413,10 @@ mod tests {
     #[test]
     fn oversized_tokens_are_malformed_before_parsing() {
         let pad = "x".repeat(9000);
-        assert_eq!(reason("", H, &claims(&format!(r#""pad":"{pad}""#))), Reason::Malformed);
+        assert_eq!(
+            reason("", H, &claims(&format!(r#""pad":"{pad}""#))),
+            Reason::Malformed
+        );
     }
 
     #[test]
@@ -417,48 +427,69 @@ mod tests {
             "version: 1\nlimits: {{max_token_bytes: 16384}}\nissuers:\n  - issuer: https://t.example\n    audiences: [api]\n    algorithms: [HS256]\n    jwks: {{keys: [{{kty: oct, kid: k1, k: {k}}}]}}\n"
         );
         let p = crate::Policy::load(&text, &crate::NoFiles).unwrap();
-        assert!(decide_token(&p, &hs256(SECRET, H, &claims(&format!(r#""pad":"{pad}""#)))).allowed());
+        assert!(
+            decide_token(&p, &hs256(SECRET, H, &claims(&format!(r#""pad":"{pad}""#)))).allowed()
+        );
     }
 
     #[test]
     fn crit_is_malformed_even_when_empty() {
-        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k1","crit":[]}"#, &claims("")), Reason::Malformed);
+        assert_eq!(
+            reason("", r#"{"alg":"HS256","kid":"k1","crit":[]}"#, &claims("")),
+            Reason::Malformed
+        );
     }
 
     #[test]
     fn unknown_header_parameters_are_ignored() {
-        let h = r#"{"alg":"HS256","kid":"k1","typ":"at+jwt","x5t":"abc","jku":"https://evil/jwks"}"#;
+        let h =
+            r#"{"alg":"HS256","kid":"k1","typ":"at+jwt","x5t":"abc","jku":"https://evil/jwks"}"#;
         assert_eq!(reason("", h, &claims("")), Reason::Allowed);
     }
 
     #[test]
     fn kid_of_another_issuer_is_unknown() {
-        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k2"}"#, &claims("")), Reason::UnknownKid);
+        assert_eq!(
+            reason("", r#"{"alg":"HS256","kid":"k2"}"#, &claims("")),
+            Reason::UnknownKid
+        );
     }
 
     #[test]
     fn missing_kid_tries_hmac_keys() {
-        assert_eq!(reason("", r#"{"alg":"HS256"}"#, &claims("")), Reason::Allowed);
+        assert_eq!(
+            reason("", r#"{"alg":"HS256"}"#, &claims("")),
+            Reason::Allowed
+        );
     }
 
     #[test]
     fn required_custom_claims_are_enforced() {
         let p = "    required_claims: [exp, email]\n";
         assert_eq!(reason(p, H, &claims("")), Reason::MissingClaim);
-        assert_eq!(reason(p, H, &claims(r#""email":"a@x.io""#)), Reason::Allowed);
+        assert_eq!(
+            reason(p, H, &claims(r#""email":"a@x.io""#)),
+            Reason::Allowed
+        );
     }
 
     #[test]
     fn exp_is_not_required_when_the_policy_says_so() {
         let p = "    required_claims: []\n";
-        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
+        let no_exp = format!(
+            r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#,
+            NOW
+        );
         assert_eq!(reason(p, H, &no_exp), Reason::Allowed);
     }
 
     #[test]
     fn a_lifetime_bound_requires_exp() {
         let p = "    required_claims: []\n    max_lifetime_seconds: 600\n";
-        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
+        let no_exp = format!(
+            r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#,
+            NOW
+        );
         assert_eq!(reason(p, H, &no_exp), Reason::MissingClaim);
     }
 
@@ -471,15 +502,30 @@ mod tests {
 
     #[test]
     fn scope_and_scp_are_merged_without_duplicates() {
-        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""scope":"a b  a","scp":["b","c"]"#)));
-        let scopes: Vec<_> = d.identity.unwrap().scopes.iter().map(|s| s.to_string()).collect();
+        let d = decide_token(
+            &hs_policy(""),
+            &hs256(SECRET, H, &claims(r#""scope":"a b  a","scp":["b","c"]"#)),
+        );
+        let scopes: Vec<_> = d
+            .identity
+            .unwrap()
+            .scopes
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(scopes, ["a", "b", "c"]);
     }
 
     #[test]
     fn scope_claim_of_the_wrong_type_is_malformed() {
-        assert_eq!(reason("", H, &claims(r#""scope":["a",1]"#)), Reason::Malformed);
-        assert_eq!(reason("", H, &claims(r#""scp":{"a":1}"#)), Reason::Malformed);
+        assert_eq!(
+            reason("", H, &claims(r#""scope":["a",1]"#)),
+            Reason::Malformed
+        );
+        assert_eq!(
+            reason("", H, &claims(r#""scp":{"a":1}"#)),
+            Reason::Malformed
+        );
     }
 
     #[test]
@@ -495,19 +541,31 @@ mod tests {
 
     #[test]
     fn a_single_string_role_is_a_one_element_list() {
-        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""roles":"admin""#)));
+        let d = decide_token(
+            &hs_policy(""),
+            &hs256(SECRET, H, &claims(r#""roles":"admin""#)),
+        );
         assert_eq!(d.identity.unwrap().roles.len(), 1);
     }
 
     #[test]
     fn numeric_tenant_claims_are_rendered_exactly() {
-        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""tenant":12345678901234"#)));
-        assert_eq!(d.identity.unwrap().tenant.as_deref(), Some("12345678901234"));
+        let d = decide_token(
+            &hs_policy(""),
+            &hs256(SECRET, H, &claims(r#""tenant":12345678901234"#)),
+        );
+        assert_eq!(
+            d.identity.unwrap().tenant.as_deref(),
+            Some("12345678901234")
+        );
     }
 
     #[test]
     fn turning_a_mapping_off_ignores_the_claim() {
-        let d = decide_token(&hs_policy("    claims: {tenant: null}\n"), &hs256(SECRET, H, &claims(r#""tenant":{"x":1}"#)));
+        let d = decide_token(
+            &hs_policy("    claims: {tenant: null}\n"),
+            &hs256(SECRET, H, &claims(r#""tenant":{"x":1}"#)),
+        );
         assert!(d.allowed());
         assert_eq!(d.identity.unwrap().tenant, None);
     }
@@ -539,7 +597,14 @@ mod tests {
 
     #[test]
     fn identity_never_appears_on_a_denial() {
-        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, "")));
+        let d = decide_token(
+            &hs_policy(""),
+            &hs256(
+                SECRET,
+                H,
+                &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, ""),
+            ),
+        );
         assert_eq!(d.reason, Reason::WrongAudience);
         assert!(d.identity.is_none());
     }

@@ -1,0 +1,320 @@
+//! The command line. Exit codes: 0 allow (or success), 1 deny, 2 usage, policy or input error.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use portcullis_core::OwnedRequest;
+use portcullis_core::request::split_path_and_query;
+
+use crate::check::{self, Decider};
+use crate::policy_files;
+use crate::token;
+
+const ABOUT: &str = "Portcullis: one authorization decision for Envoy, Spin and the command line";
+
+const CHECK_HELP: &str = "\
+Examples:
+  portcullis check --policy policies/example.yaml --token \"$(cat policies/demo.jwt)\" --now 1800000000
+  portcullis check --policy p.yaml --header 'X-API-Key: ask_...' --client-ip 203.0.113.9
+  portcullis check --policy p.yaml --batch requests.jsonl > decisions.jsonl
+
+Output: one JSON object per decision: {\"allow\", \"status\", \"reason\", ...identity}.
+Batch lines look like {\"id\", \"token\", \"now\", \"method\", \"path\", \"headers\", \"client_ip\"}
+(all optional; headers as an object or a list of [name, value] pairs). Each input line gets
+exactly one output line, in order, echoing its id; an invalid line gets {\"id\", \"line\", \"error\"}.
+
+Exit status: 0 allowed, 1 denied, 2 usage or policy error.
+With --batch: 0 when every line was a valid request, 2 otherwise.";
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = ABOUT, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide a request (or a batch of JSON-line requests) against a policy.
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
+    /// Token tooling: mint service tokens, create and hash API keys, inspect JWTs.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Policy file (YAML or JSON). Referenced files are read relative to it.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// A bearer credential (JWT, service token or API key), sent as `Authorization: Bearer`.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "batch")]
+    token: Option<String>,
+    /// Decide every JSON line of FILE (`-` for stdin) and print one decision per line.
+    #[arg(long, value_name = "FILE|-")]
+    batch: Option<String>,
+    /// The time of the decision, in Unix seconds. Default: the system clock.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: Option<i64>,
+    /// Request method.
+    #[arg(long, default_value = "GET", conflicts_with = "batch")]
+    method: String,
+    /// Request path, optionally with a query string.
+    #[arg(long, default_value = "/", conflicts_with = "batch")]
+    path: String,
+    /// Request host (`:authority`).
+    #[arg(long, default_value = "", conflicts_with = "batch")]
+    host: String,
+    /// A request header, `Name: value`. Repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header, conflicts_with = "batch")]
+    headers: Vec<(String, String)>,
+    /// The client address, as the proxy saw it.
+    #[arg(long, value_name = "IP", conflicts_with = "batch")]
+    client_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a service token with the policy's active service key.
+    Service {
+        /// Policy file holding the `service_tokens` section.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// `worker_id`: must equal the worker header on each request.
+        #[arg(long)]
+        worker_id: String,
+        /// `aud`: one of the policy's service token audiences.
+        #[arg(long = "aud")]
+        audience: String,
+        /// A scope to grant. Repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (at most the policy's max_lifetime_seconds).
+        #[arg(long, default_value_t = 300)]
+        ttl: u32,
+        /// `jti`. Default: 128 random bits.
+        #[arg(long)]
+        jti: Option<String>,
+        /// `iat`, in Unix seconds. Default: the system clock.
+        #[arg(long)]
+        now: Option<i64>,
+        /// `nbf`, in Unix seconds.
+        #[arg(long)]
+        not_before: Option<i64>,
+    },
+    /// Create a random API key; prints {key, prefix, sha256}. Store only prefix and sha256.
+    ApiKey {
+        /// Type prefix (the policy's `api_keys.prefix`).
+        #[arg(long, default_value = "ask_")]
+        prefix: String,
+        /// The policy's `api_keys.prefix_length`.
+        #[arg(long, default_value_t = 12)]
+        prefix_length: usize,
+        /// Random characters after the type prefix.
+        #[arg(long, default_value_t = 40)]
+        length: usize,
+    },
+    /// Print the lookup prefix and SHA-256 of an API key read from stdin (keeps it out of
+    /// shell history).
+    HashApiKey {
+        /// The policy's `api_keys.prefix_length`.
+        #[arg(long, default_value_t = 12)]
+        prefix_length: usize,
+    },
+    /// Show a JWT's header and payload. Nothing is verified.
+    Inspect {
+        /// The token.
+        token: String,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or("expected `Name: value`")?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err("the header name must be a single word".into());
+    }
+    Ok((name.to_owned(), value.trim_start().to_owned()))
+}
+
+/// A failure with its stable code, printed as `error[code]: message`.
+struct Failure {
+    code: &'static str,
+    error: anyhow::Error,
+}
+
+impl From<policy_files::LoadError> for Failure {
+    fn from(e: policy_files::LoadError) -> Self {
+        Failure {
+            code: e.code,
+            error: e.error,
+        }
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure {
+        code: "usage",
+        error,
+    }
+}
+
+/// Runs the command line and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error[{}]: {:#}", f.code, f.error);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Check(args) => check(args),
+        Command::Token(t) => token_command(t),
+    }
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
+    let policy = policy_files::load(&args.policy)?;
+    let now = args.now;
+    let clock = move || now.unwrap_or_else(crate::unix_now);
+    let mut decider: &portcullis_core::Policy = &policy;
+
+    if let Some(source) = &args.batch {
+        let input: Box<dyn BufRead> = if source == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(source)
+                .with_context(|| format!("cannot open {source}"))
+                .map_err(usage)?;
+            Box::new(BufReader::new(f))
+        };
+        let out = std::io::BufWriter::new(std::io::stdout().lock());
+        let stats = check::batch(&mut decider, input, out, clock)
+            .context("batch I/O failed")
+            .map_err(|error| Failure { code: "io", error })?;
+        return Ok(if stats.invalid == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    }
+
+    let (path, query) = split_path_and_query(&args.path);
+    let mut headers = args.headers;
+    if let Some(t) = args.token {
+        headers.push(("Authorization".into(), format!("Bearer {t}")));
+    }
+    let request = OwnedRequest {
+        method: args.method,
+        scheme: "https".into(),
+        host: args.host,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers,
+        client_ip: args.client_ip,
+        now: clock(),
+    };
+    let decision = Decider::decide(&mut decider, &request);
+    let line = serde_json::to_string(&decision)
+        .context("cannot render the decision")
+        .map_err(usage)?;
+    println!("{line}");
+    Ok(if decision.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
+    let out = match cmd {
+        TokenCommand::Service {
+            policy,
+            worker_id,
+            audience,
+            scopes,
+            ttl,
+            jti,
+            now,
+            not_before,
+        } => {
+            let policy = policy_files::load(&policy)?;
+            let req = token::ServiceTokenRequest {
+                worker_id,
+                audience,
+                scopes,
+                ttl,
+                jti,
+                now: now.unwrap_or_else(crate::unix_now),
+                not_before,
+            };
+            token::mint_service(&policy, &req).map_err(usage)?
+        }
+        TokenCommand::ApiKey {
+            prefix,
+            prefix_length,
+            length,
+        } => {
+            let k = token::new_api_key(&prefix, prefix_length, length).map_err(usage)?;
+            serde_json::to_string(&k)
+                .context("cannot render")
+                .map_err(usage)?
+        }
+        TokenCommand::HashApiKey { prefix_length } => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("cannot read stdin")
+                .map_err(usage)?;
+            let (prefix, sha256) =
+                token::hash_api_key(key.trim_end_matches(['\r', '\n']), prefix_length)
+                    .map_err(usage)?;
+            serde_json::json!({ "prefix": prefix, "sha256": sha256 }).to_string()
+        }
+        TokenCommand::Inspect { token } => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(
+                stderr,
+                "note: decoded only; the signature and claims were NOT verified"
+            );
+            token::inspect(&token).map_err(usage)?.to_string()
+        }
+    };
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_split_at_the_first_colon() {
+        assert_eq!(
+            parse_header("X-A: b: c").unwrap(),
+            ("X-A".into(), "b: c".into())
+        );
+        assert_eq!(parse_header("X-A:").unwrap(), ("X-A".into(), String::new()));
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": v").is_err());
+        assert!(parse_header("X A: v").is_err());
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

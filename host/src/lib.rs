@@ -1,0 +1,18 @@
+//! # Portcullis host
+//!
+//! Everything that touches the outside world: files, the clock, the command line (and, in the
+//! sidecar, sockets, wasmtime and Postgres). Decisions themselves come from
+//! [`portcullis_core`]; this crate only gathers their inputs and delivers their outputs.
+
+pub mod check;
+pub mod cli;
+pub mod policy_files;
+pub mod token;
+
+/// The current time in Unix seconds.
+pub fn unix_now() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,172 @@
+//! Token tooling: mint service tokens, create and hash API keys, look inside a token.
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use portcullis_core::Policy;
+use portcullis_core::b64::URL_SAFE_STRICT;
+use sha2::{Digest, Sha256};
+
+/// What a new service token should say.
+#[derive(Debug, Clone)]
+pub struct ServiceTokenRequest {
+    /// `worker_id`.
+    pub worker_id: String,
+    /// `aud`.
+    pub audience: String,
+    /// `scopes`.
+    pub scopes: Vec<String>,
+    /// Lifetime in seconds.
+    pub ttl: u32,
+    /// `jti`; random when absent.
+    pub jti: Option<String>,
+    /// `iat`.
+    pub now: i64,
+    /// `nbf`, if any.
+    pub not_before: Option<i64>,
+}
+
+/// Signs a service token with the policy's active key, refusing what the policy would refuse.
+pub fn mint_service(policy: &Policy, req: &ServiceTokenRequest) -> anyhow::Result<String> {
+    let svc = policy
+        .service_tokens()
+        .context("the policy has no service_tokens section")?;
+    if f64::from(req.ttl) > svc.max_lifetime {
+        bail!(
+            "--ttl {} exceeds the policy's max_lifetime_seconds ({})",
+            req.ttl,
+            svc.max_lifetime
+        );
+    }
+    if !svc.audiences.iter().any(|a| **a == *req.audience) {
+        bail!("audience `{}` is not one the policy accepts", req.audience);
+    }
+    let jti = match &req.jti {
+        Some(j) => j.clone(),
+        None => random_id(16)?,
+    };
+    let mut payload = serde_json::Map::new();
+    payload.insert("worker_id".into(), req.worker_id.clone().into());
+    payload.insert("jti".into(), jti.into());
+    payload.insert("aud".into(), req.audience.clone().into());
+    payload.insert("iat".into(), req.now.into());
+    payload.insert("exp".into(), (req.now + i64::from(req.ttl)).into());
+    if !req.scopes.is_empty() {
+        payload.insert("scopes".into(), req.scopes.clone().into());
+    }
+    if let Some(nbf) = req.not_before {
+        payload.insert("nbf".into(), nbf.into());
+    }
+    svc.sign(&serde_json::Value::Object(payload).to_string())
+        .context("the policy has no service token key")
+}
+
+/// A newly created API key: the plaintext (shown once) and what the policy stores.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewApiKey {
+    /// The key itself. Give it to its owner; it is not stored anywhere.
+    pub key: String,
+    /// The lookup prefix, for the policy's `prefix` field.
+    pub prefix: String,
+    /// Hex SHA-256, for the policy's `sha256` field.
+    pub sha256: String,
+}
+
+/// Creates an API key: `prefix` + `length` random base62 characters.
+pub fn new_api_key(prefix: &str, prefix_length: usize, length: usize) -> anyhow::Result<NewApiKey> {
+    if prefix.len() + length < prefix_length + 16 {
+        bail!("the key would have fewer than 16 random characters after its lookup prefix");
+    }
+    let key = format!("{prefix}{}", random_base62(length)?);
+    let (prefix, sha256) = hash_api_key(&key, prefix_length)?;
+    Ok(NewApiKey {
+        key,
+        prefix,
+        sha256,
+    })
+}
+
+/// The lookup prefix and hex SHA-256 of a key.
+pub fn hash_api_key(key: &str, prefix_length: usize) -> anyhow::Result<(String, String)> {
+    let prefix = key
+        .get(..prefix_length)
+        .with_context(|| format!("the key is shorter than the prefix length {prefix_length}"))?;
+    let digest = Sha256::digest(key.as_bytes());
+    Ok((
+        prefix.to_owned(),
+        digest.iter().map(|b| format!("{b:02x}")).collect(),
+    ))
+}
+
+/// Decodes a JWT's header and payload WITHOUT verifying anything.
+pub fn inspect(token: &str) -> anyhow::Result<serde_json::Value> {
+    let mut parts = token.trim().split('.');
+    let (Some(h), Some(p)) = (parts.next(), parts.next()) else {
+        bail!("not a JWT: expected header.payload.signature");
+    };
+    let decode = |seg: &str, what: &str| -> anyhow::Result<serde_json::Value> {
+        let bytes = URL_SAFE_STRICT
+            .decode(seg)
+            .with_context(|| format!("the {what} is not canonical unpadded base64url"))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("the {what} is not JSON"))
+    };
+    Ok(serde_json::json!({
+        "verified": false,
+        "header": decode(h, "header")?,
+        "payload": decode(p, "payload")?,
+    }))
+}
+
+fn random_base62(n: usize) -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() == n {
+                break;
+            }
+            if let Some(c) = ALPHABET.get(usize::from(*b % 62)) {
+                out.push(char::from(*c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn random_id(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(URL_SAFE_STRICT.encode(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_api_keys_hash_to_what_the_policy_stores() {
+        let k = new_api_key("ask_", 12, 40).unwrap();
+        assert!(k.key.starts_with("ask_"));
+        assert_eq!(k.key.len(), 44);
+        assert_eq!(k.prefix, &k.key[..12]);
+        assert_eq!(hash_api_key(&k.key, 12).unwrap().1, k.sha256);
+        assert_ne!(new_api_key("ask_", 12, 40).unwrap().key, k.key);
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(new_api_key("ask_", 12, 20).is_err());
+        assert!(hash_api_key("ask_", 12).is_err());
+    }
+
+    #[test]
+    fn inspect_shows_claims_and_says_unverified() {
+        let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig";
+        let v = inspect(t).unwrap();
+        assert_eq!(v["verified"], false);
+        assert_eq!(v["payload"]["sub"], "a");
+        assert!(inspect("nope").is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! The `portcullis` binary, driven as a user would.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use portcullis_core::testkit::{check, parse_corpus};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn portcullis(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.unwrap_or("").to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn demo_token() -> String {
+    std::fs::read_to_string(root().join("policies/demo.jwt"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn an_allowed_check_prints_the_identity_and_exits_zero() {
+    let t = demo_token();
+    let out = portcullis(
+        &[
+            "check",
+            "--policy",
+            "policies/example.yaml",
+            "--token",
+            &t,
+            "--now",
+            "1800000000",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allow"], true);
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["reason"], "allowed");
+    assert_eq!(v["subject"], "demo-user");
+    assert_eq!(v["credential"], "jwt");
+}
+
+#[test]
+fn a_denied_check_exits_one_with_the_reason() {
+    let t = demo_token();
+    let out = portcullis(
+        &[
+            "check",
+            "--policy",
+            "policies/example.yaml",
+            "--token",
+            &t,
+            "--now",
+            "1900000000",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["allow"].clone(), v["status"].clone(), v["reason"].clone()),
+        (false.into(), 401.into(), "expired".into())
+    );
+}
+
+#[test]
+fn a_token_may_arrive_as_an_authorization_header() {
+    let h = format!("Authorization: Bearer {}", demo_token());
+    let out = portcullis(
+        &[
+            "check",
+            "--policy",
+            "policies/example.yaml",
+            "-H",
+            &h,
+            "--now",
+            "1800000000",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn policy_errors_exit_two_with_a_code_and_path_and_no_secret() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nservice_tokens:\n  prefix: svc\n  keys: [{id: a, secret: short-secret-value}]\n  audiences: [x]\n",
+    )
+    .unwrap();
+    let out = portcullis(
+        &["check", "--policy", p.to_str().unwrap(), "--token", "x"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error[policy_invalid]"), "{err}");
+    assert!(err.contains("service_tokens.keys[0]"), "{err}");
+    assert!(
+        !err.contains("short-secret-value"),
+        "a secret leaked: {err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    assert_eq!(portcullis(&["check"], None).status.code(), Some(2));
+    assert_eq!(
+        portcullis(
+            &[
+                "check",
+                "--policy",
+                "policies/example.yaml",
+                "--token",
+                "a",
+                "--batch",
+                "-"
+            ],
+            None
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn help_is_complete_for_every_command() {
+    for args in [
+        &["--help"][..],
+        &["check", "--help"],
+        &["token", "--help"],
+        &["token", "service", "--help"],
+    ] {
+        let out = portcullis(args, None);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(!out.stdout.is_empty());
+    }
+    let check_help = String::from_utf8(portcullis(&["check", "--help"], None).stdout).unwrap();
+    for flag in [
+        "--policy",
+        "--token",
+        "--batch",
+        "--now",
+        "--method",
+        "--path",
+        "--header",
+        "--client-ip",
+        "Exit status",
+    ] {
+        assert!(check_help.contains(flag), "check --help lacks {flag}");
+    }
+}
+
+/// The whole corpus through `--batch`: the CLI is one more runtime that must agree.
+#[test]
+fn the_corpus_through_batch_mode_decides_as_expected() {
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap();
+    let cases = parse_corpus(&corpus).unwrap();
+    let input: String = cases
+        .iter()
+        .map(|c| {
+            let mut spec = c.spec.clone();
+            spec["id"] = c.id.clone().into();
+            format!("{spec}\n")
+        })
+        .collect();
+    let out = portcullis(
+        &["check", "--policy", "policies/example.yaml", "--batch", "-"],
+        Some(&input),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), cases.len());
+    let failures: Vec<String> = cases
+        .iter()
+        .zip(&lines)
+        .filter_map(|(c, got)| {
+            if got["id"] != c.id.as_str() {
+                return Some(format!("{}: out of order ({})", c.id, got["id"]));
+            }
+            check(&c.expect, got)
+                .err()
+                .map(|e| format!("{}: {e}", c.id))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn minted_service_tokens_verify_and_respect_the_policy() {
+    let out = portcullis(
+        &[
+            "token",
+            "service",
+            "--policy",
+            "policies/example.yaml",
+            "--worker-id",
+            "w1",
+            "--aud",
+            "orders-api",
+            "--scope",
+            "orders:read",
+            "--now",
+            "1800000000",
+            "--ttl",
+            "300",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("svc-v1."));
+    let check = |worker: &str| {
+        portcullis(
+            &[
+                "check",
+                "--policy",
+                "policies/example.yaml",
+                "--token",
+                &token,
+                "-H",
+                &format!("X-Worker-ID: {worker}"),
+                "--now",
+                "1800000100",
+            ],
+            None,
+        )
+    };
+    assert_eq!(check("w1").status.code(), Some(0));
+    assert_eq!(check("w2").status.code(), Some(1));
+    let too_long = portcullis(
+        &[
+            "token",
+            "service",
+            "--policy",
+            "policies/example.yaml",
+            "--worker-id",
+            "w1",
+            "--aud",
+            "orders-api",
+            "--ttl",
+            "901",
+        ],
+        None,
+    );
+    assert_eq!(too_long.status.code(), Some(2));
+}
+
+#[test]
+fn api_keys_made_by_the_cli_hash_consistently() {
+    let out = portcullis(&["token", "api-key", "--prefix", "ask_"], None);
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = made["key"].as_str().unwrap();
+    let hashed = portcullis(&["token", "hash-api-key"], Some(&format!("{key}\n")));
+    let h: serde_json::Value = serde_json::from_slice(&hashed.stdout).unwrap();
+    assert_eq!(h["sha256"], made["sha256"]);
+    assert_eq!(h["prefix"], made["prefix"]);
+}
