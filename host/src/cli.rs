@@ -46,6 +46,15 @@ enum Command {
     /// Token tooling: mint service tokens, create and hash API keys, inspect JWTs.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Policy tooling.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the policy format's JSON Schema (for editors and CI validation).
+    Schema,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +191,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
+        Command::Policy(PolicyCommand::Schema) => {
+            let schema = serde_json::to_string_pretty(&portcullis_core::policy::json_schema())
+                .context("cannot render the schema")
+                .map_err(usage)?;
+            println!("{schema}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::identity::{Identity, Names, no_names};
+use crate::identity::{Identity, Names};
 use crate::reason::Reason;
 
 /// Allow or deny, why, and what to tell upstream.
@@ -17,7 +17,7 @@ pub struct Decision {
     pub reason: Reason,
     /// The verified identity: on allow, and on authorization denials (403), where the
     /// credential itself was valid.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The route that matched, if any.
     pub route: Option<Arc<str>>,
     /// The rule that decided, if a rule did.
@@ -25,9 +25,10 @@ pub struct Decision {
     /// Headers to set on the upstream request (allow only).
     pub headers_to_set: Vec<(Arc<str>, String)>,
     /// Headers to strip from the upstream request, always (so clients cannot forge identity).
-    pub headers_to_remove: Names,
+    /// `None` when the policy names none.
+    pub headers_to_remove: Option<Names>,
     /// What shadow (dry-run) routes or rules would have decided, without enforcing it.
-    pub shadow: Option<Shadow>,
+    pub shadow: Option<Box<Shadow>>,
 }
 
 /// A dry-run verdict reported beside the enforced one.
@@ -58,13 +59,13 @@ impl Decision {
             route: None,
             rule: None,
             headers_to_set: Vec::new(),
-            headers_to_remove: no_names(),
+            headers_to_remove: None,
             shadow: None,
         }
     }
 
     /// An allow for `identity`.
-    pub fn allow(identity: Identity) -> Decision {
+    pub fn allow(identity: Arc<Identity>) -> Decision {
         Decision {
             identity: Some(identity),
             ..Decision::deny(Reason::Allowed)
@@ -132,8 +133,8 @@ impl Decision {
                 .collect();
             m.serialize_entry("headers_to_set", &set)?;
         }
-        if !self.headers_to_remove.is_empty() {
-            m.serialize_entry("headers_to_remove", &self.headers_to_remove)?;
+        if let Some(h) = self.headers_to_remove.as_ref().filter(|h| !h.is_empty()) {
+            m.serialize_entry("headers_to_remove", h)?;
         }
         if let Some(sh) = &self.shadow {
             m.serialize_entry("shadow", sh)?;

@@ -105,9 +105,12 @@ impl Serialize for Identity {
     }
 }
 
-/// An empty [`Names`] without allocating.
+static EMPTY: std::sync::LazyLock<Names> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::<Arc<str>>::new()));
+
+/// An empty [`Names`], shared (no allocation per call).
 pub fn no_names() -> Names {
-    Arc::from(Vec::<Arc<str>>::new())
+    Arc::clone(&EMPTY)
 }
 
 impl Identity {

@@ -67,7 +67,7 @@ pub struct IssuerPolicy {
     /// Where identity fields come from.
     pub claims: ClaimMapping,
     /// Group name -> roles it grants.
-    pub group_roles: std::collections::HashMap<String, Vec<Arc<str>>>,
+    pub group_roles: crate::FastMap<String, Vec<Arc<str>>>,
 }
 
 /// Where a verification looks things up.
@@ -91,7 +91,11 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
     if token.len() > max {
         return Err(Reason::Malformed);
     }
-    let mut dots = token.match_indices('.').map(|(i, _)| i);
+    let mut dots = token
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'.')
+        .map(|(i, _)| i);
     let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(Reason::Malformed);
     };

@@ -5,7 +5,6 @@
 //! duplicate `kid`s and keys whose `alg` contradicts their type are load errors. HMAC keys keep a
 //! keyed state per allowed hash so a verification clones it instead of re-deriving the pads.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine as _;
@@ -291,7 +290,7 @@ fn rsa_verify(key: &rsa::RsaPublicKey, alg: Alg, message: &[u8], sig: &[u8]) -> 
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<TrustedKey>,
-    by_kid: HashMap<Kid, usize>,
+    by_kid: crate::FastMap<Kid, usize>,
 }
 
 /// What a key lookup found.

@@ -36,6 +36,13 @@
 //! ```
 
 pub mod api_key;
+
+/// Hash maps and sets keyed by configuration (key ids, API key prefixes, revoked ids). The
+/// seed is fixed: entries come from the operator, never from requests, so there is nothing for
+/// an attacker to flood, and no target needs OS randomness.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// See [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 pub mod b64;
 mod claims;
 pub mod decision;

@@ -67,6 +67,43 @@ impl<'a> Request<'a> {
     }
 }
 
+impl<'v> HeaderValue<'v> {
+    /// The value when present exactly once.
+    pub fn value(self) -> Option<&'v str> {
+        match self {
+            HeaderValue::One(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl HeaderValue<'_> {
+    fn add<'v>(self, v: &'v str) -> HeaderValue<'v>
+    where
+        Self: 'v,
+    {
+        match self {
+            HeaderValue::Absent => HeaderValue::One(v),
+            _ => HeaderValue::Repeated,
+        }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Looks up two headers in one pass (the credential headers, on every request).
+    pub fn header_pair(&self, a: &str, b: &str) -> (HeaderValue<'a>, HeaderValue<'a>) {
+        let (mut va, mut vb) = (HeaderValue::Absent, HeaderValue::Absent);
+        for (k, v) in self.headers {
+            if k.len() == a.len() && k.eq_ignore_ascii_case(a) {
+                va = va.add(v);
+            } else if k.len() == b.len() && k.eq_ignore_ascii_case(b) {
+                vb = vb.add(v);
+            }
+        }
+        (va, vb)
+    }
+}
+
 /// Splits a request target into path and query at the first `?`.
 pub fn split_path_and_query(target: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))
@@ -135,6 +172,11 @@ mod tests {
         assert_eq!(r.header("authorization"), HeaderValue::One("Bearer a"));
         assert_eq!(r.header("X-Api-Key"), HeaderValue::Repeated);
         assert_eq!(r.header("origin"), HeaderValue::Absent);
+        assert_eq!(
+            r.header_pair("AUTHORIZATION", "x-api-key"),
+            (HeaderValue::One("Bearer a"), HeaderValue::Repeated)
+        );
+        assert_eq!(r.header_pair("origin", "x-api-key").0, HeaderValue::Absent);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! own store (the sidecar's in-memory set fed from Postgres, a feed snapshot in Envoy or Spin) and
 //! passes it to every decision.
 
-use std::collections::{HashMap, HashSet};
+use crate::{FastMap, FastSet};
 
 /// What is being asked about.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,14 +55,22 @@ impl Revocations for NoRevocations {
 /// An in-memory set, usable as a host implementation and as a test double.
 #[derive(Clone, Debug, Default)]
 pub struct RevocationSet {
-    token_ids: HashSet<String>,
-    service_token_ids: HashSet<String>,
-    api_keys: HashSet<String>,
+    token_ids: FastSet<String>,
+    service_token_ids: FastSet<String>,
+    api_keys: FastSet<String>,
     /// Subject -> revoked-before time (Unix seconds).
-    subjects: HashMap<String, i64>,
+    subjects: FastMap<String, i64>,
 }
 
+static EMPTY_SET: std::sync::LazyLock<RevocationSet> =
+    std::sync::LazyLock::new(RevocationSet::default);
+
 impl RevocationSet {
+    /// A shared empty set.
+    pub fn empty() -> &'static RevocationSet {
+        &EMPTY_SET
+    }
+
     /// Revokes a JWT `jti`.
     pub fn revoke_token_id(&mut self, jti: impl Into<String>) {
         self.token_ids.insert(jti.into());

@@ -1,7 +1,7 @@
 //! Turns a [`PolicyDocument`] into a [`Policy`]: every value validated, every file read once,
 //! every index built. Nothing here runs per request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -87,11 +87,15 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
         .as_ref()
         .map(|s| service_tokens(s, files))
         .transpose()?;
-    let api_keys = doc
+    let statics = revoked(doc)?;
+    let mut api_keys = doc
         .api_keys
         .as_ref()
         .map(|a| api_keys(a, files))
         .transpose()?;
+    if let Some(a) = &mut api_keys {
+        a.apply_static_revocations(&statics);
+    }
     if let (Some(svc), Some(api)) = (&doc.service_tokens, &api_keys) {
         let marker = format!("{}-v1.", svc.prefix);
         if marker.starts_with(api.prefix.as_str()) || api.prefix.as_str().starts_with(&marker) {
@@ -107,7 +111,6 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
             "the policy accepts no credentials: configure issuers, service_tokens or api_keys",
         );
     }
-    let statics = revoked(doc)?;
     Ok(Policy {
         limits,
         issuers,
@@ -225,7 +228,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         groups: opt("groups", &c.groups)?,
         tenant: opt("tenant", &c.tenant)?,
     };
-    let mut group_roles = HashMap::new();
+    let mut group_roles = crate::FastMap::default();
     for (group, roles) in &d.group_roles {
         let p = format!("{path}.group_roles.{group}");
         let roles = roles
@@ -508,6 +511,7 @@ fn api_key(
     {
         identity.expires_at = expires_at.map(|t| t as f64);
     }
+    let identity = Arc::new(identity);
     let entry = ApiKeyEntry {
         id,
         sha256,
@@ -515,6 +519,7 @@ fn api_key(
         created_at,
         allowed_cidrs,
         allowed_origins,
+        revoked_by_policy: false,
         identity,
     };
     Ok((k.prefix.clone(), entry))

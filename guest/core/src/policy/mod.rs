@@ -5,6 +5,7 @@ pub mod doc;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::api_key::ApiKeyPolicy;
 use crate::decision::Decision;
@@ -227,7 +228,7 @@ impl Policy {
         req: &Request<'_>,
         accept: &Accept<'_>,
         revocations: &dyn Revocations,
-    ) -> Result<Identity, Reason> {
+    ) -> Result<Arc<Identity>, Reason> {
         match self.presented(req)? {
             Presented::Jwt(token) => {
                 let ctx = JwtContext {
@@ -235,35 +236,30 @@ impl Policy {
                     max_token_bytes: self.limits.max_token_bytes,
                     statics: &self.statics,
                 };
-                jwt::verify(token, &ctx, accept.issuer, req.now, revocations)
+                jwt::verify(token, &ctx, accept.issuer, req.now, revocations).map(Arc::new)
             }
-            Presented::ServiceToken(token, policy) => policy.verify(
-                token,
-                req,
-                self.limits.max_token_bytes,
-                accept.service_audience,
-                &self.statics,
-                revocations,
-            ),
-            Presented::ApiKey(key, policy) => {
-                policy.verify(key, req, accept.api_key, &self.statics, revocations)
-            }
+            Presented::ServiceToken(token, policy) => policy
+                .verify(
+                    token,
+                    req,
+                    self.limits.max_token_bytes,
+                    accept.service_audience,
+                    &self.statics,
+                    revocations,
+                )
+                .map(Arc::new),
+            Presented::ApiKey(key, policy) => policy.verify(key, req, accept.api_key, revocations),
         }
     }
 
     fn presented<'r>(&'r self, req: &Request<'r>) -> Result<Presented<'r>, Reason> {
-        let authorization = match req.header("authorization") {
-            HeaderValue::Absent => None,
-            HeaderValue::One(v) => Some(v),
-            HeaderValue::Repeated => return Err(Reason::Malformed),
-        };
-        let api_header = match &self.api_keys {
-            Some(a) => match req.header(&a.header) {
-                HeaderValue::Absent => None,
-                HeaderValue::One(v) => Some((v, a)),
-                HeaderValue::Repeated => return Err(Reason::Malformed),
-            },
-            None => None,
+        // Without API keys, the second name never matches a real header.
+        let api_name = self.api_keys.as_ref().map_or("", |a| a.header.as_str());
+        let (authorization, api_header) = match req.header_pair("authorization", api_name) {
+            (HeaderValue::Repeated, _) | (_, HeaderValue::Repeated) => {
+                return Err(Reason::Malformed);
+            }
+            (a, k) => (a.value(), k.value().zip(self.api_keys.as_ref())),
         };
         match (authorization, api_header) {
             (Some(_), Some(_)) => Err(Reason::AmbiguousCredential),
@@ -326,6 +322,21 @@ impl Accept<'_> {
         service_audience: None,
         api_key: None,
     };
+}
+
+/// The policy format's JSON Schema (draft 2020-12), generated from the same types the loader
+/// uses, so it cannot drift from what `Policy::load` accepts structurally.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let mut v = schemars::schema_for!(PolicyDocument).to_value();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "$id".into(),
+            "https://portcullis.dev/schema/policy-v1.json".into(),
+        );
+        o.insert("title".into(), "Portcullis policy, version 1".into());
+    }
+    v
 }
 
 #[cfg(test)]

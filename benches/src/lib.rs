@@ -1,0 +1,240 @@
+//! Shared fixtures for the benchmarks: the example policy, tokens minted for "now", and the
+//! equivalent `jsonwebtoken` configuration for each one.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use portcullis_core::Policy;
+use serde::{Deserialize, Serialize};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Loads a policy file and the files it references.
+pub fn load_policy(rel: &str) -> Policy {
+    let path = root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dir = path.parent().unwrap();
+    let files: BTreeMap<String, Vec<u8>> = Policy::referenced_files(&text)
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect();
+    Policy::load(&text, &files).unwrap()
+}
+
+/// The claims a typical access token carries; the peer deserialises into this.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub scope: String,
+    pub roles: Vec<String>,
+    pub tenant: String,
+    pub email: String,
+}
+
+/// One algorithm's inputs for both sides.
+#[allow(missing_debug_implementations)]
+pub struct JwtCase {
+    pub name: &'static str,
+    pub token: String,
+    pub key: DecodingKey,
+    pub validation: Validation,
+}
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures/keys").join(rel)).unwrap()
+}
+
+fn jwk(kid: &str) -> serde_json::Value {
+    let set: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("policies/keys/jwks.json")).unwrap())
+            .unwrap();
+    set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap()
+        .clone()
+}
+
+/// Tokens for HS256, RS256, ES256 and EdDSA against `policies/example.yaml`, valid at `now`.
+pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
+    let hmac_secret = hex(&String::from_utf8(fixture("hmac-2026.secret")).unwrap());
+    let specs: Vec<(&str, Algorithm, &str, &str, EncodingKey, DecodingKey)> = vec![
+        (
+            "hs256",
+            Algorithm::HS256,
+            "hmac-2026",
+            "https://hmac.example",
+            EncodingKey::from_secret(&hmac_secret),
+            DecodingKey::from_secret(&hmac_secret),
+        ),
+        (
+            "rs256",
+            Algorithm::RS256,
+            "rsa-2026",
+            "https://issuer.example",
+            EncodingKey::from_rsa_pem(&fixture("rsa-2026.pem")).unwrap(),
+            {
+                let k = jwk("rsa-2026");
+                DecodingKey::from_rsa_components(k["n"].as_str().unwrap(), k["e"].as_str().unwrap())
+                    .unwrap()
+            },
+        ),
+        (
+            "es256",
+            Algorithm::ES256,
+            "ec-p256",
+            "https://issuer.example",
+            EncodingKey::from_ec_pem(&fixture("ec-p256.pem")).unwrap(),
+            {
+                let k = jwk("ec-p256");
+                DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap())
+                    .unwrap()
+            },
+        ),
+        (
+            "eddsa",
+            Algorithm::EdDSA,
+            "ed25519",
+            "https://issuer.example",
+            EncodingKey::from_ed_pem(&fixture("ed25519.pem")).unwrap(),
+            DecodingKey::from_ed_components(jwk("ed25519")["x"].as_str().unwrap()).unwrap(),
+        ),
+    ];
+    specs
+        .into_iter()
+        .map(|(name, alg, kid, iss, enc, dec)| {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.into());
+            let claims = Claims {
+                iss: iss.into(),
+                sub: "alice".into(),
+                aud: "edge-api".into(),
+                iat: now - 60,
+                exp: now + 3000,
+                jti: "0b3f6c2e-7d1a-4d1e-9a55-1c0e8a3f9b21".into(),
+                scope: "orders:read orders:write".into(),
+                roles: vec!["admin".into()],
+                tenant: "acme".into(),
+                email: "alice@example.com".into(),
+            };
+            let token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+            // The peer configured to check what Portcullis checks: algorithm, issuer, audience,
+            // exp and nbf with the same leeway, and the same required claims.
+            let mut validation = Validation::new(alg);
+            validation.set_issuer(&[iss]);
+            validation.set_audience(&["edge-api"]);
+            validation.leeway = 30;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+            JwtCase {
+                name,
+                token,
+                key: dec,
+                validation,
+            }
+        })
+        .collect()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The current time in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The result of a paired comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Paired {
+    /// Median time per call of the subject, in nanoseconds.
+    pub subject_ns: f64,
+    /// Median time per call of the peer, in nanoseconds.
+    pub peer_ns: f64,
+    /// Median of per-round ratios subject / peer.
+    pub ratio: f64,
+    /// Interquartile range of the per-round ratios.
+    pub ratio_iqr: (f64, f64),
+}
+
+/// Times `subject` and `peer` in alternating batches and reports the median per-round ratio.
+///
+/// On a shared or noisy machine a criterion run of A followed by a run of B can land in different
+/// noise regimes; interleaving batches puts both sides in the same one, so the ratio is stable even
+/// when absolute times drift.
+pub fn paired(
+    mut subject: impl FnMut(),
+    mut peer: impl FnMut(),
+    rounds: usize,
+    batch: usize,
+) -> Paired {
+    use std::time::Instant;
+    let mut time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / batch as f64
+    };
+    // Warm caches and branch predictors on both sides.
+    for _ in 0..3 {
+        time(&mut subject);
+        time(&mut peer);
+    }
+    let (mut s, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = time(&mut subject);
+            (a, time(&mut peer))
+        } else {
+            let b = time(&mut peer);
+            (time(&mut subject), b)
+        };
+        s.push(a);
+        p.push(b);
+        r.push(a / b);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let q = |v: &Vec<f64>, f: f64| v[((v.len() - 1) as f64 * f) as usize];
+    let subject_ns = med(&mut s);
+    let peer_ns = med(&mut p);
+    let ratio = med(&mut r);
+    Paired {
+        subject_ns,
+        peer_ns,
+        ratio,
+        ratio_iqr: (q(&r, 0.25), q(&r, 0.75)),
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every Portcullis test on a fresh machine, installing what is missing first.
+# Usage: scripts/test.sh            (everything)
+#        SKIP_WASM_NODE=1 scripts/test.sh   (skip the wasm32-unknown-unknown run under Node)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+TOOLS="$ROOT/.tools"
+mkdir -p "$TOOLS"
+export PATH="$TOOLS/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+elapsed() { printf '    (%ss)\n' "$SECONDS"; }
+
+step "toolchain targets"
+rustup target add wasm32-wasip2 wasm32-wasip1 wasm32-unknown-unknown >/dev/null
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+elapsed
+
+step "unit, property, corpus and CLI tests (native)"
+cargo test --workspace --all-features --locked
+elapsed
+
+step "benchmarks compile and run once, asserting both sides agree (not timed)"
+cargo test -p portcullis-benches --benches --locked
+elapsed
+
+step "the core builds for every wasm target"
+for t in wasm32-unknown-unknown wasm32-wasip1 wasm32-wasip2; do
+  cargo build -p portcullis-core --target "$t" --locked
+done
+elapsed
+
+if [ -z "${SKIP_WASM_NODE:-}" ]; then
+  step "core tests on wasm32-unknown-unknown under Node (wasm-bindgen-test)"
+  command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+  want=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/"/,"",$3); print $3}' Cargo.lock)
+  have=$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    # A debug build of the runner is half the build time and fast enough for a few modules.
+    cargo install wasm-bindgen-cli --version "$want" --no-default-features \
+      --bin wasm-bindgen-test-runner --debug --root "$TOOLS" --quiet
+  fi
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test -p portcullis-core --target wasm32-unknown-unknown --locked
+  elapsed
+fi
+
+step "all tests passed"
+elapsed
