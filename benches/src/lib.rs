@@ -4,7 +4,9 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
 )]
 
 use std::collections::BTreeMap;
@@ -198,7 +200,7 @@ pub fn paired(
     batch: usize,
 ) -> Paired {
     use std::time::Instant;
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
         for _ in 0..batch {
             f();
