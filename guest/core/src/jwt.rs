@@ -52,8 +52,10 @@ pub struct ClaimMapping {
 pub struct IssuerPolicy {
     /// The exact `iss` value.
     pub issuer: Issuer,
-    /// Accepted audiences (at least one).
+    /// Accepted audiences (at least one, unless `skip_audience`).
     pub audiences: Vec<Arc<str>>,
+    /// `insecure_skip_audience`: `aud` is not checked.
+    pub skip_audience: bool,
     /// Allowed algorithms.
     pub algorithms: AlgSet,
     /// Trusted keys.
@@ -76,9 +78,6 @@ pub(crate) struct JwtContext<'p> {
     pub max_token_bytes: usize,
     pub statics: &'p RevocationSet,
 }
-
-/// What a caller may narrow a verification to (a route accepting only some issuers).
-pub(crate) type IssuerFilter<'r> = Option<&'r dyn Fn(usize) -> bool>;
 
 struct Parts<'t> {
     signing_input: &'t str,
@@ -117,7 +116,7 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
 pub(crate) fn verify(
     token: &str,
     ctx: &JwtContext<'_>,
-    accept: IssuerFilter<'_>,
+    accept: Option<&[usize]>,
     now: UnixTime,
     revocations: &dyn Revocations,
 ) -> Result<Identity, Reason> {
@@ -152,7 +151,7 @@ pub(crate) fn verify(
         .enumerate()
         .find(|(_, i)| i.issuer.as_str() == iss)
         .ok_or(Reason::WrongIssuer)?;
-    if accept.is_some_and(|f| !f(index)) {
+    if accept.is_some_and(|a| !a.contains(&index)) {
         return Err(Reason::CredentialNotAccepted);
     }
 
@@ -196,8 +195,10 @@ pub(crate) fn verify(
             .audiences
             .iter()
             .find(|x| list.iter().any(|a| &***x == *a)),
+    };
+    if audience.is_none() && !issuer.skip_audience {
+        return Err(Reason::WrongAudience);
     }
-    .ok_or(Reason::WrongAudience)?;
 
     if let Some(jti) = registered.jti {
         refuse_if_revoked(ctx.statics, revocations, RevocationQuery::TokenId(jti))?;
@@ -283,7 +284,7 @@ impl<'a> Registered<'a> {
 fn build_identity(
     issuer: &IssuerPolicy,
     key: &TrustedKey,
-    audience: &Arc<str>,
+    audience: Option<&Arc<str>>,
     registered: &Registered<'_>,
     claims: &Object<'_>,
 ) -> Result<Identity, Reason> {
@@ -291,7 +292,7 @@ fn build_identity(
     let mut id = Identity::new(CredentialKind::Jwt);
     id.issuer = Some(issuer.issuer.shared());
     id.key_id = key.kid().map(|k| k.shared());
-    id.audience = Some(Arc::clone(audience));
+    id.audience = audience.cloned();
     id.expires_at = registered.exp;
     id.token_id = registered.jti.map(claims::header_safe).transpose()?;
     id.subject = optional_string(claims, &map.subject)?;

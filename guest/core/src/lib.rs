@@ -46,6 +46,7 @@ pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedS
 pub mod b64;
 mod claims;
 pub mod decision;
+pub mod engine;
 pub mod identity;
 pub mod json;
 pub mod jwt;

@@ -115,7 +115,7 @@ impl ServiceTokenPolicy {
         token: &str,
         req: &Request<'_>,
         max_token_bytes: usize,
-        accept_audience: Option<&dyn Fn(&str) -> bool>,
+        accept_audience: Option<&[Arc<str>]>,
         statics: &RevocationSet,
         revocations: &dyn Revocations,
     ) -> Result<Identity, Reason> {
@@ -159,7 +159,7 @@ impl ServiceTokenPolicy {
             .audiences
             .iter()
             .find(|a| &***a == c.aud)
-            .filter(|a| accept_audience.is_none_or(|f| f(a)))
+            .filter(|a| accept_audience.is_none_or(|list| list.contains(a)))
             .ok_or(Reason::WrongAudience)?;
         match req.header(&self.worker_header) {
             HeaderValue::One(w) if w == c.worker_id => {}

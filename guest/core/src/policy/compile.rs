@@ -105,7 +105,15 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
             );
         }
     }
-    if issuers.is_empty() && service_tokens.is_none() && api_keys.is_none() {
+    let creds = super::compile_engine::Credentials {
+        issuers: &issuers,
+        service: service_tokens.as_ref(),
+        api_keys: api_keys.as_ref(),
+    };
+    let engine = super::compile_engine::engine(doc, &creds)?;
+    let needs_credentials = engine.default == crate::engine::Default::Authenticated
+        || engine.routes.iter().any(|r| !r.public);
+    if needs_credentials && issuers.is_empty() && service_tokens.is_none() && api_keys.is_none() {
         return invalid(
             "$",
             "the policy accepts no credentials: configure issuers, service_tokens or api_keys",
@@ -117,6 +125,7 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
         service_tokens,
         api_keys,
         statics,
+        engine,
     })
 }
 
@@ -167,7 +176,11 @@ fn nonempty_list(path: &str, v: &[String], what: &str) -> Result<Vec<Arc<str>>> 
 
 fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPolicy> {
     let issuer: Issuer = parse(&format!("{path}.issuer"), &d.issuer)?;
-    let audiences = nonempty_list(&format!("{path}.audiences"), &d.audiences, "audience")?;
+    let audiences = if d.insecure_skip_audience && d.audiences.is_empty() {
+        Vec::new()
+    } else {
+        nonempty_list(&format!("{path}.audiences"), &d.audiences, "audience")?
+    };
     if d.algorithms.is_empty() {
         return invalid(
             format!("{path}.algorithms"),
@@ -240,6 +253,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
     Ok(IssuerPolicy {
         issuer,
         audiences,
+        skip_audience: d.insecure_skip_audience,
         algorithms,
         keys,
         leeway: f64::from(d.leeway_seconds),
@@ -250,7 +264,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
     })
 }
 
-fn role_name(path: &str, r: &str) -> Result<Arc<str>> {
+pub(super) fn role_name(path: &str, r: &str) -> Result<Arc<str>> {
     if r.is_empty() || r.len() > 128 || !r.bytes().all(|b| b.is_ascii_graphic()) {
         return invalid(
             path,
@@ -260,7 +274,7 @@ fn role_name(path: &str, r: &str) -> Result<Arc<str>> {
     Ok(Arc::from(r))
 }
 
-fn header_name(path: &str, h: &str) -> Result<String> {
+pub(super) fn header_name(path: &str, h: &str) -> Result<String> {
     // RFC 9110 token characters.
     let ok = !h.is_empty()
         && h.bytes()
@@ -525,7 +539,7 @@ fn api_key(
     Ok((k.prefix.clone(), entry))
 }
 
-fn cidr(path: &str, s: &str) -> Result<IpNet> {
+pub(super) fn cidr(path: &str, s: &str) -> Result<IpNet> {
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n.trunc());
     }

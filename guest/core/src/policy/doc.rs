@@ -33,6 +33,250 @@ pub struct PolicyDocument {
     /// Static revocations, checked before the runtime's dynamic store. Default: none.
     #[serde(default)]
     pub revoked: RevokedDoc,
+    /// What happens to a request no route matches: `deny` (403 `no_route`) or `authenticated`
+    /// (any accepted credential, no further requirements). Default: `deny` when `routes` is
+    /// present, `authenticated` when it is absent.
+    #[serde(default)]
+    pub default: Option<DefaultAction>,
+    /// Whether a credential's `*` scope grant is honoured. Default `false`: `*` grants nothing.
+    #[serde(default)]
+    pub allow_global_scope_wildcard: bool,
+    /// Named roles and their hierarchy. Default: none.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleDoc>,
+    /// Routes: which requests need which credentials and requirements. Default: none (see
+    /// `default`).
+    #[serde(default)]
+    pub routes: Option<Vec<RouteDoc>>,
+    /// Allow and deny rules with priorities, applied after authentication. Default: none.
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+    /// Identity headers set on allowed requests; every configured name is also stripped from
+    /// every incoming request.
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersDoc,
+    /// What audit events include.
+    #[serde(default)]
+    pub audit: AuditDoc,
+}
+
+/// The action for requests that match no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum DefaultAction {
+    /// 403 `no_route`, before any credential is examined.
+    Deny,
+    /// Any credential the policy accepts; no scope, role or tenant requirements.
+    Authenticated,
+}
+
+/// A role: what it implies and what it grants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RoleDoc {
+    /// Roles this role implies (`admin` implies `operator`). Cycles are an error. Default: none.
+    pub inherits: Vec<String>,
+    /// Scope patterns the role grants (`orders:*`). Default: none.
+    pub scopes: Vec<String>,
+}
+
+/// A route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RouteDoc {
+    /// Stable id, reported in decisions and audit events. Required, unique.
+    pub id: String,
+    /// Host to match (`api.example.com` or `*.example.com`), case-insensitive, port ignored.
+    /// Default: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Methods to match. Default: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path pattern: `/exact`, `/prefix/**`, one-segment `*`, and captures such as
+    /// `/v1/orgs/{org}/projects/{project}/**`. `**` only as the last segment. Required.
+    pub path: String,
+    /// No credential needed (health checks, login). Incompatible with requirements.
+    /// Default `false`.
+    #[serde(default)]
+    pub public: bool,
+    /// Which credentials the route accepts. Default: every credential the policy configures.
+    /// When present, only what it lists is accepted.
+    #[serde(default)]
+    pub accept: Option<AcceptDoc>,
+    /// Scopes that must all be granted. Default: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Alternative scope sets: at least one set must be granted in full. Default: none.
+    #[serde(default)]
+    pub any_scopes: Vec<Vec<String>>,
+    /// Roles, any one of which (directly or through the hierarchy) is required. Default: none.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Binds the request's tenant to the identity's. Default: no tenant check.
+    #[serde(default)]
+    pub tenant: Option<TenantDoc>,
+    /// Dry run: evaluate and report in `shadow`, never enforce. Default `false`.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// What a route accepts. Kinds not listed are not accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct AcceptDoc {
+    /// JWT issuers (their `issuer` values).
+    pub issuers: Vec<String>,
+    /// Service token audiences.
+    pub service_audiences: Vec<String>,
+    /// API keys: `true` for all, or a list of key ids.
+    pub api_keys: Option<ApiKeyAcceptDoc>,
+}
+
+/// `true`/`false`, or specific API key ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum ApiKeyAcceptDoc {
+    /// All keys (`true`) or none (`false`).
+    All(bool),
+    /// These key ids.
+    Ids(Vec<String>),
+}
+
+/// Where a route finds the tenant a request addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct TenantDoc {
+    /// A `{param}` of the route's path. Exactly one of `path_param` and `header`.
+    #[serde(default)]
+    pub path_param: Option<String>,
+    /// A request header. Exactly one of `path_param` and `header`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Roles that may act in any tenant (`platform-admin`). Default: none.
+    #[serde(default)]
+    pub cross_tenant_roles: Vec<String>,
+}
+
+/// An allow or deny rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RuleDoc {
+    /// Stable id, reported in decisions (`policy_denied`) and audit events. Required, unique.
+    pub id: String,
+    /// `allow` or `deny`.
+    pub effect: Effect,
+    /// Higher wins; at equal priority `deny` wins. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Conditions; all must hold (each lists alternatives). An empty `when` always matches.
+    #[serde(default)]
+    pub when: WhenDoc,
+    /// Dry run: evaluate and report in `shadow`, never enforce. Default `false`.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// A rule's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum Effect {
+    /// Allow, overriding the route's scope, role and tenant requirements.
+    Allow,
+    /// Deny with 403 `policy_denied`.
+    Deny,
+}
+
+/// Rule conditions. Each present condition must hold; a list holds when any element does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct WhenDoc {
+    /// Route ids.
+    pub routes: Vec<String>,
+    /// Methods.
+    pub methods: Vec<String>,
+    /// Path patterns (same syntax as routes).
+    pub paths: Vec<String>,
+    /// Hosts (`api.example.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+    /// Credential kinds: `jwt`, `service_token`, `api_key`.
+    pub credentials: Vec<String>,
+    /// Subjects.
+    pub subjects: Vec<String>,
+    /// Tenants.
+    pub tenants: Vec<String>,
+    /// Roles (through the hierarchy).
+    pub roles: Vec<String>,
+    /// Scopes the identity is granted.
+    pub scopes: Vec<String>,
+    /// Client address ranges.
+    pub client_cidrs: Vec<String>,
+    /// `Origin` values (`https://app.example.com`, `https://*.example.com`).
+    pub origins: Vec<String>,
+    /// Header name -> accepted values (exact).
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+/// Names of the identity headers sent upstream. `null` turns one off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct IdentityHeadersDoc {
+    /// Subject. Default `X-User-Id`.
+    pub subject: Option<String>,
+    /// E-mail. Default `X-User-Email`.
+    pub email: Option<String>,
+    /// Roles (after the hierarchy is applied), comma-separated. Default `X-User-Role`.
+    pub roles: Option<String>,
+    /// Groups, comma-separated. Default `X-User-Groups`.
+    pub groups: Option<String>,
+    /// Tenant. Default `X-Tenant-Id`.
+    pub tenant: Option<String>,
+    /// Granted scopes, space-separated. Default `X-Auth-Scopes`.
+    pub scopes: Option<String>,
+    /// Credential kind (`jwt`, `service_token`, `api_key`). Default: off.
+    pub credential: Option<String>,
+    /// Issuer. Default: off.
+    pub issuer: Option<String>,
+    /// More headers to strip from every incoming request. Default: none.
+    pub remove: Vec<String>,
+}
+
+impl Default for IdentityHeadersDoc {
+    fn default() -> Self {
+        IdentityHeadersDoc {
+            subject: Some("X-User-Id".into()),
+            email: Some("X-User-Email".into()),
+            roles: Some("X-User-Role".into()),
+            groups: Some("X-User-Groups".into()),
+            tenant: Some("X-Tenant-Id".into()),
+            scopes: Some("X-Auth-Scopes".into()),
+            credential: None,
+            issuer: None,
+            remove: Vec::new(),
+        }
+    }
+}
+
+/// What audit events may contain beyond the decision itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct AuditDoc {
+    /// Request headers to record (`User-Agent`, `X-Request-Id`). Credential headers are never
+    /// recorded, even if listed. Default: none.
+    pub headers: Vec<String>,
+    /// Query parameters to record. Default: none.
+    pub query_keys: Vec<String>,
 }
 
 /// Input size limits. A request over a limit is denied `malformed` before parsing.
@@ -68,7 +312,9 @@ impl Default for LimitsDoc {
 pub struct IssuerDoc {
     /// The exact `iss` value (compared byte for byte; no trailing-slash normalisation).
     pub issuer: String,
-    /// Accepted `aud` values; a token must name at least one. Required, non-empty.
+    /// Accepted `aud` values; a token must name at least one. Required, non-empty (unless
+    /// `insecure_skip_audience`).
+    #[serde(default)]
     pub audiences: Vec<String>,
     /// Allowed `alg` values (case-sensitive): HS256, HS384, HS512, RS256, RS384, RS512, PS256,
     /// PS384, PS512, ES256, ES384, EdDSA. Required, non-empty.
@@ -84,6 +330,10 @@ pub struct IssuerDoc {
         schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")
     )]
     pub jwks: Option<serde_json::Value>,
+    /// DANGEROUS: accept tokens whatever their `aud` (for identity providers that cannot set
+    /// one). A token minted for any other service is then accepted here. Default `false`.
+    #[serde(default)]
+    pub insecure_skip_audience: bool,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Default 60.
     #[serde(default = "default_jwt_leeway")]
     pub leeway_seconds: u32,

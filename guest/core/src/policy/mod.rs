@@ -1,6 +1,7 @@
 //! Policies: parsed once, compiled into an immutable index, then used for every decision.
 
 mod compile;
+mod compile_engine;
 pub mod doc;
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::api_key::ApiKeyPolicy;
-use crate::decision::Decision;
+use crate::engine::{Accept, Engine, KeyAccept};
 use crate::identity::Identity;
 use crate::jwt::{self, IssuerPolicy, JwtContext};
 use crate::reason::Reason;
@@ -112,6 +113,7 @@ pub struct Policy {
     pub(crate) service_tokens: Option<ServiceTokenPolicy>,
     pub(crate) api_keys: Option<ApiKeyPolicy>,
     pub(crate) statics: RevocationSet,
+    pub(crate) engine: Engine,
 }
 
 impl fmt::Debug for Policy {
@@ -198,18 +200,12 @@ impl Policy {
         self.service_tokens.as_ref()
     }
 
-    /// Decides one request.
-    pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
-        if let Err(reason) = self.check_limits(req) {
-            return Decision::deny(reason);
-        }
-        match self.authenticate(req, &Accept::ANY, revocations) {
-            Ok(identity) => Decision::allow(identity),
-            Err(reason) => Decision::deny(reason),
-        }
+    /// The compiled routes, roles and rules.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    fn check_limits(&self, req: &Request<'_>) -> Result<(), Reason> {
+    pub(crate) fn check_limits(&self, req: &Request<'_>) -> Result<(), Reason> {
         let l = &self.limits;
         if req.headers.len() > l.max_headers || req.path.len() + req.query.len() > l.max_path_bytes
         {
@@ -226,29 +222,43 @@ impl Policy {
     pub(crate) fn authenticate(
         &self,
         req: &Request<'_>,
-        accept: &Accept<'_>,
+        accept: &Accept,
         revocations: &dyn Revocations,
     ) -> Result<Arc<Identity>, Reason> {
         match self.presented(req)? {
+            Presented::Jwt(_) if accept.issuers.as_ref().is_some_and(Vec::is_empty) => {
+                Err(Reason::CredentialNotAccepted)
+            }
+            Presented::ServiceToken(..)
+                if accept.service_audiences.as_ref().is_some_and(Vec::is_empty) =>
+            {
+                Err(Reason::CredentialNotAccepted)
+            }
+            Presented::ApiKey(..) if accept.api_keys == KeyAccept::Nothing => {
+                Err(Reason::CredentialNotAccepted)
+            }
             Presented::Jwt(token) => {
                 let ctx = JwtContext {
                     issuers: &self.issuers,
                     max_token_bytes: self.limits.max_token_bytes,
                     statics: &self.statics,
                 };
-                jwt::verify(token, &ctx, accept.issuer, req.now, revocations).map(Arc::new)
+                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations)
+                    .map(Arc::new)
             }
             Presented::ServiceToken(token, policy) => policy
                 .verify(
                     token,
                     req,
                     self.limits.max_token_bytes,
-                    accept.service_audience,
+                    accept.service_audiences.as_deref(),
                     &self.statics,
                     revocations,
                 )
                 .map(Arc::new),
-            Presented::ApiKey(key, policy) => policy.verify(key, req, accept.api_key, revocations),
+            Presented::ApiKey(key, policy) => {
+                policy.verify(key, req, &accept.api_keys, revocations)
+            }
         }
     }
 
@@ -307,21 +317,6 @@ fn bearer(value: &str, max_token_bytes: usize) -> Result<&str, Reason> {
         return Err(Reason::Malformed);
     }
     Ok(token)
-}
-
-/// Which credentials a decision accepts (all, until a route narrows it).
-pub(crate) struct Accept<'a> {
-    pub issuer: jwt::IssuerFilter<'a>,
-    pub service_audience: Option<&'a dyn Fn(&str) -> bool>,
-    pub api_key: Option<&'a dyn Fn(&str) -> bool>,
-}
-
-impl Accept<'_> {
-    pub const ANY: Accept<'static> = Accept {
-        issuer: None,
-        service_audience: None,
-        api_key: None,
-    };
 }
 
 /// The policy format's JSON Schema (draft 2020-12), generated from the same types the loader

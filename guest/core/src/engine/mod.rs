@@ -1,0 +1,708 @@
+//! The policy engine: routes, scopes, roles, tenants and rules, compiled once.
+//!
+//! A decision walks: limits → path normalisation → route (trie, most specific first) →
+//! credential (only what the route accepts) → requirements (tenant, roles, scopes) → rules
+//! (indexed by path and route; highest priority wins, deny wins ties; a winning allow overrides
+//! the route's requirements) → identity headers. Nothing on this path compiles a pattern, walks
+//! the whole policy, or allocates beyond the identity and the headers it returns.
+
+pub mod audit;
+pub mod explain;
+pub mod matchers;
+pub mod path;
+pub mod roles;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::FastSet;
+use crate::api_key::OriginPattern;
+use crate::decision::{Decision, Shadow};
+use crate::identity::{CredentialKind, Identity, Names};
+use crate::policy::Policy;
+use crate::reason::Reason;
+use crate::request::Request;
+use crate::revocation::Revocations;
+use explain::Trace;
+use matchers::{HostPattern, Methods, header_value, request_host};
+use path::{PathBuffer, PathPattern, RequestPath, Trie};
+use roles::{RoleSet, Roles, grant_covers};
+
+/// What happens to requests no route matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Default {
+    /// 403 `no_route`.
+    Deny,
+    /// Any accepted credential; no requirements.
+    Authenticated,
+}
+
+/// Which credentials a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accept {
+    /// JWT issuer indices; `None` means every issuer.
+    pub issuers: Option<Vec<usize>>,
+    /// Service token audiences; `None` means every configured audience.
+    pub service_audiences: Option<Vec<Arc<str>>>,
+    /// API keys.
+    pub api_keys: KeyAccept,
+}
+
+/// Which API keys a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyAccept {
+    /// Every key.
+    All,
+    /// No key.
+    Nothing,
+    /// These key ids.
+    Ids(Vec<Arc<str>>),
+}
+
+impl Accept {
+    /// Everything the policy configures.
+    pub const ANY: Accept = Accept {
+        issuers: None,
+        service_audiences: None,
+        api_keys: KeyAccept::All,
+    };
+}
+
+/// Where a route reads the tenant a request addresses.
+#[derive(Clone, Debug)]
+pub enum TenantSource {
+    /// The path segment at this index.
+    PathSegment(usize),
+    /// A request header.
+    Header(Box<str>),
+}
+
+/// A route's tenant binding.
+#[derive(Clone, Debug)]
+pub struct TenantBinding {
+    /// Where the request's tenant comes from.
+    pub source: TenantSource,
+    /// Roles allowed across tenants.
+    pub cross_tenant: RoleSet,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Id.
+    pub id: Arc<str>,
+    /// Host, if restricted.
+    pub host: Option<HostPattern>,
+    /// Methods, if restricted.
+    pub methods: Option<Methods>,
+    /// The path pattern.
+    pub path: PathPattern,
+    /// No credential needed.
+    pub public: bool,
+    /// Accepted credentials.
+    pub accept: Accept,
+    /// All of these scopes.
+    pub scopes: Vec<Box<str>>,
+    /// At least one of these sets, in full.
+    pub any_scopes: Vec<Vec<Box<str>>>,
+    /// Roles that satisfy the route (through the hierarchy); `None` when no role is required.
+    pub roles: Option<RoleSet>,
+    /// The role names as written (for explanations).
+    pub role_names: Vec<Box<str>>,
+    /// Tenant binding.
+    pub tenant: Option<TenantBinding>,
+    /// Dry run.
+    pub shadow: bool,
+}
+
+impl Route {
+    fn matches(&self, method: Option<u16>, host: &str) -> bool {
+        self.methods.is_none_or(|m| m.contains(method))
+            && self.host.as_ref().is_none_or(|h| h.matches(host))
+    }
+
+    /// (host rank, method rank): lower is more specific.
+    pub fn rank(&self) -> (u8, u8) {
+        (
+            self.host.as_ref().map_or(2, HostPattern::rank),
+            u8::from(self.methods.is_none()),
+        )
+    }
+}
+
+/// A rule's effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Allow, overriding route requirements.
+    Allow,
+    /// Deny (`policy_denied`).
+    Deny,
+}
+
+/// A compiled rule. Each `Some`/non-empty condition must hold.
+#[derive(Debug)]
+pub struct Rule {
+    /// Id.
+    pub id: Arc<str>,
+    /// Effect.
+    pub effect: Effect,
+    /// Priority (higher wins).
+    pub priority: i32,
+    /// Dry run.
+    pub shadow: bool,
+    /// Route indices.
+    pub routes: Option<Vec<usize>>,
+    /// Methods.
+    pub methods: Option<Methods>,
+    /// Path patterns (the rule is indexed by them; kept for explanations).
+    pub paths: Vec<PathPattern>,
+    /// Hosts.
+    pub hosts: Vec<HostPattern>,
+    /// Credential kinds.
+    pub credentials: Vec<CredentialKind>,
+    /// Subjects.
+    pub subjects: Option<FastSet<Box<str>>>,
+    /// Tenants.
+    pub tenants: Vec<Box<str>>,
+    /// Roles that satisfy (through the hierarchy).
+    pub roles: Option<RoleSet>,
+    /// Scopes, any of which the identity must be granted.
+    pub scopes: Vec<Box<str>>,
+    /// Client ranges.
+    pub client_cidrs: Vec<IpNet>,
+    /// Origins.
+    pub origins: Vec<OriginPattern>,
+    /// Header name → accepted values.
+    pub headers: Vec<(Box<str>, Vec<Box<str>>)>,
+}
+
+/// Upstream header names; `None` turns one off.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// Subject.
+    pub subject: Option<Arc<str>>,
+    /// E-mail.
+    pub email: Option<Arc<str>>,
+    /// Roles.
+    pub roles: Option<Arc<str>>,
+    /// Groups.
+    pub groups: Option<Arc<str>>,
+    /// Tenant.
+    pub tenant: Option<Arc<str>>,
+    /// Scopes.
+    pub scopes: Option<Arc<str>>,
+    /// Credential kind.
+    pub credential: Option<Arc<str>>,
+    /// Issuer.
+    pub issuer: Option<Arc<str>>,
+    /// Every configured name plus `remove`: stripped from every request.
+    pub remove: Names,
+}
+
+/// The compiled engine part of a policy.
+#[derive(Debug)]
+pub struct Engine {
+    /// Routes, in document order.
+    pub routes: Vec<Route>,
+    /// Route indices by path, each terminal in rank order.
+    pub(crate) route_trie: Trie<usize>,
+    /// Unmatched requests.
+    pub default: Default,
+    /// The role hierarchy.
+    pub roles: Roles,
+    /// Whether `*` grants are honoured.
+    pub allow_global_wildcard: bool,
+    /// Rules, in document order.
+    pub rules: Vec<Rule>,
+    /// Rank of each rule: position in (priority desc, deny first, document order).
+    pub(crate) rule_rank: Vec<u32>,
+    /// Rules with path conditions, by path.
+    pub(crate) rule_trie: Trie<usize>,
+    /// Rules with a route condition and no path condition, by route.
+    pub(crate) rules_by_route: Vec<Vec<usize>>,
+    /// Rules with neither.
+    pub(crate) global_rules: Vec<usize>,
+    /// True when any route or rule is a dry run.
+    pub(crate) has_shadow: bool,
+    /// True when any rule is a dry run.
+    pub(crate) has_shadow_rules: bool,
+    /// Upstream identity headers.
+    pub headers: IdentityHeaders,
+    /// Audit settings.
+    pub audit: audit::AuditConfig,
+}
+
+/// The request facts every stage needs, computed once.
+pub(crate) struct Facts<'r> {
+    pub req: &'r Request<'r>,
+    pub segs: &'r [&'r str],
+    pub method: Option<u16>,
+    pub host: &'r str,
+}
+
+struct Verdict {
+    reason: Reason,
+    identity: Option<Arc<Identity>>,
+    route: Option<usize>,
+    rule: Option<usize>,
+}
+
+impl Policy {
+    /// Decides one request: see the module documentation for the order of stages.
+    pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
+        self.decide_traced(req, revocations, &mut explain::NoTrace)
+    }
+
+    pub(crate) fn decide_traced(
+        &self,
+        req: &Request<'_>,
+        revocations: &dyn Revocations,
+        t: &mut dyn Trace,
+    ) -> Decision {
+        let e = &self.engine;
+        let mut d = match self.check_limits(req) {
+            Err(reason) => Decision::deny(reason),
+            Ok(()) => {
+                let mut buf = PathBuffer::default();
+                match RequestPath::parse(req.path, &mut buf) {
+                    Err(_) => {
+                        t.note("the path is not a normalisable absolute path");
+                        Decision::deny(Reason::Malformed)
+                    }
+                    Ok(path) => {
+                        let facts = Facts {
+                            req,
+                            segs: path.segments(),
+                            method: Methods::bit(req.method),
+                            host: request_host(req.host),
+                        };
+                        self.decide_facts(&facts, revocations, t)
+                    }
+                }
+            }
+        };
+        if !e.headers.remove.is_empty() {
+            d.headers_to_remove = Some(Arc::clone(&e.headers.remove));
+        }
+        d
+    }
+
+    fn decide_facts(
+        &self,
+        f: &Facts<'_>,
+        revocations: &dyn Revocations,
+        t: &mut dyn Trace,
+    ) -> Decision {
+        let e = &self.engine;
+        let route = e.route_trie.first(f.segs, &mut |&i| {
+            e.routes
+                .get(i)
+                .is_some_and(|r| !r.shadow && r.matches(f.method, f.host))
+        });
+        let route = route.copied();
+        t.route(route.and_then(|i| e.routes.get(i)), false);
+        let enforced = self.verdict(route, f, revocations, false, t);
+
+        let shadow = if e.has_shadow {
+            self.shadow(route, &enforced, f, revocations)
+        } else {
+            None
+        };
+        let mut d = self.render(enforced, f);
+        d.shadow = shadow;
+        d
+    }
+
+    /// The dry-run verdict, when a shadow route or rule is involved.
+    fn shadow(
+        &self,
+        enforced_route: Option<usize>,
+        enforced: &Verdict,
+        f: &Facts<'_>,
+        revs: &dyn Revocations,
+    ) -> Option<Box<Shadow>> {
+        let e = &self.engine;
+        let route = e
+            .route_trie
+            .first(f.segs, &mut |&i| {
+                e.routes.get(i).is_some_and(|r| r.matches(f.method, f.host))
+            })
+            .copied();
+        let route_is_shadow = route.is_some_and(|i| e.routes.get(i).is_some_and(|r| r.shadow));
+        if !route_is_shadow && !e.has_shadow_rules {
+            return None;
+        }
+        if !route_is_shadow && route == enforced_route && enforced.reason.status() == 401 {
+            // Rules never run on an unauthenticated request, shadow or not.
+            return None;
+        }
+        let v = self.verdict(route, f, revs, true, &mut explain::NoTrace);
+        let rule_is_shadow = v
+            .rule
+            .is_some_and(|i| e.rules.get(i).is_some_and(|r| r.shadow));
+        (route_is_shadow || rule_is_shadow).then(|| {
+            Box::new(Shadow {
+                reason: v.reason,
+                rule: v
+                    .rule
+                    .and_then(|i| e.rules.get(i))
+                    .map(|r| Arc::clone(&r.id)),
+                route: v
+                    .route
+                    .and_then(|i| e.routes.get(i))
+                    .map(|r| Arc::clone(&r.id)),
+            })
+        })
+    }
+
+    fn verdict(
+        &self,
+        route: Option<usize>,
+        f: &Facts<'_>,
+        revs: &dyn Revocations,
+        with_shadow: bool,
+        t: &mut dyn Trace,
+    ) -> Verdict {
+        let e = &self.engine;
+        let r = route.and_then(|i| e.routes.get(i));
+        let deny = |reason, identity| Verdict {
+            reason,
+            identity,
+            route,
+            rule: None,
+        };
+        let accept = match r {
+            Some(r) => &r.accept,
+            None if e.default == Default::Deny => return deny(Reason::NoRoute, None),
+            None => &Accept::ANY,
+        };
+        let identity = if r.is_some_and(|r| r.public) {
+            None
+        } else {
+            match self.authenticate(f.req, accept, revs) {
+                Ok(id) => {
+                    t.authenticated(Ok(&id));
+                    Some(id)
+                }
+                Err(reason) => {
+                    t.authenticated(Err(reason));
+                    return deny(reason, None);
+                }
+            }
+        };
+        let requirements = match r {
+            Some(r) => self.requirements(r, identity.as_deref(), f, t),
+            None => Ok(()),
+        };
+        match self.winning_rule(route, identity.as_deref(), f, with_shadow, t) {
+            Some(i) if e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny) => Verdict {
+                reason: Reason::PolicyDenied,
+                identity,
+                route,
+                rule: Some(i),
+            },
+            Some(i) => Verdict {
+                reason: Reason::Allowed,
+                identity,
+                route,
+                rule: Some(i),
+            },
+            None => Verdict {
+                reason: requirements.err().unwrap_or(Reason::Allowed),
+                identity,
+                route,
+                rule: None,
+            },
+        }
+    }
+
+    /// Tenant, then roles, then scopes: the first that fails names the denial.
+    fn requirements(
+        &self,
+        r: &Route,
+        id: Option<&Identity>,
+        f: &Facts<'_>,
+        t: &mut dyn Trace,
+    ) -> Result<(), Reason> {
+        let e = &self.engine;
+        let Some(id) = id else { return Ok(()) };
+        let mut first_failure = None;
+        let mut fail = |reason| {
+            first_failure.get_or_insert(reason);
+        };
+        if let Some(b) = &r.tenant {
+            let wanted = match &b.source {
+                TenantSource::PathSegment(i) => f.segs.get(*i).copied(),
+                TenantSource::Header(h) => f.req.header(h).value(),
+            };
+            let same = matches!((wanted, id.tenant.as_deref()), (Some(w), Some(have)) if w == have);
+            let cross = !same && e.roles.any_in(&id.roles, &b.cross_tenant);
+            let held = same || cross;
+            t.check(
+                "tenant",
+                &|| format_tenant(wanted, id.tenant.as_deref(), cross),
+                held,
+            );
+            if !held {
+                fail(Reason::TenantMismatch);
+            }
+        }
+        if let Some(need) = &r.roles {
+            let held = e.roles.any_in(&id.roles, need);
+            t.check("roles (any of)", &|| r.role_names.join(", "), held);
+            if !held {
+                fail(Reason::ForbiddenRole);
+            }
+        }
+        let granted = |s: &str| self.granted(id, s);
+        if !r.scopes.is_empty() {
+            let held = r.scopes.iter().all(|s| granted(s));
+            t.check("scopes (all of)", &|| r.scopes.join(" "), held);
+            if !held {
+                fail(Reason::InsufficientScope);
+            }
+        }
+        if !r.any_scopes.is_empty() {
+            let held = r
+                .any_scopes
+                .iter()
+                .any(|set| set.iter().all(|s| granted(s)));
+            let sets = || {
+                r.any_scopes
+                    .iter()
+                    .map(|s| format!("[{}]", s.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            };
+            t.check("scopes (any set of)", &sets, held);
+            if !held {
+                fail(Reason::InsufficientScope);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Whether the identity (directly or through its roles) is granted `scope`.
+    fn granted(&self, id: &Identity, scope: &str) -> bool {
+        let star = self.engine.allow_global_wildcard;
+        id.scopes.iter().any(|g| grant_covers(g, scope, star))
+            || self
+                .engine
+                .roles
+                .granted_scopes(&id.roles)
+                .any(|g| grant_covers(g, scope, star))
+    }
+
+    /// The matching rule of lowest rank (highest priority, deny first), enforced or including
+    /// shadow rules. Only rules indexed under this path or route, and global rules, are looked at.
+    fn winning_rule(
+        &self,
+        route: Option<usize>,
+        id: Option<&Identity>,
+        f: &Facts<'_>,
+        with_shadow: bool,
+        t: &mut dyn Trace,
+    ) -> Option<usize> {
+        let e = &self.engine;
+        if e.rules.is_empty() {
+            return None;
+        }
+        let mut best: Option<(u32, usize)> = None;
+        let mut consider = |i: usize| {
+            let (Some(rule), Some(&rank)) = (e.rules.get(i), e.rule_rank.get(i)) else {
+                return;
+            };
+            if (rule.shadow && !with_shadow) || best.is_some_and(|(b, _)| b <= rank) {
+                return;
+            }
+            let matched = self.rule_matches(rule, route, id, f);
+            t.rule(rule, matched);
+            if matched {
+                best = Some((rank, i));
+            }
+        };
+        for &i in &e.global_rules {
+            consider(i);
+        }
+        if let Some(list) = route.and_then(|r| e.rules_by_route.get(r)) {
+            for &i in list {
+                consider(i);
+            }
+        }
+        e.rule_trie.each(f.segs, &mut |&i| consider(i));
+        best.map(|(_, i)| i)
+    }
+
+    fn rule_matches(
+        &self,
+        r: &Rule,
+        route: Option<usize>,
+        id: Option<&Identity>,
+        f: &Facts<'_>,
+    ) -> bool {
+        let e = &self.engine;
+        if r.methods.is_some_and(|m| !m.contains(f.method)) {
+            return false;
+        }
+        if r.routes
+            .as_ref()
+            .is_some_and(|rs| !route.is_some_and(|x| rs.contains(&x)))
+        {
+            return false;
+        }
+        // Rules with paths are only reached through the trie, so their paths already match.
+        if !r.hosts.is_empty() && !r.hosts.iter().any(|h| h.matches(f.host)) {
+            return false;
+        }
+        if !r.client_cidrs.is_empty() && !client_in(f.req.client_ip, &r.client_cidrs) {
+            return false;
+        }
+        if !r.origins.is_empty()
+            && !f
+                .req
+                .header("origin")
+                .value()
+                .is_some_and(|o| r.origins.iter().any(|p| p.matches(o)))
+        {
+            return false;
+        }
+        for (name, values) in &r.headers {
+            if !f
+                .req
+                .header(name)
+                .value()
+                .is_some_and(|v| values.iter().any(|x| **x == *v))
+            {
+                return false;
+            }
+        }
+        let needs_identity = !r.credentials.is_empty()
+            || r.subjects.is_some()
+            || !r.tenants.is_empty()
+            || r.roles.is_some()
+            || !r.scopes.is_empty();
+        if !needs_identity {
+            return true;
+        }
+        let Some(id) = id else { return false };
+        (r.credentials.is_empty() || r.credentials.contains(&id.credential))
+            && r.subjects
+                .as_ref()
+                .is_none_or(|s| id.subject.as_deref().is_some_and(|x| s.contains(x)))
+            && (r.tenants.is_empty()
+                || id
+                    .tenant
+                    .as_deref()
+                    .is_some_and(|x| r.tenants.iter().any(|t| **t == *x)))
+            && r.roles
+                .as_ref()
+                .is_none_or(|set| e.roles.any_in(&id.roles, set))
+            && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.granted(id, s)))
+    }
+
+    /// Turns a verdict into the decision, with identity headers on allow.
+    fn render(&self, v: Verdict, _f: &Facts<'_>) -> Decision {
+        let e = &self.engine;
+        let mut d = Decision::deny(v.reason);
+        d.route = v
+            .route
+            .and_then(|i| e.routes.get(i))
+            .map(|r| Arc::clone(&r.id));
+        d.rule = v
+            .rule
+            .and_then(|i| e.rules.get(i))
+            .map(|r| Arc::clone(&r.id));
+        if let Some(id) = &v.identity
+            && v.reason == Reason::Allowed
+        {
+            d.headers_to_set = self.identity_headers(id);
+        }
+        d.identity = v.identity;
+        d
+    }
+
+    fn identity_headers(&self, id: &Identity) -> Vec<(Arc<str>, String)> {
+        let h = &self.engine.headers;
+        let mut out = Vec::with_capacity(6);
+        let mut one = |name: &Option<Arc<str>>, value: Option<&str>| {
+            if let (Some(n), Some(v)) = (name, value) {
+                out.push((Arc::clone(n), header_value(v, false).into_owned()));
+            }
+        };
+        one(&h.subject, id.subject.as_deref());
+        one(&h.email, id.email.as_deref());
+        one(&h.tenant, id.tenant.as_deref());
+        one(&h.issuer, id.issuer.as_deref());
+        one(&h.credential, Some(id.credential.name()));
+        let list = |items: &mut dyn Iterator<Item = &str>| {
+            let mut s = String::new();
+            for (i, item) in items.enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&header_value(item, true));
+            }
+            s
+        };
+        if let Some(n) = &h.roles
+            && !id.roles.is_empty()
+        {
+            let expanded = self.engine.roles.expand(&id.roles);
+            out.push((Arc::clone(n), list(&mut expanded.iter().map(|r| &**r))));
+        }
+        if let Some(n) = &h.groups
+            && !id.groups.is_empty()
+        {
+            out.push((Arc::clone(n), list(&mut id.groups.iter().map(|g| &**g))));
+        }
+        if let Some(n) = &h.scopes {
+            // Scope tokens cannot contain spaces, so OAuth's space separator is unambiguous.
+            let mut s = String::new();
+            let mut seen: Vec<&str> = Vec::new();
+            for g in id
+                .scopes
+                .iter()
+                .chain(self.engine.roles.granted_scopes(&id.roles))
+            {
+                if !seen.contains(&&**g) {
+                    if !s.is_empty() {
+                        s.push(' ');
+                    }
+                    s.push_str(g);
+                    seen.push(g);
+                }
+            }
+            if !s.is_empty() {
+                out.push((Arc::clone(n), s));
+            }
+        }
+        out
+    }
+}
+
+fn format_tenant(wanted: Option<&str>, have: Option<&str>, cross: bool) -> String {
+    let mut s = format!(
+        "request tenant {}, identity tenant {}",
+        wanted.unwrap_or("(none)"),
+        have.unwrap_or("(none)")
+    );
+    if cross {
+        s.push_str(", cross-tenant role");
+    }
+    s
+}
+
+/// True when the client address is in one of the ranges (IPv4-mapped IPv6 compared as IPv4).
+pub(crate) fn client_in(ip: Option<IpAddr>, nets: &[IpNet]) -> bool {
+    let Some(ip) = ip else { return false };
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests;
