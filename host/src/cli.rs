@@ -55,6 +55,104 @@ enum Command {
 enum PolicyCommand {
     /// Print the policy format's JSON Schema (for editors and CI validation).
     Schema,
+    /// Check a policy: load errors, plus what loads but deserves a look. Exit 1 on errors.
+    #[command(after_help = LINT_HELP)]
+    Lint {
+        /// The policy file.
+        file: PathBuf,
+        /// Production rules: inline secrets and `insecure_*` switches become errors.
+        #[arg(long)]
+        production: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Decide one request and show every step: route, credential, each requirement, rules.
+    #[command(after_help = EXPLAIN_HELP)]
+    Explain {
+        /// The policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The request as JSON (the `check --batch` line format), or `@FILE`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        request: Option<String>,
+        #[command(flatten)]
+        req: RequestArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// Output format for people or programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// Human-readable lines.
+    Text,
+    /// JSON.
+    Json,
+}
+
+const LINT_HELP: &str = "\
+Findings print as `<severity>[<code>]: <path>: <message>`, errors first.
+Codes: policy_syntax, policy_invalid, policy_file (the policy does not load), leeway_too_long,
+missing_max_lifetime, insecure_switch, inline_secret, service_token_wildcards, wildcard_grant,
+no_routes, public_catch_all, unused_role, unreachable_route, route_always_denied, shadowed_rule.
+
+Exit status: 0 no errors (warnings allowed), 1 errors, 2 the file could not be read.";
+
+const EXPLAIN_HELP: &str = "\
+Examples:
+  portcullis policy explain --policy policies/saas.yaml --path /v1/orgs/acme/projects/p1 \\
+      --token \"$(cat token.jwt)\" --now 1800000000
+  portcullis policy explain --policy p.yaml --request '{\"path\":\"/admin\",\"headers\":{\"X-API-Key\":\"ask_...\"}}'
+
+Exit status: 0 allowed, 1 denied, 2 usage or policy error.";
+
+/// A request given with flags.
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// A bearer credential, sent as `Authorization: Bearer`.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The time of the decision, in Unix seconds. Default: the system clock.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: Option<i64>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request path, optionally with a query string.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Request host (`:authority`).
+    #[arg(long, default_value = "")]
+    host: String,
+    /// A request header, `Name: value`. Repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// The client address, as the proxy saw it.
+    #[arg(long, value_name = "IP")]
+    client_ip: Option<IpAddr>,
+}
+
+impl RequestArgs {
+    fn into_request(self, now: i64) -> OwnedRequest {
+        let (path, query) = split_path_and_query(&self.path);
+        let mut headers = self.headers;
+        if let Some(t) = self.token {
+            headers.push(("Authorization".into(), format!("Bearer {t}")));
+        }
+        OwnedRequest {
+            method: self.method,
+            scheme: "https".into(),
+            host: self.host,
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers,
+            client_ip: self.client_ip,
+            now: self.now.unwrap_or(now),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +289,17 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
+        Command::Policy(PolicyCommand::Lint {
+            file,
+            production,
+            format,
+        }) => lint(&file, production, format),
+        Command::Policy(PolicyCommand::Explain {
+            policy,
+            request,
+            req,
+            format,
+        }) => explain(&policy, request, req, format),
         Command::Policy(PolicyCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&portcullis_core::policy::json_schema())
                 .context("cannot render the schema")
@@ -252,6 +361,163 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<ExitCode, Failure> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(|error| Failure {
+            code: "policy_io",
+            error,
+        })?;
+    let files = policy_files::DirFiles(policy_files::policy_dir(file));
+    let findings = portcullis_core::lint::lint(&text, &files, production);
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == portcullis_core::lint::Severity::Error)
+        .count();
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({ "file": file, "errors": errors, "findings": findings });
+            println!("{v}");
+        }
+        Format::Text => {
+            for f in &findings {
+                println!("{f}");
+            }
+            let warnings = findings.len() - errors;
+            println!(
+                "{}: {errors} error(s), {warnings} warning(s)",
+                file.display()
+            );
+        }
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn explain(
+    path: &std::path::Path,
+    request: Option<String>,
+    args: RequestArgs,
+    format: Format,
+) -> Result<ExitCode, Failure> {
+    let policy = policy_files::load(path)?;
+    let now = crate::unix_now();
+    let request = match request {
+        Some(json) => {
+            let text = match json.strip_prefix('@') {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {f}"))
+                    .map_err(usage)?,
+                None => json,
+            };
+            serde_json::from_str::<portcullis_core::RequestSpec>(&text)
+                .context("--request is not a valid request object")
+                .map_err(usage)?
+                .to_owned_request(now)
+        }
+        None => args.into_request(now),
+    };
+    let (decision, x) =
+        request.with_request(|r| policy.explain(r, &portcullis_core::NoRevocations));
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({ "decision": decision, "explanation": x });
+            println!("{v}");
+        }
+        Format::Text => print!("{}", render_explanation(&request, &decision, &x)),
+    }
+    Ok(if decision.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn render_explanation(
+    req: &OwnedRequest,
+    d: &portcullis_core::Decision,
+    x: &portcullis_core::engine::explain::Explanation,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let verdict = if d.allowed() { "ALLOW" } else { "DENY" };
+    let _ = writeln!(
+        s,
+        "request:  {} {}{}",
+        req.method,
+        req.path,
+        if req.query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", req.query)
+        }
+    );
+    let _ = writeln!(s, "decision: {verdict} {} {}", d.status(), d.reason);
+    let route = match (&x.route, &x.route_path) {
+        (Some(id), Some(p)) => format!("{id} ({p})"),
+        _ => "none (the policy default applies)".into(),
+    };
+    let _ = writeln!(s, "route:    {route}");
+    match (&x.authentication, &x.subject) {
+        (Some(a), Some(sub)) => {
+            let _ = writeln!(s, "credential: {a} (subject {sub})");
+        }
+        (Some(a), None) => {
+            let _ = writeln!(s, "credential: {a}");
+        }
+        (None, _) => {
+            let _ = writeln!(s, "credential: not examined");
+        }
+    }
+    if !x.requirements.is_empty() {
+        let _ = writeln!(s, "requirements:");
+        for c in &x.requirements {
+            let _ = writeln!(
+                s,
+                "  [{}] {}: {}",
+                if c.held { " ok " } else { "FAIL" },
+                c.requirement,
+                c.detail
+            );
+        }
+    }
+    if !x.rules.is_empty() {
+        let _ = writeln!(s, "rules considered:");
+        for r in &x.rules {
+            let shadow = if r.shadow { ", shadow" } else { "" };
+            let _ = writeln!(
+                s,
+                "  {} ({}, priority {}{shadow}): {}",
+                r.id,
+                r.effect,
+                r.priority,
+                if r.matched { "matched" } else { "no match" }
+            );
+        }
+    }
+    if let Some(rule) = &d.rule {
+        let _ = writeln!(s, "decided by rule: {rule}");
+    }
+    if let Some(sh) = &d.shadow {
+        let _ = writeln!(
+            s,
+            "shadow (not enforced): {}{}",
+            sh.reason,
+            sh.rule
+                .as_ref()
+                .map(|r| format!(" by rule {r}"))
+                .unwrap_or_default()
+        );
+    }
+    for n in &x.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    s
 }
 
 fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {

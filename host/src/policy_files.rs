@@ -63,6 +63,22 @@ fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// Files read on demand from a directory (the policy's), with the same size limit.
+#[derive(Debug, Clone)]
+pub struct DirFiles(pub PathBuf);
+
+impl portcullis_core::FileSource for DirFiles {
+    fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        read_limited(&self.0.join(path)).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The directory a policy's relative file references resolve against.
+pub fn policy_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 impl PolicyBundle {
     /// Reads a policy file and the files it references (relative to the policy's directory).
     pub fn read(path: &Path) -> Result<PolicyBundle, LoadError> {

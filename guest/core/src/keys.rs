@@ -291,6 +291,8 @@ fn rsa_verify(key: &rsa::RsaPublicKey, alg: Alg, message: &[u8], sig: &[u8]) -> 
 pub struct KeySet {
     keys: Vec<TrustedKey>,
     by_kid: crate::FastMap<Kid, usize>,
+    /// Keys present in the document but not trusted, and why (for `policy lint`).
+    skipped: Vec<String>,
 }
 
 /// What a key lookup found.
@@ -310,6 +312,12 @@ impl KeySet {
     /// All keys.
     pub fn keys(&self) -> &[TrustedKey] {
         &self.keys
+    }
+
+    /// Keys in the document that are not trusted, with the reason (not for signatures, or
+    /// usable with none of the issuer's algorithms).
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     /// Number of keys.
@@ -359,8 +367,12 @@ impl KeySet {
             .ok_or("a JWKS is an object with a `keys` array")?;
         let mut set = KeySet::default();
         for (i, jwk) in keys.iter().enumerate() {
-            let Some(key) = parse_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))? else {
-                continue;
+            let key = match parse_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))? {
+                Ok(key) => key,
+                Err(why) => {
+                    set.skipped.push(format!("keys[{i}]: {why}"));
+                    continue;
+                }
             };
             if let Some(kid) = &key.kid
                 && set.by_kid.insert(kid.clone(), set.keys.len()).is_some()
@@ -391,21 +403,26 @@ fn bytes_of(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("`{name}` is not unpadded base64url"))
 }
 
-/// Parses one JWK. `Ok(None)` for keys that are not signature keys (`use: enc`, or `key_ops`
-/// without `verify`): identity providers publish those beside signing keys.
-fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Option<TrustedKey>, String> {
+/// Parses one JWK. `Ok(Err(why))` for a well-formed key that is not trusted: not a signature key
+/// (`use: enc`, `key_ops` without `verify`) or usable with none of the issuer's algorithms.
+/// Identity providers publish such keys beside the ones an issuer uses; they are skipped, not
+/// refused. `Err` is a malformed key.
+fn parse_jwk(
+    jwk: &serde_json::Value,
+    allowed: AlgSet,
+) -> Result<Result<TrustedKey, String>, String> {
     if !jwk.is_object() {
         return Err("a JWK is a JSON object".into());
     }
     if let Some(u) = field(jwk, "use")?
         && u != "sig"
     {
-        return Ok(None);
+        return Ok(Err(format!("`use` is `{u}`, not `sig`")));
     }
     if let Some(ops) = jwk.get("key_ops") {
         let ops = ops.as_array().ok_or("`key_ops` must be an array")?;
         if !ops.iter().any(|o| o.as_str() == Some("verify")) {
-            return Ok(None);
+            return Ok(Err("`key_ops` does not include `verify`".into()));
         }
     }
     let kid = field(jwk, "kid")?
@@ -539,11 +556,11 @@ fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Option<TrustedK
     let algs = narrow(family, declared, allowed);
     if algs.is_empty() {
         let what = declared.map_or_else(|| material.kind().to_string(), |a| a.to_string());
-        return Err(format!(
-            "this {what} key can verify none of the issuer's algorithms"
-        ));
+        return Ok(Err(format!(
+            "{what} key fits none of the issuer's algorithms"
+        )));
     }
-    Ok(Some(TrustedKey {
+    Ok(Ok(TrustedKey {
         kid,
         algs,
         material,
@@ -641,13 +658,17 @@ mod tests {
     }
 
     #[test]
-    fn key_outside_the_issuer_allow_list_is_an_error() {
+    fn keys_outside_the_issuer_allow_list_are_skipped_with_a_reason() {
         let only_rs: AlgSet = [Alg::RS256].into_iter().collect();
+        let skipped = parse_jwk(&oct(&[7; 32]), only_rs).unwrap().unwrap_err();
         assert!(
-            parse_jwk(&oct(&[7; 32]), only_rs)
-                .unwrap_err()
-                .contains("none of the issuer's algorithms")
+            skipped.contains("none of the issuer's algorithms"),
+            "{skipped}"
         );
+        let doc = serde_json::json!({"keys":[{"kty":"oct","kid":"h","k": b64::URL_SAFE_STRICT.encode([7u8; 32])}]});
+        let set = KeySet::from_jwks(doc.to_string().as_bytes(), only_rs).unwrap();
+        assert!(set.is_empty());
+        assert_eq!(set.skipped().len(), 1);
     }
 
     #[test]
@@ -664,10 +685,10 @@ mod tests {
     fn encryption_keys_are_skipped_not_trusted() {
         let mut k = oct(&[7; 32]);
         k["use"] = "enc".into();
-        assert!(parse_jwk(&k, all()).unwrap().is_none());
+        assert!(parse_jwk(&k, all()).unwrap().is_err());
         let mut k = oct(&[7; 32]);
         k["key_ops"] = serde_json::json!(["encrypt"]);
-        assert!(parse_jwk(&k, all()).unwrap().is_none());
+        assert!(parse_jwk(&k, all()).unwrap().is_err());
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod identity;
 pub mod json;
 pub mod jwt;
 pub mod keys;
+pub mod lint;
 pub mod policy;
 pub mod reason;
 pub mod request;

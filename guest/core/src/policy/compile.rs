@@ -213,7 +213,15 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         _ => return invalid(path, "exactly one of `jwks_file` and `jwks` is required"),
     };
     if keys.is_empty() {
-        return invalid(path, "the key set has no signature keys");
+        let why = if keys.skipped().is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", keys.skipped().join("; "))
+        };
+        return invalid(
+            path,
+            format!("the key set has no key usable with the issuer's algorithms{why}"),
+        );
     }
     if d.leeway_seconds > 86_400 {
         return invalid(
