@@ -1,11 +1,6 @@
 //! Per-credential decision time. For JWTs, `jsonwebtoken::decode` on the same token (with the
 //! same checks configured) runs in the same group as the baseline, so results read as ratios.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 
@@ -19,34 +14,17 @@ fn credentials(c: &mut Criterion) {
 
     for case in jwt_cases(now) {
         let auth = format!("Bearer {}", case.token);
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("user-agent", "bench/1.0"),
-            ("accept", "*/*"),
-        ];
-        let req = Request {
-            headers: &headers,
-            ..Request::new("GET", "/v1/orders", UnixTime(now))
-        };
+        let headers = [("authorization", auth.as_str()), ("user-agent", "bench/1.0"), ("accept", "*/*")];
+        let req = Request { headers: &headers, ..Request::new("GET", "/v1/orders", UnixTime(now)) };
         // Both sides must accept the token, or the comparison means nothing.
         let d = policy.decide(&req, &NoRevocations);
-        assert!(
-            d.allowed(),
-            "{}: portcullis denied: {:?}",
-            case.name,
-            d.reason
-        );
+        assert!(d.allowed(), "{}: portcullis denied: {:?}", case.name, d.reason);
         jsonwebtoken::decode::<Claims>(&case.token, &case.key, &case.validation).unwrap();
 
         let mut g = c.benchmark_group(format!("credential/{}", case.name));
-        g.bench_function("portcullis/decide", |b| {
-            b.iter(|| policy.decide(black_box(&req), &NoRevocations))
-        });
+        g.bench_function("portcullis/decide", |b| b.iter(|| policy.decide(black_box(&req), &NoRevocations)));
         g.bench_function("jsonwebtoken/decode", |b| {
-            b.iter(|| {
-                jsonwebtoken::decode::<Claims>(black_box(&case.token), &case.key, &case.validation)
-                    .unwrap()
-            })
+            b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&case.token), &case.key, &case.validation).unwrap())
         });
         g.finish();
     }
@@ -62,19 +40,11 @@ fn credentials(c: &mut Criterion) {
         ))
         .unwrap();
     let auth = format!("Bearer {svc}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("x-worker-id", "worker-7"),
-    ];
-    let req = Request {
-        headers: &headers,
-        ..Request::new("GET", "/v1/orders", UnixTime(now))
-    };
+    let headers = [("authorization", auth.as_str()), ("x-worker-id", "worker-7")];
+    let req = Request { headers: &headers, ..Request::new("GET", "/v1/orders", UnixTime(now)) };
     assert!(policy.decide(&req, &NoRevocations).allowed());
     let mut g = c.benchmark_group("credential/service_token");
-    g.bench_function("portcullis/decide", |b| {
-        b.iter(|| policy.decide(black_box(&req), &NoRevocations))
-    });
+    g.bench_function("portcullis/decide", |b| b.iter(|| policy.decide(black_box(&req), &NoRevocations)));
     let key = std::fs::read(root().join("policies/keys/service-2026.key")).unwrap();
     let key = &key[..key.len() - 1];
     g.bench_function("floor/hmac_sha256", |b| {
@@ -88,21 +58,14 @@ fn credentials(c: &mut Criterion) {
     g.finish();
 
     // API key: the floor is one SHA-256 of the key.
-    let keys: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap(),
-    )
-    .unwrap();
+    let keys: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap()).unwrap();
     let key = keys["live"].as_str().unwrap().to_owned();
     let headers = [("x-api-key", key.as_str()), ("user-agent", "bench/1.0")];
-    let req = Request {
-        headers: &headers,
-        ..Request::new("GET", "/v1/orders", UnixTime(now))
-    };
+    let req = Request { headers: &headers, ..Request::new("GET", "/v1/orders", UnixTime(now)) };
     assert!(policy.decide(&req, &NoRevocations).allowed());
     let mut g = c.benchmark_group("credential/api_key");
-    g.bench_function("portcullis/decide", |b| {
-        b.iter(|| policy.decide(black_box(&req), &NoRevocations))
-    });
+    g.bench_function("portcullis/decide", |b| b.iter(|| policy.decide(black_box(&req), &NoRevocations)));
     g.bench_function("floor/sha256", |b| {
         use sha2::Digest;
         b.iter(|| sha2::Sha256::digest(black_box(key.as_bytes())))

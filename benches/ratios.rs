@@ -1,13 +1,7 @@
 //! Paired ratios (interleaved batches) for the goals stated as ratios. Prints a Markdown table.
 //!
 //! `cargo bench -p portcullis-benches --bench ratios`
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::print_stderr)]
 
 use std::hint::black_box;
 
@@ -20,40 +14,20 @@ fn main() {
     let (rounds, batch) = if quick { (3, 10) } else { (201, 200) };
     let policy = load_policy("policies/example.yaml");
     let now = unix_now();
-    println!(
-        "| credential | Portcullis decide | jsonwebtoken::decode | ratio (median) | ratio IQR |"
-    );
+    println!("| credential | Portcullis decide | jsonwebtoken::decode | ratio (median) | ratio IQR |");
     println!("| --- | --- | --- | --- | --- |");
     for case in jwt_cases(now) {
         let auth = format!("Bearer {}", case.token);
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("user-agent", "bench/1.0"),
-            ("accept", "*/*"),
-        ];
-        let req = Request {
-            headers: &headers,
-            ..Request::new("GET", "/v1/orders", UnixTime(now))
-        };
+        let headers = [("authorization", auth.as_str()), ("user-agent", "bench/1.0"), ("accept", "*/*")];
+        let req = Request { headers: &headers, ..Request::new("GET", "/v1/orders", UnixTime(now)) };
         assert!(policy.decide(&req, &NoRevocations).allowed());
-        let (rounds, batch) = if case.name == "hs256" {
-            (rounds, batch)
-        } else {
-            (rounds.min(61), batch / 20 + 1)
-        };
+        let (rounds, batch) = if case.name == "hs256" { (rounds, batch) } else { (rounds.min(61), batch / 20 + 1) };
         let p = paired(
             || {
                 black_box(policy.decide(black_box(&req), &NoRevocations));
             },
             || {
-                black_box(
-                    jsonwebtoken::decode::<Claims>(
-                        black_box(&case.token),
-                        &case.key,
-                        &case.validation,
-                    )
-                    .unwrap(),
-                );
+                black_box(jsonwebtoken::decode::<Claims>(black_box(&case.token), &case.key, &case.validation).unwrap());
             },
             rounds,
             batch,

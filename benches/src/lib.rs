@@ -67,15 +67,8 @@ fn fixture(rel: &str) -> Vec<u8> {
 
 fn jwk(kid: &str) -> serde_json::Value {
     let set: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("policies/keys/jwks.json")).unwrap())
-            .unwrap();
-    set["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == kid)
-        .unwrap()
-        .clone()
+        serde_json::from_slice(&std::fs::read(root().join("policies/keys/jwks.json")).unwrap()).unwrap();
+    set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().clone()
 }
 
 /// Tokens for HS256, RS256, ES256 and EdDSA against `policies/example.yaml`, valid at `now`.
@@ -98,8 +91,7 @@ pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
             EncodingKey::from_rsa_pem(&fixture("rsa-2026.pem")).unwrap(),
             {
                 let k = jwk("rsa-2026");
-                DecodingKey::from_rsa_components(k["n"].as_str().unwrap(), k["e"].as_str().unwrap())
-                    .unwrap()
+                DecodingKey::from_rsa_components(k["n"].as_str().unwrap(), k["e"].as_str().unwrap()).unwrap()
             },
         ),
         (
@@ -110,8 +102,7 @@ pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
             EncodingKey::from_ec_pem(&fixture("ec-p256.pem")).unwrap(),
             {
                 let k = jwk("ec-p256");
-                DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap())
-                    .unwrap()
+                DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap()).unwrap()
             },
         ),
         (
@@ -149,30 +140,19 @@ pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
             validation.leeway = 30;
             validation.validate_nbf = true;
             validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-            JwtCase {
-                name,
-                token,
-                key: dec,
-                validation,
-            }
+            JwtCase { name, token, key: dec, validation }
         })
         .collect()
 }
 
 fn hex(s: &str) -> Vec<u8> {
     let s = s.trim();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 /// The current time in Unix seconds.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// The result of a paired comparison.
@@ -193,12 +173,7 @@ pub struct Paired {
 /// On a shared or noisy machine a criterion run of A followed by a run of B can land in different
 /// noise regimes; interleaving batches puts both sides in the same one, so the ratio is stable even
 /// when absolute times drift.
-pub fn paired(
-    mut subject: impl FnMut(),
-    mut peer: impl FnMut(),
-    rounds: usize,
-    batch: usize,
-) -> Paired {
+pub fn paired(mut subject: impl FnMut(), mut peer: impl FnMut(), rounds: usize, batch: usize) -> Paired {
     use std::time::Instant;
     let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
@@ -233,10 +208,5 @@ pub fn paired(
     let subject_ns = med(&mut s);
     let peer_ns = med(&mut p);
     let ratio = med(&mut r);
-    Paired {
-        subject_ns,
-        peer_ns,
-        ratio,
-        ratio_iqr: (q(&r, 0.25), q(&r, 0.75)),
-    }
+    Paired { subject_ns, peer_ns, ratio, ratio_iqr: (q(&r, 0.25), q(&r, 0.75)) }
 }

@@ -48,19 +48,11 @@ pub fn batch(
                 let decision = decider.decide(&spec.to_owned_request(now()));
                 stats.decided += 1;
                 stats.allowed += u64::from(decision.allowed());
-                serde_json::to_writer(
-                    &mut out,
-                    &Labeled {
-                        id: spec.id.as_ref(),
-                        decision: &decision,
-                    },
-                )?;
+                serde_json::to_writer(&mut out, &Labeled { id: spec.id.as_ref(), decision: &decision })?;
             }
             Err(e) => {
                 stats.invalid += 1;
-                let id = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned());
+                let id = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("id").cloned());
                 let err = serde_json::json!({
                     "id": id,
                     "line": n + 1,
@@ -90,11 +82,8 @@ mod tests {
         let input = "{\"id\":1}\n\n{\"id\":\"two\",\"headers\":{\"X-API-Key\":\"ask_abcdefghzzz\"}}\nnot json\n{\"id\":4,\"bogus\":1}\n";
         let mut out = Vec::new();
         let stats = batch(&mut &p, input.as_bytes(), &mut out, || 0).unwrap();
-        let lines: Vec<serde_json::Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["id"], 1);
         assert_eq!(lines[0]["reason"], "missing_credential");
@@ -102,18 +91,8 @@ mod tests {
         assert_eq!(lines[1]["reason"], "unknown_api_key");
         assert_eq!(lines[2]["line"], 4);
         assert_eq!(lines[2]["error"]["code"], "bad_request");
-        assert_eq!(
-            lines[3]["id"], 4,
-            "the id of an invalid line is still echoed"
-        );
-        assert_eq!(
-            stats,
-            BatchStats {
-                decided: 2,
-                allowed: 0,
-                invalid: 2
-            }
-        );
+        assert_eq!(lines[3]["id"], 4, "the id of an invalid line is still echoed");
+        assert_eq!(stats, BatchStats { decided: 2, allowed: 0, invalid: 2 });
     }
 
     #[test]
@@ -121,10 +100,6 @@ mod tests {
         let p = policy();
         let mut out = Vec::new();
         batch(&mut &p, "{\"id\":\"x\"}\n".as_bytes(), &mut out, || 0).unwrap();
-        assert!(
-            String::from_utf8(out)
-                .unwrap()
-                .starts_with("{\"id\":\"x\",\"allow\":false")
-        );
+        assert!(String::from_utf8(out).unwrap().starts_with("{\"id\":\"x\",\"allow\":false"));
     }
 }

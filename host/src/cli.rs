@@ -258,18 +258,12 @@ struct Failure {
 
 impl From<policy_files::LoadError> for Failure {
     fn from(e: policy_files::LoadError) -> Self {
-        Failure {
-            code: e.code,
-            error: e.error,
-        }
+        Failure { code: e.code, error: e.error }
     }
 }
 
 fn usage(error: anyhow::Error) -> Failure {
-    Failure {
-        code: "usage",
-        error,
-    }
+    Failure { code: "usage", error }
 }
 
 /// Runs the command line and returns the exit code.
@@ -289,17 +283,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
-        Command::Policy(PolicyCommand::Lint {
-            file,
-            production,
-            format,
-        }) => lint(&file, production, format),
-        Command::Policy(PolicyCommand::Explain {
-            policy,
-            request,
-            req,
-            format,
-        }) => explain(&policy, request, req, format),
+        Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
+        Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
+            explain(&policy, request, req, format)
+        }
         Command::Policy(PolicyCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&portcullis_core::policy::json_schema())
                 .context("cannot render the schema")
@@ -320,20 +307,14 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
         let input: Box<dyn BufRead> = if source == "-" {
             Box::new(std::io::stdin().lock())
         } else {
-            let f = std::fs::File::open(source)
-                .with_context(|| format!("cannot open {source}"))
-                .map_err(usage)?;
+            let f = std::fs::File::open(source).with_context(|| format!("cannot open {source}")).map_err(usage)?;
             Box::new(BufReader::new(f))
         };
         let out = std::io::BufWriter::new(std::io::stdout().lock());
         let stats = check::batch(&mut decider, input, out, clock)
             .context("batch I/O failed")
             .map_err(|error| Failure { code: "io", error })?;
-        return Ok(if stats.invalid == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(2)
-        });
+        return Ok(if stats.invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
 
     let (path, query) = split_path_and_query(&args.path);
@@ -352,30 +333,18 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
         now: clock(),
     };
     let decision = Decider::decide(&mut decider, &request);
-    let line = serde_json::to_string(&decision)
-        .context("cannot render the decision")
-        .map_err(usage)?;
+    let line = serde_json::to_string(&decision).context("cannot render the decision").map_err(usage)?;
     println!("{line}");
-    Ok(if decision.allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<ExitCode, Failure> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read {}", file.display()))
-        .map_err(|error| Failure {
-            code: "policy_io",
-            error,
-        })?;
+        .map_err(|error| Failure { code: "policy_io", error })?;
     let files = policy_files::DirFiles(policy_files::policy_dir(file));
     let findings = portcullis_core::lint::lint(&text, &files, production);
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == portcullis_core::lint::Severity::Error)
-        .count();
+    let errors = findings.iter().filter(|f| f.severity == portcullis_core::lint::Severity::Error).count();
     match format {
         Format::Json => {
             let v = serde_json::json!({ "file": file, "errors": errors, "findings": findings });
@@ -386,17 +355,10 @@ fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<Exit
                 println!("{f}");
             }
             let warnings = findings.len() - errors;
-            println!(
-                "{}: {errors} error(s), {warnings} warning(s)",
-                file.display()
-            );
+            println!("{}: {errors} error(s), {warnings} warning(s)", file.display());
         }
     }
-    Ok(if errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn explain(
@@ -410,9 +372,7 @@ fn explain(
     let request = match request {
         Some(json) => {
             let text = match json.strip_prefix('@') {
-                Some(f) => std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read {f}"))
-                    .map_err(usage)?,
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}")).map_err(usage)?,
                 None => json,
             };
             serde_json::from_str::<portcullis_core::RequestSpec>(&text)
@@ -422,8 +382,7 @@ fn explain(
         }
         None => args.into_request(now),
     };
-    let (decision, x) =
-        request.with_request(|r| policy.explain(r, &portcullis_core::NoRevocations));
+    let (decision, x) = request.with_request(|r| policy.explain(r, &portcullis_core::NoRevocations));
     match format {
         Format::Json => {
             let v = serde_json::json!({ "decision": decision, "explanation": x });
@@ -431,11 +390,7 @@ fn explain(
         }
         Format::Text => print!("{}", render_explanation(&request, &decision, &x)),
     }
-    Ok(if decision.allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn render_explanation(
@@ -451,11 +406,7 @@ fn render_explanation(
         "request:  {} {}{}",
         req.method,
         req.path,
-        if req.query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", req.query)
-        }
+        if req.query.is_empty() { String::new() } else { format!("?{}", req.query) }
     );
     let _ = writeln!(s, "decision: {verdict} {} {}", d.status(), d.reason);
     let route = match (&x.route, &x.route_path) {
@@ -477,13 +428,7 @@ fn render_explanation(
     if !x.requirements.is_empty() {
         let _ = writeln!(s, "requirements:");
         for c in &x.requirements {
-            let _ = writeln!(
-                s,
-                "  [{}] {}: {}",
-                if c.held { " ok " } else { "FAIL" },
-                c.requirement,
-                c.detail
-            );
+            let _ = writeln!(s, "  [{}] {}: {}", if c.held { " ok " } else { "FAIL" }, c.requirement, c.detail);
         }
     }
     if !x.rules.is_empty() {
@@ -508,10 +453,7 @@ fn render_explanation(
             s,
             "shadow (not enforced): {}{}",
             sh.reason,
-            sh.rule
-                .as_ref()
-                .map(|r| format!(" by rule {r}"))
-                .unwrap_or_default()
+            sh.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default()
         );
     }
     for n in &x.notes {
@@ -522,16 +464,7 @@ fn render_explanation(
 
 fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
     let out = match cmd {
-        TokenCommand::Service {
-            policy,
-            worker_id,
-            audience,
-            scopes,
-            ttl,
-            jti,
-            now,
-            not_before,
-        } => {
+        TokenCommand::Service { policy, worker_id, audience, scopes, ttl, jti, now, not_before } => {
             let policy = policy_files::load(&policy)?;
             let req = token::ServiceTokenRequest {
                 worker_id,
@@ -544,33 +477,20 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
             };
             token::mint_service(&policy, &req).map_err(usage)?
         }
-        TokenCommand::ApiKey {
-            prefix,
-            prefix_length,
-            length,
-        } => {
+        TokenCommand::ApiKey { prefix, prefix_length, length } => {
             let k = token::new_api_key(&prefix, prefix_length, length).map_err(usage)?;
-            serde_json::to_string(&k)
-                .context("cannot render")
-                .map_err(usage)?
+            serde_json::to_string(&k).context("cannot render").map_err(usage)?
         }
         TokenCommand::HashApiKey { prefix_length } => {
             let mut key = String::new();
-            std::io::stdin()
-                .read_line(&mut key)
-                .context("cannot read stdin")
-                .map_err(usage)?;
+            std::io::stdin().read_line(&mut key).context("cannot read stdin").map_err(usage)?;
             let (prefix, sha256) =
-                token::hash_api_key(key.trim_end_matches(['\r', '\n']), prefix_length)
-                    .map_err(usage)?;
+                token::hash_api_key(key.trim_end_matches(['\r', '\n']), prefix_length).map_err(usage)?;
             serde_json::json!({ "prefix": prefix, "sha256": sha256 }).to_string()
         }
         TokenCommand::Inspect { token } => {
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(
-                stderr,
-                "note: decoded only; the signature and claims were NOT verified"
-            );
+            let _ = writeln!(stderr, "note: decoded only; the signature and claims were NOT verified");
             token::inspect(&token).map_err(usage)?.to_string()
         }
     };
@@ -584,10 +504,7 @@ mod tests {
 
     #[test]
     fn headers_split_at_the_first_colon() {
-        assert_eq!(
-            parse_header("X-A: b: c").unwrap(),
-            ("X-A".into(), "b: c".into())
-        );
+        assert_eq!(parse_header("X-A: b: c").unwrap(), ("X-A".into(), "b: c".into()));
         assert_eq!(parse_header("X-A:").unwrap(), ("X-A".into(), String::new()));
         assert!(parse_header("no colon").is_err());
         assert!(parse_header(": v").is_err());

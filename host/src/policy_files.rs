@@ -40,23 +40,16 @@ impl std::error::Error for LoadError {}
 
 impl From<PolicyError> for LoadError {
     fn from(e: PolicyError) -> Self {
-        LoadError {
-            code: e.code(),
-            error: e.into(),
-        }
+        LoadError { code: e.code(), error: e.into() }
     }
 }
 
 fn io(error: anyhow::Error) -> LoadError {
-    LoadError {
-        code: "policy_io",
-        error,
-    }
+    LoadError { code: "policy_io", error }
 }
 
 fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > MAX_FILE_BYTES {
         bail!("{} is larger than {MAX_FILE_BYTES} bytes", path.display());
     }
@@ -75,16 +68,14 @@ impl portcullis_core::FileSource for DirFiles {
 
 /// The directory a policy's relative file references resolve against.
 pub fn policy_dir(path: &Path) -> PathBuf {
-    path.parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 impl PolicyBundle {
     /// Reads a policy file and the files it references (relative to the policy's directory).
     pub fn read(path: &Path) -> Result<PolicyBundle, LoadError> {
         let bytes = read_limited(path).map_err(io)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| io(anyhow::anyhow!("{} is not UTF-8", path.display())))?;
+        let text = String::from_utf8(bytes).map_err(|_| io(anyhow::anyhow!("{} is not UTF-8", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut files = BTreeMap::new();
         for name in Policy::referenced_files(&text)? {
@@ -95,11 +86,7 @@ impl PolicyBundle {
             })?;
             files.insert(name, content);
         }
-        Ok(PolicyBundle {
-            path: path.to_owned(),
-            text,
-            files,
-        })
+        Ok(PolicyBundle { path: path.to_owned(), text, files })
     }
 
     /// Compiles the bundle natively.

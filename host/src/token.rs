@@ -27,15 +27,9 @@ pub struct ServiceTokenRequest {
 
 /// Signs a service token with the policy's active key, refusing what the policy would refuse.
 pub fn mint_service(policy: &Policy, req: &ServiceTokenRequest) -> anyhow::Result<String> {
-    let svc = policy
-        .service_tokens()
-        .context("the policy has no service_tokens section")?;
+    let svc = policy.service_tokens().context("the policy has no service_tokens section")?;
     if f64::from(req.ttl) > svc.max_lifetime {
-        bail!(
-            "--ttl {} exceeds the policy's max_lifetime_seconds ({})",
-            req.ttl,
-            svc.max_lifetime
-        );
+        bail!("--ttl {} exceeds the policy's max_lifetime_seconds ({})", req.ttl, svc.max_lifetime);
     }
     if !svc.audiences.iter().any(|a| **a == *req.audience) {
         bail!("audience `{}` is not one the policy accepts", req.audience);
@@ -56,8 +50,7 @@ pub fn mint_service(policy: &Policy, req: &ServiceTokenRequest) -> anyhow::Resul
     if let Some(nbf) = req.not_before {
         payload.insert("nbf".into(), nbf.into());
     }
-    svc.sign(&serde_json::Value::Object(payload).to_string())
-        .context("the policy has no service token key")
+    svc.sign(&serde_json::Value::Object(payload).to_string()).context("the policy has no service token key")
 }
 
 /// A newly created API key: the plaintext (shown once) and what the policy stores.
@@ -78,11 +71,7 @@ pub fn new_api_key(prefix: &str, prefix_length: usize, length: usize) -> anyhow:
     }
     let key = format!("{prefix}{}", random_base62(length)?);
     let (prefix, sha256) = hash_api_key(&key, prefix_length)?;
-    Ok(NewApiKey {
-        key,
-        prefix,
-        sha256,
-    })
+    Ok(NewApiKey { key, prefix, sha256 })
 }
 
 /// The lookup prefix and hex SHA-256 of a key.
@@ -91,10 +80,7 @@ pub fn hash_api_key(key: &str, prefix_length: usize) -> anyhow::Result<(String, 
         .get(..prefix_length)
         .with_context(|| format!("the key is shorter than the prefix length {prefix_length}"))?;
     let digest = Sha256::digest(key.as_bytes());
-    Ok((
-        prefix.to_owned(),
-        digest.iter().map(|b| format!("{b:02x}")).collect(),
-    ))
+    Ok((prefix.to_owned(), digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Decodes a JWT's header and payload WITHOUT verifying anything.
@@ -104,9 +90,8 @@ pub fn inspect(token: &str) -> anyhow::Result<serde_json::Value> {
         bail!("not a JWT: expected header.payload.signature");
     };
     let decode = |seg: &str, what: &str| -> anyhow::Result<serde_json::Value> {
-        let bytes = URL_SAFE_STRICT
-            .decode(seg)
-            .with_context(|| format!("the {what} is not canonical unpadded base64url"))?;
+        let bytes =
+            URL_SAFE_STRICT.decode(seg).with_context(|| format!("the {what} is not canonical unpadded base64url"))?;
         serde_json::from_slice(&bytes).with_context(|| format!("the {what} is not JSON"))
     };
     Ok(serde_json::json!({

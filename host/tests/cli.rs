@@ -1,10 +1,5 @@
 //! The `portcullis` binary, driven as a user would.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,33 +31,14 @@ fn portcullis(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn demo_token() -> String {
-    std::fs::read_to_string(root().join("policies/demo.jwt"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    std::fs::read_to_string(root().join("policies/demo.jwt")).unwrap().trim().to_owned()
 }
 
 #[test]
 fn an_allowed_check_prints_the_identity_and_exits_zero() {
     let t = demo_token();
-    let out = portcullis(
-        &[
-            "check",
-            "--policy",
-            "policies/example.yaml",
-            "--token",
-            &t,
-            "--now",
-            "1800000000",
-        ],
-        None,
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = portcullis(&["check", "--policy", "policies/example.yaml", "--token", &t, "--now", "1800000000"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["allow"], true);
     assert_eq!(v["status"], 200);
@@ -74,18 +50,7 @@ fn an_allowed_check_prints_the_identity_and_exits_zero() {
 #[test]
 fn a_denied_check_exits_one_with_the_reason() {
     let t = demo_token();
-    let out = portcullis(
-        &[
-            "check",
-            "--policy",
-            "policies/example.yaml",
-            "--token",
-            &t,
-            "--now",
-            "1900000000",
-        ],
-        None,
-    );
+    let out = portcullis(&["check", "--policy", "policies/example.yaml", "--token", &t, "--now", "1900000000"], None);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -97,18 +62,7 @@ fn a_denied_check_exits_one_with_the_reason() {
 #[test]
 fn a_token_may_arrive_as_an_authorization_header() {
     let h = format!("Authorization: Bearer {}", demo_token());
-    let out = portcullis(
-        &[
-            "check",
-            "--policy",
-            "policies/example.yaml",
-            "-H",
-            &h,
-            "--now",
-            "1800000000",
-        ],
-        None,
-    );
+    let out = portcullis(&["check", "--policy", "policies/example.yaml", "-H", &h, "--now", "1800000000"], None);
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -122,18 +76,12 @@ fn policy_errors_exit_two_with_a_code_and_path_and_no_secret() {
         "version: 1\nservice_tokens:\n  prefix: svc\n  keys: [{id: a, secret: short-secret-value}]\n  audiences: [x]\n",
     )
     .unwrap();
-    let out = portcullis(
-        &["check", "--policy", p.to_str().unwrap(), "--token", "x"],
-        None,
-    );
+    let out = portcullis(&["check", "--policy", p.to_str().unwrap(), "--token", "x"], None);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error[policy_invalid]"), "{err}");
     assert!(err.contains("service_tokens.keys[0]"), "{err}");
-    assert!(
-        !err.contains("short-secret-value"),
-        "a secret leaked: {err}"
-    );
+    assert!(!err.contains("short-secret-value"), "a secret leaked: {err}");
     assert!(out.stdout.is_empty());
 }
 
@@ -141,48 +89,22 @@ fn policy_errors_exit_two_with_a_code_and_path_and_no_secret() {
 fn usage_errors_exit_two() {
     assert_eq!(portcullis(&["check"], None).status.code(), Some(2));
     assert_eq!(
-        portcullis(
-            &[
-                "check",
-                "--policy",
-                "policies/example.yaml",
-                "--token",
-                "a",
-                "--batch",
-                "-"
-            ],
-            None
-        )
-        .status
-        .code(),
+        portcullis(&["check", "--policy", "policies/example.yaml", "--token", "a", "--batch", "-"], None).status.code(),
         Some(2)
     );
 }
 
 #[test]
 fn help_is_complete_for_every_command() {
-    for args in [
-        &["--help"][..],
-        &["check", "--help"],
-        &["token", "--help"],
-        &["token", "service", "--help"],
-    ] {
+    for args in [&["--help"][..], &["check", "--help"], &["token", "--help"], &["token", "service", "--help"]] {
         let out = portcullis(args, None);
         assert_eq!(out.status.code(), Some(0));
         assert!(!out.stdout.is_empty());
     }
     let check_help = String::from_utf8(portcullis(&["check", "--help"], None).stdout).unwrap();
-    for flag in [
-        "--policy",
-        "--token",
-        "--batch",
-        "--now",
-        "--method",
-        "--path",
-        "--header",
-        "--client-ip",
-        "Exit status",
-    ] {
+    for flag in
+        ["--policy", "--token", "--batch", "--now", "--method", "--path", "--header", "--client-ip", "Exit status"]
+    {
         assert!(check_help.contains(flag), "check --help lacks {flag}");
     }
 }
@@ -200,21 +122,10 @@ fn the_corpus_through_batch_mode_decides_as_expected() {
             format!("{spec}\n")
         })
         .collect();
-    let out = portcullis(
-        &["check", "--policy", "policies/example.yaml", "--batch", "-"],
-        Some(&input),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out = portcullis(&["check", "--policy", "policies/example.yaml", "--batch", "-"], Some(&input));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), cases.len());
     let failures: Vec<String> = cases
         .iter()
@@ -223,9 +134,7 @@ fn the_corpus_through_batch_mode_decides_as_expected() {
             if got["id"] != c.id.as_str() {
                 return Some(format!("{}: out of order ({})", c.id, got["id"]));
             }
-            check(&c.expect, got)
-                .err()
-                .map(|e| format!("{}: {e}", c.id))
+            check(&c.expect, got).err().map(|e| format!("{}: {e}", c.id))
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -252,12 +161,7 @@ fn minted_service_tokens_verify_and_respect_the_policy() {
         ],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("svc-v1."));
     let check = |worker: &str| {

@@ -1,11 +1,6 @@
 //! Every example policy in `policies/` decides its expected cases (`tests/fixtures/policies/`),
 //! and lints without errors.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::PathBuf;
 
@@ -22,9 +17,7 @@ fn examples() -> Vec<String> {
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().to_string();
-            name.strip_suffix(".yaml")
-                .filter(|n| *n != "example")
-                .map(str::to_owned)
+            name.strip_suffix(".yaml").filter(|n| *n != "example").map(str::to_owned)
         })
         .collect();
     names.sort();
@@ -33,10 +26,7 @@ fn examples() -> Vec<String> {
 
 #[test]
 fn there_are_the_four_documented_examples() {
-    assert_eq!(
-        examples(),
-        ["api-gateway", "identity-forwarding", "saas", "service-mesh"]
-    );
+    assert_eq!(examples(), ["api-gateway", "identity-forwarding", "saas", "service-mesh"]);
 }
 
 #[test]
@@ -44,12 +34,9 @@ fn every_example_policy_decides_its_expected_cases() {
     let mut failures = Vec::new();
     let mut total = 0;
     for name in examples() {
-        let policy =
-            portcullis_host::policy_files::load(&root().join(format!("policies/{name}.yaml")))
-                .unwrap();
+        let policy = portcullis_host::policy_files::load(&root().join(format!("policies/{name}.yaml"))).unwrap();
         let cases_file = root().join(format!("tests/fixtures/policies/{name}.jsonl"));
-        let text = std::fs::read_to_string(&cases_file)
-            .unwrap_or_else(|_| panic!("{name} has no expected decisions"));
+        let text = std::fs::read_to_string(&cases_file).unwrap_or_else(|_| panic!("{name} has no expected decisions"));
         let cases = parse_corpus(&text).unwrap();
         assert!(cases.len() >= 8, "{name}: only {} cases", cases.len());
         for c in &cases {
@@ -61,12 +48,7 @@ fn every_example_policy_decides_its_expected_cases() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {total} failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {total} failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -74,9 +56,7 @@ fn every_example_policy_lints_without_errors() {
     for name in examples().into_iter().chain(["example".to_string()]) {
         let path = root().join(format!("policies/{name}.yaml"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let files = portcullis_host::policy_files::DirFiles(
-            portcullis_host::policy_files::policy_dir(&path),
-        );
+        let files = portcullis_host::policy_files::DirFiles(portcullis_host::policy_files::policy_dir(&path));
         let errors: Vec<String> = portcullis_core::lint::lint(&text, &files, false)
             .into_iter()
             .filter(|f| f.severity == portcullis_core::lint::Severity::Error)

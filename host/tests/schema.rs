@@ -1,10 +1,5 @@
 //! `policies/schema.json` is what the loader accepts, and every example policy follows it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 
@@ -35,8 +30,7 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn the_committed_schema_is_the_generated_one() {
     let committed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(policies().join("schema.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(policies().join("schema.json")).unwrap()).unwrap();
     assert!(
         committed == json_schema(),
         "policies/schema.json is stale: run `cargo run -- policy schema > policies/schema.json`"
@@ -51,10 +45,8 @@ fn every_policy_in_policies_validates_against_the_schema_and_loads() {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let value = parse_text(&text).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{}: {}", f.display(), errors.join("; "));
         portcullis_host::policy_files::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
     }
@@ -71,9 +63,6 @@ fn the_schema_rejects_what_the_loader_rejects_structurally() {
     ] {
         let v = parse_text(bad).unwrap();
         assert!(!validator.is_valid(&v), "schema accepted: {bad}");
-        assert!(
-            portcullis_core::policy::document_from_value(v).is_err(),
-            "loader accepted: {bad}"
-        );
+        assert!(portcullis_core::policy::document_from_value(v).is_err(), "loader accepted: {bad}");
     }
 }

@@ -45,9 +45,7 @@ impl OriginPattern {
                     return false;
                 };
                 host.len() > suffix.len()
-                    && host
-                        .get(host.len() - suffix.len()..)
-                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+                    && host.get(host.len() - suffix.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
                     && host
                         .get(..host.len() - suffix.len())
                         .is_some_and(|label| !label.is_empty() && !label.contains(['/', ':', '@']))
@@ -58,38 +56,23 @@ impl OriginPattern {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| s.get(prefix.len()..))
-        .flatten()
+    head.eq_ignore_ascii_case(prefix).then(|| s.get(prefix.len()..)).flatten()
 }
 
 impl std::str::FromStr for OriginPattern {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.to_ascii_lowercase();
-        let (scheme, rest) = lower
-            .split_once("://")
-            .ok_or_else(|| format!("origin `{s}` must look like https://host[:port]"))?;
-        if !matches!(scheme, "http" | "https")
-            || rest.is_empty()
-            || rest.contains(['/', '?', '#', '@', ' '])
-        {
-            return Err(format!(
-                "origin `{s}` must be scheme://host[:port] with no path"
-            ));
+        let (scheme, rest) =
+            lower.split_once("://").ok_or_else(|| format!("origin `{s}` must look like https://host[:port]"))?;
+        if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(format!("origin `{s}` must be scheme://host[:port] with no path"));
         }
         match rest.strip_prefix('*') {
-            Some(suffix)
-                if suffix.starts_with('.') && suffix.len() > 1 && !suffix.contains('*') =>
-            {
-                Ok(OriginPattern::Subdomains {
-                    scheme: format!("{scheme}://"),
-                    suffix: suffix.to_owned(),
-                })
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 && !suffix.contains('*') => {
+                Ok(OriginPattern::Subdomains { scheme: format!("{scheme}://"), suffix: suffix.to_owned() })
             }
-            Some(_) => Err(format!(
-                "origin `{s}`: a wildcard is only allowed as `scheme://*.domain`"
-            )),
+            Some(_) => Err(format!("origin `{s}`: a wildcard is only allowed as `scheme://*.domain`")),
             None if rest.contains('*') => Err(format!("origin `{s}`: misplaced wildcard")),
             None => Ok(OriginPattern::Exact(lower)),
         }
@@ -150,19 +133,10 @@ impl ApiKeyPolicy {
             crate::FastMap::with_capacity_and_hasher(entries.len(), Default::default());
         let mut list = Vec::with_capacity(entries.len());
         for (i, (lookup, entry)) in entries.into_iter().enumerate() {
-            by_prefix
-                .entry(lookup.into_boxed_str())
-                .or_default()
-                .push(i);
+            by_prefix.entry(lookup.into_boxed_str()).or_default().push(i);
             list.push(entry);
         }
-        ApiKeyPolicy {
-            prefix,
-            prefix_length,
-            header,
-            entries: list,
-            by_prefix,
-        }
+        ApiKeyPolicy { prefix, prefix_length, header, entries: list, by_prefix }
     }
 
     /// Stored keys.
@@ -176,9 +150,11 @@ impl ApiKeyPolicy {
         for e in &mut self.entries {
             let by_id = statics.status(RevocationQuery::ApiKey(&e.id)) == Revoked;
             let issued_at = e.issued_at();
-            let by_subject = e.identity.subject.as_deref().is_some_and(|subject| {
-                statics.status(RevocationQuery::Subject { subject, issued_at }) == Revoked
-            });
+            let by_subject = e
+                .identity
+                .subject
+                .as_deref()
+                .is_some_and(|subject| statics.status(RevocationQuery::Subject { subject, issued_at }) == Revoked);
             e.revoked_by_policy = by_id || by_subject;
         }
     }
@@ -197,9 +173,7 @@ impl ApiKeyPolicy {
         revocations: &dyn Revocations,
     ) -> Result<Arc<Identity>, Reason> {
         // A fold instead of `all` so the check vectorises (no early exit to branch on).
-        let graphic = key
-            .bytes()
-            .fold(true, |ok, b| ok & (b.wrapping_sub(0x21) < 0x5e));
+        let graphic = key.bytes().fold(true, |ok, b| ok & (b.wrapping_sub(0x21) < 0x5e));
         if key.len() > MAX_API_KEY_BYTES || !graphic {
             return Err(Reason::Malformed);
         }
@@ -224,9 +198,7 @@ impl ApiKeyPolicy {
         if entry.expires_at.is_some_and(|t| req.now.0 >= t) {
             return Err(Reason::KeyExpired);
         }
-        if !entry.allowed_cidrs.is_empty()
-            && !crate::engine::client_in(req.client_ip, &entry.allowed_cidrs)
-        {
+        if !entry.allowed_cidrs.is_empty() && !crate::engine::client_in(req.client_ip, &entry.allowed_cidrs) {
             return Err(Reason::IpNotAllowed);
         }
         if !entry.allowed_origins.is_empty() {
@@ -242,11 +214,7 @@ impl ApiKeyPolicy {
         refuse_if_revoked(none, revocations, RevocationQuery::ApiKey(&entry.id))?;
         if let Some(subject) = entry.identity.subject.as_deref() {
             let issued_at = entry.issued_at();
-            refuse_if_revoked(
-                none,
-                revocations,
-                RevocationQuery::Subject { subject, issued_at },
-            )?;
+            refuse_if_revoked(none, revocations, RevocationQuery::Subject { subject, issued_at })?;
         }
         Ok(Arc::clone(&entry.identity))
     }
@@ -295,14 +263,7 @@ mod tests {
 
     #[test]
     fn bad_origin_patterns_are_rejected() {
-        for bad in [
-            "example.com",
-            "https://a.com/path",
-            "ftp://a.com",
-            "https://a*.com",
-            "https://*",
-            "https://",
-        ] {
+        for bad in ["example.com", "https://a.com/path", "ftp://a.com", "https://a*.com", "https://*", "https://"] {
             assert!(bad.parse::<OriginPattern>().is_err(), "{bad}");
         }
     }

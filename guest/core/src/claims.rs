@@ -49,13 +49,8 @@ pub(crate) fn header_safe(s: &str) -> Result<Arc<str>, Reason> {
 pub(crate) fn scope_grant(s: &str) -> Result<Arc<str>, Reason> {
     let ok = !s.is_empty()
         && s.len() <= 256
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-    if ok {
-        Ok(Arc::from(s))
-    } else {
-        Err(Reason::Malformed)
-    }
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+    if ok { Ok(Arc::from(s)) } else { Err(Reason::Malformed) }
 }
 
 #[cfg(test)]
@@ -66,12 +61,7 @@ mod tests {
 
     const NOW: UnixTime = UnixTime(1_000_000);
 
-    fn t(
-        exp: Option<f64>,
-        nbf: Option<f64>,
-        iat: Option<f64>,
-        max: Option<f64>,
-    ) -> Result<(), Reason> {
+    fn t(exp: Option<f64>, nbf: Option<f64>, iat: Option<f64>, max: Option<f64>) -> Result<(), Reason> {
         check_times(NOW, 30.0, exp, nbf, iat, max)
     }
 
@@ -82,55 +72,33 @@ mod tests {
 
     #[test]
     fn exp_at_the_leeway_boundary_is_expired() {
-        assert_eq!(
-            t(Some(1_000_000.0 - 30.0), None, None, None),
-            Err(Reason::Expired)
-        );
-        assert_eq!(
-            t(Some(1_000_000.0 - 29.5), None, None, None),
-            Ok(()),
-            "fractions count"
-        );
+        assert_eq!(t(Some(1_000_000.0 - 30.0), None, None, None), Err(Reason::Expired));
+        assert_eq!(t(Some(1_000_000.0 - 29.5), None, None, None), Ok(()), "fractions count");
     }
 
     #[test]
     fn nbf_beyond_leeway_is_not_yet_valid() {
         assert_eq!(t(None, Some(1_000_030.0), None, None), Ok(()));
-        assert_eq!(
-            t(None, Some(1_000_030.5), None, None),
-            Err(Reason::NotYetValid)
-        );
+        assert_eq!(t(None, Some(1_000_030.5), None, None), Err(Reason::NotYetValid));
     }
 
     #[test]
     fn iat_beyond_leeway_is_in_the_future() {
         assert_eq!(t(None, None, Some(1_000_030.0), None), Ok(()));
-        assert_eq!(
-            t(None, None, Some(1_000_031.0), None),
-            Err(Reason::IssuedInFuture)
-        );
+        assert_eq!(t(None, None, Some(1_000_031.0), None), Err(Reason::IssuedInFuture));
     }
 
     #[test]
     fn lifetime_is_bounded_only_when_iat_is_present() {
         let exp = Some(1_000_100.0);
-        assert_eq!(
-            t(exp, None, Some(1_000_000.0 - 3500.0), Some(3600.0)),
-            Ok(())
-        );
-        assert_eq!(
-            t(exp, None, Some(1_000_000.0 - 3501.0), Some(3600.0)),
-            Err(Reason::LifetimeTooLong)
-        );
+        assert_eq!(t(exp, None, Some(1_000_000.0 - 3500.0), Some(3600.0)), Ok(()));
+        assert_eq!(t(exp, None, Some(1_000_000.0 - 3501.0), Some(3600.0)), Err(Reason::LifetimeTooLong));
         assert_eq!(t(exp, None, None, Some(1.0)), Ok(()));
     }
 
     #[test]
     fn expiry_is_reported_before_other_time_defects() {
-        assert_eq!(
-            t(Some(0.0), Some(2e6), Some(2e6), Some(1.0)),
-            Err(Reason::Expired)
-        );
+        assert_eq!(t(Some(0.0), Some(2e6), Some(2e6), Some(1.0)), Err(Reason::Expired));
     }
 
     #[test]

@@ -66,10 +66,7 @@ impl Decision {
 
     /// An allow for `identity`.
     pub fn allow(identity: Arc<Identity>) -> Decision {
-        Decision {
-            identity: Some(identity),
-            ..Decision::deny(Reason::Allowed)
-        }
+        Decision { identity: Some(identity), ..Decision::deny(Reason::Allowed) }
     }
 
     /// True when allowed.

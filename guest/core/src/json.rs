@@ -108,9 +108,7 @@ impl<'a> Object<'a> {
         let m = &self.members;
         if m.len() <= 16 {
             // Quadratic but branch-cheap for the small objects tokens are made of.
-            m.iter()
-                .enumerate()
-                .any(|(i, (k, _))| m.iter().skip(i + 1).any(|(k2, _)| k == k2))
+            m.iter().enumerate().any(|(i, (k, _))| m.iter().skip(i + 1).any(|(k2, _)| k == k2))
         } else {
             let mut names: Vec<&str> = m.iter().map(|(k, _)| k.as_ref()).collect();
             names.sort_unstable();
@@ -144,16 +142,10 @@ impl<'a> Json<'a> {
             Json::Bool(b) => Value::Bool(*b),
             Json::Num(Number::U(n)) => Value::from(*n),
             Json::Num(Number::I(n)) => Value::from(*n),
-            Json::Num(Number::F(n)) => {
-                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
-            }
+            Json::Num(Number::F(n)) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
             Json::Str(s) => Value::String(s.to_string()),
             Json::Arr(a) => Value::Array(a.iter().map(Json::to_value).collect()),
-            Json::Obj(o) => Value::Object(
-                o.iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_value()))
-                    .collect(),
-            ),
+            Json::Obj(o) => Value::Object(o.iter().map(|(k, v)| (k.to_owned(), v.to_value())).collect()),
         }
     }
 }
@@ -202,9 +194,7 @@ impl std::str::FromStr for ClaimPath {
             if inner.is_empty() {
                 return Err("empty claim name".into());
             }
-            return Ok(ClaimPath {
-                segments: vec![inner.to_owned()],
-            });
+            return Ok(ClaimPath { segments: vec![inner.to_owned()] });
         }
         let segments: Vec<String> = s.split('.').map(str::to_owned).collect();
         if segments.iter().any(String::is_empty) {
@@ -274,18 +264,10 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Num(Number::U(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Json::Num(if v >= 0 {
-            Number::U(v.unsigned_abs())
-        } else {
-            Number::I(v)
-        }))
+        Ok(Json::Num(if v >= 0 { Number::U(v.unsigned_abs()) } else { Number::I(v) }))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        if v.is_finite() {
-            Ok(Json::Num(Number::F(v)))
-        } else {
-            Err(E::custom("non-finite number"))
-        }
+        if v.is_finite() { Ok(Json::Num(Number::F(v))) } else { Err(E::custom("non-finite number")) }
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Json::Str(Cow::Borrowed(v)))
@@ -331,11 +313,7 @@ mod tests {
         assert!(matches!(o.get("a"), Some(Json::Str(Cow::Borrowed("x")))));
         assert_eq!(
             o.get("b"),
-            Some(&Json::Arr(vec![
-                Json::Num(Number::U(1)),
-                Json::Num(Number::I(-2)),
-                Json::Num(Number::F(3.5))
-            ]))
+            Some(&Json::Arr(vec![Json::Num(Number::U(1)), Json::Num(Number::I(-2)), Json::Num(Number::F(3.5))]))
         );
     }
 
@@ -369,21 +347,8 @@ mod tests {
 
     #[test]
     fn non_objects_and_trailing_data_are_rejected() {
-        for bad in [
-            &b"[1]"[..],
-            b"\"s\"",
-            b"1",
-            b"null",
-            b"{} {}",
-            b"{}x",
-            b"",
-            b"{",
-        ] {
-            assert!(
-                parse_object(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"[1]"[..], b"\"s\"", b"1", b"null", b"{} {}", b"{}x", b"", b"{"] {
+            assert!(parse_object(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -391,10 +356,7 @@ mod tests {
     fn invalid_utf8_and_lone_surrogates_are_rejected() {
         assert!(parse_object(b"{\"a\":\"\xff\"}").is_err());
         assert!(parse_object(br#"{"a":"\ud800"}"#).is_err());
-        assert!(
-            parse_object(b"\xef\xbb\xbf{}").is_err(),
-            "a byte-order mark is not JSON"
-        );
+        assert!(parse_object(b"\xef\xbb\xbf{}").is_err(), "a byte-order mark is not JSON");
     }
 
     #[test]
@@ -406,8 +368,7 @@ mod tests {
 
     #[test]
     fn claim_paths_follow_nested_objects() {
-        let o = parse_object(br#"{"realm_access":{"roles":["a"]},"https://x.io/roles":["b"]}"#)
-            .unwrap();
+        let o = parse_object(br#"{"realm_access":{"roles":["a"]},"https://x.io/roles":["b"]}"#).unwrap();
         let p: ClaimPath = "realm_access.roles".parse().unwrap();
         assert_eq!(o.path(&p), Some(&Json::Arr(vec![Json::Str("a".into())])));
         let p: ClaimPath = "[https://x.io/roles]".parse().unwrap();

@@ -90,11 +90,7 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
     if token.len() > max {
         return Err(Reason::Malformed);
     }
-    let mut dots = token
-        .bytes()
-        .enumerate()
-        .filter(|(_, b)| *b == b'.')
-        .map(|(i, _)| i);
+    let mut dots = token.bytes().enumerate().filter(|(_, b)| *b == b'.').map(|(i, _)| i);
     let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(Reason::Malformed);
     };
@@ -104,12 +100,7 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
     let signature = token.get(d2 + 1..).ok_or(Reason::Malformed)?;
     let header = b64::decode(header_b64).ok_or(Reason::Malformed)?;
     let payload = b64::decode(payload_b64).ok_or(Reason::Malformed)?;
-    Ok(Parts {
-        signing_input,
-        signature,
-        header,
-        payload,
-    })
+    Ok(Parts { signing_input, signature, header, payload })
 }
 
 /// Verifies a JWT and builds its identity.
@@ -145,26 +136,16 @@ pub(crate) fn verify(
         Some(Json::Str(s)) => s.as_ref(),
         Some(_) => return Err(Reason::Malformed),
     };
-    let (index, issuer) = ctx
-        .issuers
-        .iter()
-        .enumerate()
-        .find(|(_, i)| i.issuer.as_str() == iss)
-        .ok_or(Reason::WrongIssuer)?;
+    let (index, issuer) =
+        ctx.issuers.iter().enumerate().find(|(_, i)| i.issuer.as_str() == iss).ok_or(Reason::WrongIssuer)?;
     if accept.is_some_and(|a| !a.contains(&index)) {
         return Err(Reason::CredentialNotAccepted);
     }
 
-    let alg = Alg::from_name(alg)
-        .filter(|a| issuer.algorithms.contains(*a))
-        .ok_or(Reason::AlgNotAllowed)?;
+    let alg = Alg::from_name(alg).filter(|a| issuer.algorithms.contains(*a)).ok_or(Reason::AlgNotAllowed)?;
     let key = match issuer.keys.choose(alg, kid) {
-        KeyChoice::One(k) => k
-            .verify(alg, parts.signing_input.as_bytes(), signature)
-            .then_some(k),
-        KeyChoice::AnyOf(keys) => keys
-            .into_iter()
-            .find(|k| k.verify(alg, parts.signing_input.as_bytes(), signature)),
+        KeyChoice::One(k) => k.verify(alg, parts.signing_input.as_bytes(), signature).then_some(k),
+        KeyChoice::AnyOf(keys) => keys.into_iter().find(|k| k.verify(alg, parts.signing_input.as_bytes(), signature)),
         KeyChoice::WrongAlg => return Err(Reason::AlgNotAllowed),
         KeyChoice::Unknown => return Err(Reason::UnknownKid),
     }
@@ -180,21 +161,11 @@ pub(crate) fn verify(
         // A bounded lifetime cannot be enforced on a token that never expires.
         return Err(Reason::MissingClaim);
     }
-    claims::check_times(
-        now,
-        issuer.leeway,
-        registered.exp,
-        registered.nbf,
-        registered.iat,
-        issuer.max_lifetime,
-    )?;
+    claims::check_times(now, issuer.leeway, registered.exp, registered.nbf, registered.iat, issuer.max_lifetime)?;
     let audience = match &registered.aud {
         Aud::Absent => None,
         Aud::One(a) => issuer.audiences.iter().find(|x| &***x == *a),
-        Aud::Many(list) => issuer
-            .audiences
-            .iter()
-            .find(|x| list.iter().any(|a| &***x == *a)),
+        Aud::Many(list) => issuer.audiences.iter().find(|x| list.iter().any(|a| &***x == *a)),
     };
     if audience.is_none() && !issuer.skip_audience {
         return Err(Reason::WrongAudience);
@@ -207,10 +178,7 @@ pub(crate) fn verify(
         refuse_if_revoked(
             ctx.statics,
             revocations,
-            RevocationQuery::Subject {
-                subject: sub,
-                issued_at: registered.iat,
-            },
+            RevocationQuery::Subject { subject: sub, issued_at: registered.iat },
         )?;
     }
 
@@ -247,14 +215,7 @@ struct Registered<'a> {
 
 impl<'a> Registered<'a> {
     fn read(claims: &'a Object<'a>) -> Result<Self, Reason> {
-        let mut r = Registered {
-            exp: None,
-            nbf: None,
-            iat: None,
-            sub: None,
-            jti: None,
-            aud: Aud::Absent,
-        };
+        let mut r = Registered { exp: None, nbf: None, iat: None, sub: None, jti: None, aud: Aud::Absent };
         for (name, value) in claims.iter() {
             match name {
                 "exp" => r.exp = Some(value.as_f64().ok_or(Reason::Malformed)?),
@@ -266,10 +227,7 @@ impl<'a> Registered<'a> {
                     r.aud = match value {
                         Json::Str(s) => Aud::One(s),
                         Json::Arr(items) => Aud::Many(
-                            items
-                                .iter()
-                                .map(|i| i.as_str().ok_or(Reason::Malformed))
-                                .collect::<Result<_, _>>()?,
+                            items.iter().map(|i| i.as_str().ok_or(Reason::Malformed)).collect::<Result<_, _>>()?,
                         ),
                         _ => return Err(Reason::Malformed),
                     }
@@ -314,9 +272,7 @@ fn build_identity(
             }
             Some(Json::Arr(items)) => {
                 for item in items {
-                    scopes.push(claims::scope_grant(
-                        item.as_str().ok_or(Reason::Malformed)?,
-                    )?);
+                    scopes.push(claims::scope_grant(item.as_str().ok_or(Reason::Malformed)?)?);
                 }
             }
             Some(_) => return Err(Reason::Malformed),
@@ -355,14 +311,9 @@ fn string_list(claims: &Object<'_>, path: &ClaimPath) -> Result<Vec<Arc<str>>, R
     match claims.path(path) {
         None | Some(Json::Null) => Ok(Vec::new()),
         Some(Json::Str(s)) => Ok(vec![claims::header_safe(s)?]),
-        Some(Json::Arr(items)) => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .ok_or(Reason::Malformed)
-                    .and_then(claims::header_safe)
-            })
-            .collect(),
+        Some(Json::Arr(items)) => {
+            items.iter().map(|i| i.as_str().ok_or(Reason::Malformed).and_then(claims::header_safe)).collect()
+        }
         Some(_) => Err(Reason::Malformed),
     }
 }
@@ -396,14 +347,8 @@ mod tests {
 
     #[test]
     fn a_valid_token_yields_its_identity() {
-        let d = decide_token(
-            &hs_policy(""),
-            &hs256(
-                SECRET,
-                H,
-                &claims(r#""jti":"t1","email":"a@x.io","tenant":"acme""#),
-            ),
-        );
+        let d =
+            decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""jti":"t1","email":"a@x.io","tenant":"acme""#)));
         assert!(d.allowed(), "{d:?}");
         let id = d.identity.unwrap();
         assert_eq!(id.subject.as_deref(), Some("alice"));
@@ -418,10 +363,7 @@ mod tests {
     #[test]
     fn oversized_tokens_are_malformed_before_parsing() {
         let pad = "x".repeat(9000);
-        assert_eq!(
-            reason("", H, &claims(&format!(r#""pad":"{pad}""#))),
-            Reason::Malformed
-        );
+        assert_eq!(reason("", H, &claims(&format!(r#""pad":"{pad}""#))), Reason::Malformed);
     }
 
     #[test]
@@ -432,69 +374,48 @@ mod tests {
             "version: 1\nlimits: {{max_token_bytes: 16384}}\nissuers:\n  - issuer: https://t.example\n    audiences: [api]\n    algorithms: [HS256]\n    jwks: {{keys: [{{kty: oct, kid: k1, k: {k}}}]}}\n"
         );
         let p = crate::Policy::load(&text, &crate::NoFiles).unwrap();
-        assert!(
-            decide_token(&p, &hs256(SECRET, H, &claims(&format!(r#""pad":"{pad}""#)))).allowed()
-        );
+        assert!(decide_token(&p, &hs256(SECRET, H, &claims(&format!(r#""pad":"{pad}""#)))).allowed());
     }
 
     #[test]
     fn crit_is_malformed_even_when_empty() {
-        assert_eq!(
-            reason("", r#"{"alg":"HS256","kid":"k1","crit":[]}"#, &claims("")),
-            Reason::Malformed
-        );
+        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k1","crit":[]}"#, &claims("")), Reason::Malformed);
     }
 
     #[test]
     fn unknown_header_parameters_are_ignored() {
-        let h =
-            r#"{"alg":"HS256","kid":"k1","typ":"at+jwt","x5t":"abc","jku":"https://evil/jwks"}"#;
+        let h = r#"{"alg":"HS256","kid":"k1","typ":"at+jwt","x5t":"abc","jku":"https://evil/jwks"}"#;
         assert_eq!(reason("", h, &claims("")), Reason::Allowed);
     }
 
     #[test]
     fn kid_of_another_issuer_is_unknown() {
-        assert_eq!(
-            reason("", r#"{"alg":"HS256","kid":"k2"}"#, &claims("")),
-            Reason::UnknownKid
-        );
+        assert_eq!(reason("", r#"{"alg":"HS256","kid":"k2"}"#, &claims("")), Reason::UnknownKid);
     }
 
     #[test]
     fn missing_kid_tries_hmac_keys() {
-        assert_eq!(
-            reason("", r#"{"alg":"HS256"}"#, &claims("")),
-            Reason::Allowed
-        );
+        assert_eq!(reason("", r#"{"alg":"HS256"}"#, &claims("")), Reason::Allowed);
     }
 
     #[test]
     fn required_custom_claims_are_enforced() {
         let p = "    required_claims: [exp, email]\n";
         assert_eq!(reason(p, H, &claims("")), Reason::MissingClaim);
-        assert_eq!(
-            reason(p, H, &claims(r#""email":"a@x.io""#)),
-            Reason::Allowed
-        );
+        assert_eq!(reason(p, H, &claims(r#""email":"a@x.io""#)), Reason::Allowed);
     }
 
     #[test]
     fn exp_is_not_required_when_the_policy_says_so() {
         let p = "    required_claims: []\n";
-        let no_exp = format!(
-            r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#,
-            NOW
-        );
+        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
         assert_eq!(reason(p, H, &no_exp), Reason::Allowed);
     }
 
     #[test]
     fn a_lifetime_bound_requires_exp() {
         let p = "    required_claims: []\n    max_lifetime_seconds: 600\n";
-        let no_exp = format!(
-            r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#,
-            NOW
-        );
+        let no_exp = format!(r#"{{"iss":"https://t.example","aud":"api","sub":"a","iat":{}}}"#, NOW);
         assert_eq!(reason(p, H, &no_exp), Reason::MissingClaim);
     }
 
@@ -507,30 +428,15 @@ mod tests {
 
     #[test]
     fn scope_and_scp_are_merged_without_duplicates() {
-        let d = decide_token(
-            &hs_policy(""),
-            &hs256(SECRET, H, &claims(r#""scope":"a b  a","scp":["b","c"]"#)),
-        );
-        let scopes: Vec<_> = d
-            .identity
-            .unwrap()
-            .scopes
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""scope":"a b  a","scp":["b","c"]"#)));
+        let scopes: Vec<_> = d.identity.unwrap().scopes.iter().map(|s| s.to_string()).collect();
         assert_eq!(scopes, ["a", "b", "c"]);
     }
 
     #[test]
     fn scope_claim_of_the_wrong_type_is_malformed() {
-        assert_eq!(
-            reason("", H, &claims(r#""scope":["a",1]"#)),
-            Reason::Malformed
-        );
-        assert_eq!(
-            reason("", H, &claims(r#""scp":{"a":1}"#)),
-            Reason::Malformed
-        );
+        assert_eq!(reason("", H, &claims(r#""scope":["a",1]"#)), Reason::Malformed);
+        assert_eq!(reason("", H, &claims(r#""scp":{"a":1}"#)), Reason::Malformed);
     }
 
     #[test]
@@ -546,31 +452,20 @@ mod tests {
 
     #[test]
     fn a_single_string_role_is_a_one_element_list() {
-        let d = decide_token(
-            &hs_policy(""),
-            &hs256(SECRET, H, &claims(r#""roles":"admin""#)),
-        );
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""roles":"admin""#)));
         assert_eq!(d.identity.unwrap().roles.len(), 1);
     }
 
     #[test]
     fn numeric_tenant_claims_are_rendered_exactly() {
-        let d = decide_token(
-            &hs_policy(""),
-            &hs256(SECRET, H, &claims(r#""tenant":12345678901234"#)),
-        );
-        assert_eq!(
-            d.identity.unwrap().tenant.as_deref(),
-            Some("12345678901234")
-        );
+        let d = decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""tenant":12345678901234"#)));
+        assert_eq!(d.identity.unwrap().tenant.as_deref(), Some("12345678901234"));
     }
 
     #[test]
     fn turning_a_mapping_off_ignores_the_claim() {
-        let d = decide_token(
-            &hs_policy("    claims: {tenant: null}\n"),
-            &hs256(SECRET, H, &claims(r#""tenant":{"x":1}"#)),
-        );
+        let d =
+            decide_token(&hs_policy("    claims: {tenant: null}\n"), &hs256(SECRET, H, &claims(r#""tenant":{"x":1}"#)));
         assert!(d.allowed());
         assert_eq!(d.identity.unwrap().tenant, None);
     }
@@ -602,14 +497,8 @@ mod tests {
 
     #[test]
     fn identity_never_appears_on_a_denial() {
-        let d = decide_token(
-            &hs_policy(""),
-            &hs256(
-                SECRET,
-                H,
-                &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, ""),
-            ),
-        );
+        let d =
+            decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, "")));
         assert_eq!(d.reason, Reason::WrongAudience);
         assert!(d.identity.is_none());
     }

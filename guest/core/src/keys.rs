@@ -113,12 +113,8 @@ impl fmt::Display for Alg {
 impl std::str::FromStr for Alg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Alg::from_name(s).ok_or_else(|| {
-            format!(
-                "unsupported algorithm `{s}` (supported: {})",
-                Alg::ALL.map(Alg::name).join(", ")
-            )
-        })
+        Alg::from_name(s)
+            .ok_or_else(|| format!("unsupported algorithm `{s}` (supported: {})", Alg::ALL.map(Alg::name).join(", ")))
     }
 }
 
@@ -235,18 +231,9 @@ impl TrustedKey {
             return false;
         }
         match (&self.material, alg) {
-            (Material::Hmac(h), Alg::HS256) => h
-                .hs256
-                .as_ref()
-                .is_some_and(|k| mac_verify(k, message, sig)),
-            (Material::Hmac(h), Alg::HS384) => h
-                .hs384
-                .as_ref()
-                .is_some_and(|k| mac_verify(k, message, sig)),
-            (Material::Hmac(h), Alg::HS512) => h
-                .hs512
-                .as_ref()
-                .is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Hmac(h), Alg::HS256) => h.hs256.as_ref().is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Hmac(h), Alg::HS384) => h.hs384.as_ref().is_some_and(|k| mac_verify(k, message, sig)),
+            (Material::Hmac(h), Alg::HS512) => h.hs512.as_ref().is_some_and(|k| mac_verify(k, message, sig)),
             (Material::Rsa(k), _) => rsa_verify(k, alg, message, sig),
             (Material::P256(k), Alg::ES256) => {
                 use p256::ecdsa::signature::Verifier;
@@ -256,10 +243,8 @@ impl TrustedKey {
                 use p384::ecdsa::signature::Verifier;
                 p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(message, &s).is_ok())
             }
-            (Material::Ed25519(k), Alg::EdDSA) => <[u8; 64]>::try_from(sig).is_ok_and(|s| {
-                k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&s))
-                    .is_ok()
-            }),
+            (Material::Ed25519(k), Alg::EdDSA) => <[u8; 64]>::try_from(sig)
+                .is_ok_and(|s| k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&s)).is_ok()),
             _ => false,
         }
     }
@@ -342,11 +327,7 @@ impl KeySet {
         let mut fitting = self.keys.iter().filter(|k| k.algs.contains(alg));
         if alg.is_hmac() {
             let all: Vec<_> = fitting.collect();
-            if all.is_empty() {
-                KeyChoice::Unknown
-            } else {
-                KeyChoice::AnyOf(all)
-            }
+            if all.is_empty() { KeyChoice::Unknown } else { KeyChoice::AnyOf(all) }
         } else {
             match (fitting.next(), fitting.next()) {
                 (Some(k), None) => KeyChoice::One(k),
@@ -359,12 +340,9 @@ impl KeySet {
     /// to the algorithms it supports within that list, and a key left with none is an error
     /// (it could never verify anything, which is almost always a configuration mistake).
     pub fn from_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, String> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a JSON document: {e}"))?;
-        let keys = doc
-            .get("keys")
-            .and_then(serde_json::Value::as_array)
-            .ok_or("a JWKS is an object with a `keys` array")?;
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not a JSON document: {e}"))?;
+        let keys =
+            doc.get("keys").and_then(serde_json::Value::as_array).ok_or("a JWKS is an object with a `keys` array")?;
         let mut set = KeySet::default();
         for (i, jwk) in keys.iter().enumerate() {
             let key = match parse_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))? {
@@ -398,19 +376,14 @@ fn required<'a>(jwk: &'a serde_json::Value, name: &str) -> Result<&'a str, Strin
 }
 
 fn bytes_of(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
-    b64::URL_SAFE_STRICT
-        .decode(required(jwk, name)?)
-        .map_err(|_| format!("`{name}` is not unpadded base64url"))
+    b64::URL_SAFE_STRICT.decode(required(jwk, name)?).map_err(|_| format!("`{name}` is not unpadded base64url"))
 }
 
 /// Parses one JWK. `Ok(Err(why))` for a well-formed key that is not trusted: not a signature key
 /// (`use: enc`, `key_ops` without `verify`) or usable with none of the issuer's algorithms.
 /// Identity providers publish such keys beside the ones an issuer uses; they are skipped, not
 /// refused. `Err` is a malformed key.
-fn parse_jwk(
-    jwk: &serde_json::Value,
-    allowed: AlgSet,
-) -> Result<Result<TrustedKey, String>, String> {
+fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedKey, String>, String> {
     if !jwk.is_object() {
         return Err("a JWK is a JSON object".into());
     }
@@ -425,16 +398,12 @@ fn parse_jwk(
             return Ok(Err("`key_ops` does not include `verify`".into()));
         }
     }
-    let kid = field(jwk, "kid")?
-        .map(|k| k.parse::<Kid>().map_err(|e| format!("kid: {e}")))
-        .transpose()?;
+    let kid = field(jwk, "kid")?.map(|k| k.parse::<Kid>().map_err(|e| format!("kid: {e}"))).transpose()?;
     let kty = required(jwk, "kty")?;
     let declared = field(jwk, "alg")?.map(|a| a.parse::<Alg>()).transpose()?;
     for private in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
         if kty != "oct" && jwk.get(private).is_some() {
-            return Err(format!(
-                "contains private key member `{private}`; publish only the public key"
-            ));
+            return Err(format!("contains private key member `{private}`; publish only the public key"));
         }
     }
 
@@ -446,22 +415,12 @@ fn parse_jwk(
                 && a.is_hmac()
                 && !fits(a)
             {
-                return Err(format!(
-                    "secret is {} bytes; {a} needs at least {}",
-                    secret.len(),
-                    a.min_hmac_secret()
-                ));
+                return Err(format!("secret is {} bytes; {a} needs at least {}", secret.len(), a.min_hmac_secret()));
             }
             if !fits(Alg::HS256) {
-                return Err(format!(
-                    "secret is {} bytes; HMAC keys need at least 32",
-                    secret.len()
-                ));
+                return Err(format!("secret is {} bytes; HMAC keys need at least 32", secret.len()));
             }
-            let family: AlgSet = [Alg::HS256, Alg::HS384, Alg::HS512]
-                .into_iter()
-                .filter(|a| fits(*a))
-                .collect();
+            let family: AlgSet = [Alg::HS256, Alg::HS384, Alg::HS512].into_iter().filter(|a| fits(*a)).collect();
             let want = narrow(family, declared, allowed);
             let material = Material::Hmac(Box::new(HmacStates {
                 hs256: keyed(want.contains(Alg::HS256), &secret)?,
@@ -476,20 +435,9 @@ fn parse_jwk(
             let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
             let bits = key.n().bits();
             if bits < 2048 {
-                return Err(format!(
-                    "RSA modulus is {bits} bits; at least 2048 are required"
-                ));
+                return Err(format!("RSA modulus is {bits} bits; at least 2048 are required"));
             }
-            let family = [
-                Alg::RS256,
-                Alg::RS384,
-                Alg::RS512,
-                Alg::PS256,
-                Alg::PS384,
-                Alg::PS512,
-            ]
-            .into_iter()
-            .collect();
+            let family = [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512].into_iter().collect();
             (family, Material::Rsa(Box::new(key)))
         }
         "EC" => {
@@ -500,51 +448,34 @@ fn parse_jwk(
                     let point = sec1_point(&x, &y, 32)?;
                     let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
                         .map_err(|_| "the point is not on P-256".to_string())?;
-                    (
-                        [Alg::ES256].into_iter().collect(),
-                        Material::P256(Box::new(key)),
-                    )
+                    ([Alg::ES256].into_iter().collect(), Material::P256(Box::new(key)))
                 }
                 "P-384" => {
                     let point = sec1_point(&x, &y, 48)?;
                     let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
                         .map_err(|_| "the point is not on P-384".to_string())?;
-                    (
-                        [Alg::ES384].into_iter().collect(),
-                        Material::P384(Box::new(key)),
-                    )
+                    ([Alg::ES384].into_iter().collect(), Material::P384(Box::new(key)))
                 }
                 other => {
-                    return Err(format!(
-                        "unsupported EC curve `{other}` (supported: P-256, P-384)"
-                    ));
+                    return Err(format!("unsupported EC curve `{other}` (supported: P-256, P-384)"));
                 }
             }
         }
         "OKP" => {
             let crv = required(jwk, "crv")?;
             if crv != "Ed25519" {
-                return Err(format!(
-                    "unsupported OKP curve `{crv}` (supported: Ed25519)"
-                ));
+                return Err(format!("unsupported OKP curve `{crv}` (supported: Ed25519)"));
             }
-            let x: [u8; 32] = bytes_of(jwk, "x")?
-                .try_into()
-                .map_err(|_| "an Ed25519 `x` is 32 bytes".to_string())?;
+            let x: [u8; 32] = bytes_of(jwk, "x")?.try_into().map_err(|_| "an Ed25519 `x` is 32 bytes".to_string())?;
             let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
                 .map_err(|_| "`x` is not a valid Ed25519 point".to_string())?;
             if key.is_weak() {
                 return Err("`x` is a small-order Ed25519 point".into());
             }
-            (
-                [Alg::EdDSA].into_iter().collect(),
-                Material::Ed25519(Box::new(key)),
-            )
+            ([Alg::EdDSA].into_iter().collect(), Material::Ed25519(Box::new(key)))
         }
         other => {
-            return Err(format!(
-                "unsupported kty `{other}` (supported: oct, RSA, EC, OKP)"
-            ));
+            return Err(format!("unsupported kty `{other}` (supported: oct, RSA, EC, OKP)"));
         }
     };
 
@@ -556,15 +487,9 @@ fn parse_jwk(
     let algs = narrow(family, declared, allowed);
     if algs.is_empty() {
         let what = declared.map_or_else(|| material.kind().to_string(), |a| a.to_string());
-        return Ok(Err(format!(
-            "{what} key fits none of the issuer's algorithms"
-        )));
+        return Ok(Err(format!("{what} key fits none of the issuer's algorithms")));
     }
-    Ok(Ok(TrustedKey {
-        kid,
-        algs,
-        material,
-    }))
+    Ok(Ok(TrustedKey { kid, algs, material }))
 }
 
 fn narrow(family: AlgSet, declared: Option<Alg>, allowed: AlgSet) -> AlgSet {
@@ -579,9 +504,7 @@ fn keyed<M: Mac + hmac::digest::KeyInit>(wanted: bool, secret: &[u8]) -> Result<
     if !wanted {
         return Ok(None);
     }
-    <M as hmac::digest::KeyInit>::new_from_slice(secret)
-        .map(Some)
-        .map_err(|_| "unusable HMAC secret".to_string())
+    <M as hmac::digest::KeyInit>::new_from_slice(secret).map(Some).map_err(|_| "unusable HMAC secret".to_string())
 }
 
 fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
@@ -598,13 +521,9 @@ fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
 /// Builds a key set holding one HMAC secret (service tokens use this path too).
 pub(crate) fn hmac_sha256(secret: &[u8]) -> Result<Hmac<Sha256>, String> {
     if secret.len() < 32 {
-        return Err(format!(
-            "secret is {} bytes; at least 32 are required",
-            secret.len()
-        ));
+        return Err(format!("secret is {} bytes; at least 32 are required", secret.len()));
     }
-    <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret)
-        .map_err(|_| "unusable HMAC secret".into())
+    <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| "unusable HMAC secret".into())
 }
 
 #[cfg(test)]
@@ -643,11 +562,7 @@ mod tests {
         assert!(!k.algs().contains(Alg::HS384));
         let mut declared = oct(&[7; 40]);
         declared["alg"] = "HS512".into();
-        assert!(
-            parse_jwk(&declared, all())
-                .unwrap_err()
-                .contains("HS512 needs at least 64")
-        );
+        assert!(parse_jwk(&declared, all()).unwrap_err().contains("HS512 needs at least 64"));
     }
 
     #[test]
@@ -661,10 +576,7 @@ mod tests {
     fn keys_outside_the_issuer_allow_list_are_skipped_with_a_reason() {
         let only_rs: AlgSet = [Alg::RS256].into_iter().collect();
         let skipped = parse_jwk(&oct(&[7; 32]), only_rs).unwrap().unwrap_err();
-        assert!(
-            skipped.contains("none of the issuer's algorithms"),
-            "{skipped}"
-        );
+        assert!(skipped.contains("none of the issuer's algorithms"), "{skipped}");
         let doc = serde_json::json!({"keys":[{"kty":"oct","kid":"h","k": b64::URL_SAFE_STRICT.encode([7u8; 32])}]});
         let set = KeySet::from_jwks(doc.to_string().as_bytes(), only_rs).unwrap();
         assert!(set.is_empty());
@@ -674,11 +586,7 @@ mod tests {
     #[test]
     fn private_members_in_public_key_sets_are_rejected() {
         let k = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"});
-        assert!(
-            parse_jwk(&k, all())
-                .unwrap_err()
-                .contains("private key member `d`")
-        );
+        assert!(parse_jwk(&k, all()).unwrap_err().contains("private key member `d`"));
     }
 
     #[test]
@@ -708,8 +616,7 @@ mod tests {
 
     #[test]
     fn padded_or_standard_base64_in_a_jwk_is_rejected() {
-        let k =
-            serde_json::json!({"kty":"oct","k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="});
+        let k = serde_json::json!({"kty":"oct","k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="});
         assert!(parse_jwk(&k, all()).unwrap_err().contains("base64url"));
     }
 
@@ -730,18 +637,9 @@ mod tests {
             {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
         ]});
         let set = KeySet::from_jwks(doc.to_string().as_bytes(), all()).unwrap();
-        assert!(matches!(
-            set.choose(Alg::HS256, Some("h1")),
-            KeyChoice::One(_)
-        ));
-        assert!(matches!(
-            set.choose(Alg::HS256, Some("ed")),
-            KeyChoice::WrongAlg
-        ));
-        assert!(matches!(
-            set.choose(Alg::HS256, Some("zz")),
-            KeyChoice::Unknown
-        ));
+        assert!(matches!(set.choose(Alg::HS256, Some("h1")), KeyChoice::One(_)));
+        assert!(matches!(set.choose(Alg::HS256, Some("ed")), KeyChoice::WrongAlg));
+        assert!(matches!(set.choose(Alg::HS256, Some("zz")), KeyChoice::Unknown));
         assert!(matches!(set.choose(Alg::HS256, None), KeyChoice::AnyOf(v) if v.len() == 2));
         assert!(matches!(set.choose(Alg::EdDSA, None), KeyChoice::One(_)));
         assert!(matches!(set.choose(Alg::ES256, None), KeyChoice::Unknown));

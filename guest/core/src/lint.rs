@@ -52,26 +52,12 @@ struct Out {
 
 impl Out {
     fn warn(&mut self, code: &'static str, path: impl Into<String>, message: impl Into<String>) {
-        self.findings.push(Finding {
-            severity: Severity::Warning,
-            code,
-            path: path.into(),
-            message: message.into(),
-        });
+        self.findings.push(Finding { severity: Severity::Warning, code, path: path.into(), message: message.into() });
     }
     /// A warning that `--production` makes an error.
     fn strict(&mut self, code: &'static str, path: impl Into<String>, message: impl Into<String>) {
-        let severity = if self.production {
-            Severity::Error
-        } else {
-            Severity::Warning
-        };
-        self.findings.push(Finding {
-            severity,
-            code,
-            path: path.into(),
-            message: message.into(),
-        });
+        let severity = if self.production { Severity::Error } else { Severity::Warning };
+        self.findings.push(Finding { severity, code, path: path.into(), message: message.into() });
     }
 }
 
@@ -85,20 +71,12 @@ fn from_error(e: &PolicyError) -> Finding {
         PolicyError::File { file, message, .. } => format!("`{file}`: {message}"),
         PolicyError::Syntax(m) => m.clone(),
     };
-    Finding {
-        severity: Severity::Error,
-        code: e.code(),
-        path,
-        message,
-    }
+    Finding { severity: Severity::Error, code: e.code(), path, message }
 }
 
 /// Lints policy text. Errors first, then warnings, each in document order.
 pub fn lint(text: &str, files: &dyn FileSource, production: bool) -> Vec<Finding> {
-    let mut out = Out {
-        findings: Vec::new(),
-        production,
-    };
+    let mut out = Out { findings: Vec::new(), production };
     let doc = match parse_text(text).and_then(document_from_value) {
         Ok(d) => d,
         Err(e) => return vec![from_error(&e)],
@@ -116,14 +94,17 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
     for (i, iss) in doc.issuers.iter().enumerate() {
         let p = format!("issuers[{i}]");
         if iss.leeway_seconds > 300 {
-            out.warn("leeway_too_long", format!("{p}.leeway_seconds"), format!("{} seconds of leeway is more than 5 minutes; expired tokens stay usable that long", iss.leeway_seconds));
+            out.warn(
+                "leeway_too_long",
+                format!("{p}.leeway_seconds"),
+                format!(
+                    "{} seconds of leeway is more than 5 minutes; expired tokens stay usable that long",
+                    iss.leeway_seconds
+                ),
+            );
         }
         if iss.max_lifetime_seconds.is_none() {
-            out.warn(
-                "missing_max_lifetime",
-                &p,
-                "no max_lifetime_seconds: a token with a far-future exp is accepted",
-            );
+            out.warn("missing_max_lifetime", &p, "no max_lifetime_seconds: a token with a far-future exp is accepted");
         }
         if iss.insecure_skip_audience {
             out.strict(
@@ -136,10 +117,7 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
             let has_secret = jwks
                 .get("keys")
                 .and_then(|k| k.as_array())
-                .is_some_and(|keys| {
-                    keys.iter()
-                        .any(|k| k.get("kty").and_then(|t| t.as_str()) == Some("oct"))
-                });
+                .is_some_and(|keys| keys.iter().any(|k| k.get("kty").and_then(|t| t.as_str()) == Some("oct")));
             if has_secret {
                 out.strict(
                     "inline_secret",
@@ -154,10 +132,7 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
             out.warn(
                 "leeway_too_long",
                 "service_tokens.leeway_seconds",
-                format!(
-                    "{} seconds of leeway is more than 5 minutes",
-                    s.leeway_seconds
-                ),
+                format!("{} seconds of leeway is more than 5 minutes", s.leeway_seconds),
             );
         }
         for (i, k) in s.keys.iter().enumerate() {
@@ -188,7 +163,11 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
         for (i, k) in a.keys.iter().enumerate() {
             for (j, s) in k.scopes.iter().enumerate() {
                 if s.ends_with('*') {
-                    out.warn("wildcard_grant", format!("api_keys.keys[{i}].scopes[{j}]"), format!("the key `{}` is granted `{s}`, every matching scope, present and future", k.id));
+                    out.warn(
+                        "wildcard_grant",
+                        format!("api_keys.keys[{i}].scopes[{j}]"),
+                        format!("the key `{}` is granted `{s}`, every matching scope, present and future", k.id),
+                    );
                 }
             }
         }
@@ -201,11 +180,7 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
         }
     }
     if doc.routes.is_none() {
-        out.warn(
-            "no_routes",
-            "routes",
-            "no routes: every authenticated request is allowed on every path",
-        );
+        out.warn("no_routes", "routes", "no routes: every authenticated request is allowed on every path");
     }
     if let Some(routes) = &doc.routes {
         for (i, r) in routes.iter().enumerate() {
@@ -224,17 +199,9 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
 fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     let e = policy.engine();
     for (i, (iss, d)) in policy.issuers.iter().zip(&doc.issuers).enumerate() {
-        let field = if d.jwks_file.is_some() {
-            "jwks_file"
-        } else {
-            "jwks"
-        };
+        let field = if d.jwks_file.is_some() { "jwks_file" } else { "jwks" };
         for why in iss.keys.skipped() {
-            out.warn(
-                "unusable_key",
-                format!("issuers[{i}].{field}"),
-                format!("{why}; the key is ignored"),
-            );
+            out.warn("unusable_key", format!("issuers[{i}].{field}"), format!("{why}; the key is ignored"));
         }
     }
     // Roles nothing refers to.
@@ -246,11 +213,7 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
         used.extend(iss.group_roles.values().flatten().map(String::as_str));
     }
     if let Some(a) = &policy.api_keys {
-        used.extend(
-            a.entries()
-                .iter()
-                .flat_map(|k| k.identity.roles.iter().map(|r| &**r)),
-        );
+        used.extend(a.entries().iter().flat_map(|k| k.identity.roles.iter().map(|r| &**r)));
     }
     for r in doc.routes.iter().flatten() {
         used.extend(r.roles.iter().map(String::as_str));
@@ -261,31 +224,34 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     for r in &doc.rules {
         used.extend(r.when.roles.iter().map(String::as_str));
     }
-    let inherited_by_something: BTreeSet<&str> = doc
-        .roles
-        .values()
-        .flat_map(|r| r.inherits.iter().map(String::as_str))
-        .collect();
+    let inherited_by_something: BTreeSet<&str> =
+        doc.roles.values().flat_map(|r| r.inherits.iter().map(String::as_str)).collect();
     for name in doc.roles.keys() {
         if !used.contains(name.as_str()) && !inherited_by_something.contains(name.as_str()) {
-            out.warn("unused_role", format!("roles.{name}"), "no route, rule, group mapping, API key or other role refers to this role; JWTs may still carry it");
+            out.warn(
+                "unused_role",
+                format!("roles.{name}"),
+                "no route, rule, group mapping, API key or other role refers to this role; JWTs may still carry it",
+            );
         }
     }
 
     for (i, r) in e.routes.iter().enumerate() {
         if unreachable(r, &e.routes) {
-            out.warn("unreachable_route", format!("routes[{i}]"), format!("route `{}`: more specific routes with the same path and host take every standard method", r.id));
+            out.warn(
+                "unreachable_route",
+                format!("routes[{i}]"),
+                format!(
+                    "route `{}`: more specific routes with the same path and host take every standard method",
+                    r.id
+                ),
+            );
         }
         if let KeyAccept::Ids(ids) = &r.accept.api_keys
             && !ids.is_empty()
             && r.accept.issuers.as_ref().is_some_and(Vec::is_empty)
-            && r.accept
-                .service_audiences
-                .as_ref()
-                .is_some_and(Vec::is_empty)
-            && ids.iter().all(|id| {
-                policy.statics.status(RevocationQuery::ApiKey(id)) == RevocationStatus::Revoked
-            })
+            && r.accept.service_audiences.as_ref().is_some_and(Vec::is_empty)
+            && ids.iter().all(|id| policy.statics.status(RevocationQuery::ApiKey(id)) == RevocationStatus::Revoked)
         {
             out.warn(
                 "unreachable_route",
@@ -299,10 +265,7 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
             out.warn(
                 "route_always_denied",
                 format!("routes[{i}]"),
-                format!(
-                    "route `{}` can never allow: rule `{}` denies every request it matches",
-                    r.id, d.id
-                ),
+                format!("route `{}` can never allow: rule `{}` denies every request it matches", r.id, d.id),
             );
         }
     }
@@ -311,18 +274,11 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
         for (j, a) in e.rules.iter().enumerate() {
             let rank_a = e.rule_rank.get(j).copied().unwrap_or(u32::MAX);
             if i != j && rank_a < rank_b && !a.shadow && at_least_as_general(a, b) {
-                let how = if a.effect == b.effect {
-                    "is redundant: rule"
-                } else {
-                    "never applies: rule"
-                };
+                let how = if a.effect == b.effect { "is redundant: rule" } else { "never applies: rule" };
                 out.warn(
                     "shadowed_rule",
                     format!("rules[{i}]"),
-                    format!(
-                        "rule `{}` {how} `{}` (higher rank) matches everything it does",
-                        b.id, a.id
-                    ),
+                    format!("rule `{}` {how} `{}` (higher rank) matches everything it does", b.id, a.id),
                 );
                 break;
             }
@@ -348,15 +304,10 @@ fn unreachable(r: &Route, all: &[Route]) -> bool {
             .collect::<Vec<_>>()
     };
     let mine = shape(r);
-    let every = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
+    let every = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
     every.iter().all(|m| {
         all.iter().any(|a| {
-            !a.shadow
-                && a.host == r.host
-                && a.methods.is_some_and(|s| s.contains(Methods::bit(m)))
-                && shape(a) == mine
+            !a.shadow && a.host == r.host && a.methods.is_some_and(|s| s.contains(Methods::bit(m))) && shape(a) == mine
         })
     })
 }
@@ -374,31 +325,23 @@ fn always_denied_by<'e>(i: usize, r: &Route, e: &'e crate::engine::Engine) -> Op
             && x.client_cidrs.is_empty()
             && x.origins.is_empty()
             && x.headers.is_empty()
-            && x.methods
-                .is_none_or(|m| r.methods.is_some_and(|rm| covers(m, rm)))
+            && x.methods.is_none_or(|m| r.methods.is_some_and(|rm| covers(m, rm)))
             && x.routes.as_ref().is_none_or(|rs| rs.contains(&i))
             && (x.paths.is_empty() || x.paths.iter().any(|p| r.path.is_subsumed_by(p)))
     };
-    let (k, deny) = e
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, x)| !x.shadow && x.effect == Effect::Deny && unconditional(x))?;
+    let (k, deny) =
+        e.rules.iter().enumerate().find(|(_, x)| !x.shadow && x.effect == Effect::Deny && unconditional(x))?;
     let deny_rank = e.rule_rank.get(k).copied().unwrap_or(u32::MAX);
     let outranked = e.rules.iter().enumerate().any(|(j, x)| {
-        !x.shadow
-            && x.effect == Effect::Allow
-            && e.rule_rank.get(j).copied().unwrap_or(u32::MAX) < deny_rank
+        !x.shadow && x.effect == Effect::Allow && e.rule_rank.get(j).copied().unwrap_or(u32::MAX) < deny_rank
     });
     (!outranked).then_some(deny)
 }
 
 fn covers(outer: Methods, inner: Methods) -> bool {
-    [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ]
-    .iter()
-    .all(|m| !inner.contains(Methods::bit(m)) || outer.contains(Methods::bit(m)))
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        .iter()
+        .all(|m| !inner.contains(Methods::bit(m)) || outer.contains(Methods::bit(m)))
 }
 
 /// Whenever `b` matches, `a` matches too: every condition `a` has is one `b` has, no wider.
@@ -417,10 +360,7 @@ fn at_least_as_general(a: &Rule, b: &Rule) -> bool {
         (Some(ra), Some(rb)) => rb.iter().all(|x| ra.contains(x)),
     };
     let paths = a.paths.is_empty()
-        || (!b.paths.is_empty()
-            && b.paths
-                .iter()
-                .all(|pb| a.paths.iter().any(|pa| pb.is_subsumed_by(pa))));
+        || (!b.paths.is_empty() && b.paths.iter().all(|pb| a.paths.iter().any(|pa| pb.is_subsumed_by(pa))));
     let subjects = match (&a.subjects, &b.subjects) {
         (None, _) => true,
         (Some(_), None) => false,
@@ -463,10 +403,7 @@ issuers:
 
     fn codes(extra: &str, production: bool) -> Vec<(Severity, &'static str, String)> {
         let text = format!("{}{extra}", BASE.replace("[RS256]", "[EdDSA]"));
-        lint(&text, &NoFiles, production)
-            .into_iter()
-            .map(|f| (f.severity, f.code, f.path))
-            .collect()
+        lint(&text, &NoFiles, production).into_iter().map(|f| (f.severity, f.code, f.path)).collect()
     }
 
     fn has(found: &[(Severity, &'static str, String)], code: &str, path: &str) -> bool {
@@ -482,77 +419,40 @@ issuers:
     fn load_errors_are_errors_with_their_path() {
         let f = codes("routes:\n  - {id: a, path: /a, roles: [ghost]}\n", false);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(
-            (f[0].0, f[0].1, f[0].2.as_str()),
-            (Severity::Error, "policy_invalid", "routes[0].roles[0]")
-        );
-        let f = codes(
-            "routes:\n  - {id: a, path: /a}\n  - {id: b, path: /a}\n",
-            false,
-        );
-        assert!(
-            f.iter()
-                .any(|(s, _, p)| *s == Severity::Error && p == "routes[1]"),
-            "{f:?}"
-        );
+        assert_eq!((f[0].0, f[0].1, f[0].2.as_str()), (Severity::Error, "policy_invalid", "routes[0].roles[0]"));
+        let f = codes("routes:\n  - {id: a, path: /a}\n  - {id: b, path: /a}\n", false);
+        assert!(f.iter().any(|(s, _, p)| *s == Severity::Error && p == "routes[1]"), "{f:?}");
     }
 
     #[test]
     fn issuer_hygiene_is_reported() {
-        let text = BASE.replace("[RS256]", "[EdDSA]").replace(
-            "    max_lifetime_seconds: 3600\n",
-            "    leeway_seconds: 600\n    insecure_skip_audience: true\n",
-        );
+        let text = BASE
+            .replace("[RS256]", "[EdDSA]")
+            .replace("    max_lifetime_seconds: 3600\n", "    leeway_seconds: 600\n    insecure_skip_audience: true\n");
         let f: Vec<_> = lint(&format!("{text}routes: []\n"), &NoFiles, false)
             .into_iter()
             .map(|f| (f.severity, f.code, f.path))
             .collect();
-        assert!(
-            has(&f, "leeway_too_long", "issuers[0].leeway_seconds"),
-            "{f:?}"
-        );
+        assert!(has(&f, "leeway_too_long", "issuers[0].leeway_seconds"), "{f:?}");
         assert!(has(&f, "missing_max_lifetime", "issuers[0]"), "{f:?}");
-        assert!(
-            f.iter()
-                .any(|(s, c, _)| *s == Severity::Warning && *c == "insecure_switch"),
-            "{f:?}"
-        );
-        let f: Vec<_> = lint(&format!("{text}routes: []\n"), &NoFiles, true)
-            .into_iter()
-            .map(|f| (f.severity, f.code))
-            .collect();
-        assert!(
-            f.contains(&(Severity::Error, "insecure_switch")),
-            "--production makes it an error: {f:?}"
-        );
+        assert!(f.iter().any(|(s, c, _)| *s == Severity::Warning && *c == "insecure_switch"), "{f:?}");
+        let f: Vec<_> =
+            lint(&format!("{text}routes: []\n"), &NoFiles, true).into_iter().map(|f| (f.severity, f.code)).collect();
+        assert!(f.contains(&(Severity::Error, "insecure_switch")), "--production makes it an error: {f:?}");
     }
 
     #[test]
     fn inline_secrets_are_errors_in_production() {
         let svc = "service_tokens:\n  prefix: svc\n  keys: [{id: a, secret: 0123456789abcdef0123456789abcdef}]\n  audiences: [x]\n  denied_scopes: [\"admin:*\"]\nroutes: []\n";
         assert!(
-            codes(svc, false)
-                .iter()
-                .any(|(s, c, p)| *s == Severity::Warning
-                    && *c == "inline_secret"
-                    && p == "service_tokens.keys[0].secret")
+            codes(svc, false).iter().any(|(s, c, p)| *s == Severity::Warning
+                && *c == "inline_secret"
+                && p == "service_tokens.keys[0].secret")
         );
-        assert!(
-            codes(svc, true)
-                .iter()
-                .any(|(s, c, _)| *s == Severity::Error && *c == "inline_secret")
-        );
-        assert!(
-            !codes(svc, false)
-                .iter()
-                .any(|(_, c, _)| *c == "service_token_wildcards")
-        );
+        assert!(codes(svc, true).iter().any(|(s, c, _)| *s == Severity::Error && *c == "inline_secret"));
+        assert!(!codes(svc, false).iter().any(|(_, c, _)| *c == "service_token_wildcards"));
         let open = svc.replace("  denied_scopes: [\"admin:*\"]\n", "");
-        assert!(has(
-            &codes(&open, false),
-            "service_token_wildcards",
-            "service_tokens.denied_scopes"
-        ));
+        assert!(has(&codes(&open, false), "service_token_wildcards", "service_tokens.denied_scopes"));
     }
 
     #[test]
@@ -564,12 +464,9 @@ issuers:
             "routes[0]"
         ));
         assert!(
-            !codes(
-                "routes:\n  - {id: s, path: /static/**, public: true}\n",
-                false
-            )
-            .iter()
-            .any(|(_, c, _)| *c == "public_catch_all")
+            !codes("routes:\n  - {id: s, path: /static/**, public: true}\n", false)
+                .iter()
+                .any(|(_, c, _)| *c == "public_catch_all")
         );
     }
 
@@ -601,30 +498,19 @@ issuers:
             "routes:\n  - {id: a, path: /a/**}\nrules:\n  - {id: freeze, effect: deny, when: {paths: [/**], client_cidrs: [10.0.0.0/8]}}\n",
             false,
         );
-        assert!(
-            !f.iter().any(|(_, c, _)| *c == "route_always_denied"),
-            "{f:?}"
-        );
+        assert!(!f.iter().any(|(_, c, _)| *c == "route_always_denied"), "{f:?}");
     }
 
     #[test]
     fn a_route_every_method_of_which_is_taken_is_unreachable() {
         let methods = "[GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH]";
         let f = codes(
-            &format!(
-                "routes:\n  - {{id: any, path: /a}}\n  - {{id: all, path: /a, methods: {methods}}}\n"
-            ),
+            &format!("routes:\n  - {{id: any, path: /a}}\n  - {{id: all, path: /a, methods: {methods}}}\n"),
             false,
         );
         assert!(has(&f, "unreachable_route", "routes[0]"), "{f:?}");
-        let f = codes(
-            "routes:\n  - {id: any, path: /a}\n  - {id: get, path: /a, methods: [GET]}\n",
-            false,
-        );
-        assert!(
-            !f.iter().any(|(_, c, _)| *c == "unreachable_route"),
-            "{f:?}"
-        );
+        let f = codes("routes:\n  - {id: any, path: /a}\n  - {id: get, path: /a, methods: [GET]}\n", false);
+        assert!(!f.iter().any(|(_, c, _)| *c == "unreachable_route"), "{f:?}");
     }
 
     #[test]

@@ -200,10 +200,7 @@ mod tests {
         for r in Reason::ALL {
             let code = r.code();
             assert!(seen.insert(code), "duplicate code {code}");
-            assert!(
-                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{code}"
-            );
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code}");
             assert_eq!(Reason::from_code(code), Some(*r));
         }
         assert_eq!(Reason::from_code("nope"), None);

@@ -40,16 +40,7 @@ pub enum HeaderValue<'a> {
 impl<'a> Request<'a> {
     /// A request with no headers, for tests and tools.
     pub fn new(method: &'a str, path: &'a str, now: UnixTime) -> Self {
-        Request {
-            method,
-            scheme: "https",
-            host: "",
-            path,
-            query: "",
-            headers: &[],
-            client_ip: None,
-            now,
-        }
+        Request { method, scheme: "https", host: "", path, query: "", headers: &[], client_ip: None, now }
     }
 
     /// Looks up a header by name (ASCII case-insensitive).
@@ -134,11 +125,7 @@ impl OwnedRequest {
     /// Borrows the request. `headers` is scratch space the caller owns, so no allocation is
     /// needed when the caller reuses it.
     pub fn with_request<R>(&self, f: impl FnOnce(&Request<'_>) -> R) -> R {
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         f(&Request {
             method: &self.method,
             scheme: &self.scheme,
@@ -160,22 +147,12 @@ mod tests {
 
     #[test]
     fn header_lookup_is_case_insensitive_and_flags_repeats() {
-        let h = [
-            ("Authorization", "Bearer a"),
-            ("x-api-key", "k"),
-            ("X-API-KEY", "k2"),
-        ];
-        let r = Request {
-            headers: &h,
-            ..Request::new("GET", "/", UnixTime(0))
-        };
+        let h = [("Authorization", "Bearer a"), ("x-api-key", "k"), ("X-API-KEY", "k2")];
+        let r = Request { headers: &h, ..Request::new("GET", "/", UnixTime(0)) };
         assert_eq!(r.header("authorization"), HeaderValue::One("Bearer a"));
         assert_eq!(r.header("X-Api-Key"), HeaderValue::Repeated);
         assert_eq!(r.header("origin"), HeaderValue::Absent);
-        assert_eq!(
-            r.header_pair("AUTHORIZATION", "x-api-key"),
-            (HeaderValue::One("Bearer a"), HeaderValue::Repeated)
-        );
+        assert_eq!(r.header_pair("AUTHORIZATION", "x-api-key"), (HeaderValue::One("Bearer a"), HeaderValue::Repeated));
         assert_eq!(r.header_pair("origin", "x-api-key").0, HeaderValue::Absent);
     }
 

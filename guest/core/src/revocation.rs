@@ -62,8 +62,7 @@ pub struct RevocationSet {
     subjects: FastMap<String, i64>,
 }
 
-static EMPTY_SET: std::sync::LazyLock<RevocationSet> =
-    std::sync::LazyLock::new(RevocationSet::default);
+static EMPTY_SET: std::sync::LazyLock<RevocationSet> = std::sync::LazyLock::new(RevocationSet::default);
 
 impl RevocationSet {
     /// A shared empty set.
@@ -90,10 +89,7 @@ impl RevocationSet {
     }
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.token_ids.len()
-            + self.service_token_ids.len()
-            + self.api_keys.len()
-            + self.subjects.len()
+        self.token_ids.len() + self.service_token_ids.len() + self.api_keys.len() + self.subjects.len()
     }
     /// True when empty.
     pub fn is_empty(&self) -> bool {
@@ -107,16 +103,11 @@ impl Revocations for RevocationSet {
             RevocationQuery::TokenId(id) => self.token_ids.contains(id),
             RevocationQuery::ServiceTokenId(id) => self.service_token_ids.contains(id),
             RevocationQuery::ApiKey(id) => self.api_keys.contains(id),
-            RevocationQuery::Subject { subject, issued_at } => self
-                .subjects
-                .get(subject)
-                .is_some_and(|&before| subject_revoked(before, issued_at)),
+            RevocationQuery::Subject { subject, issued_at } => {
+                self.subjects.get(subject).is_some_and(|&before| subject_revoked(before, issued_at))
+            }
         };
-        if revoked {
-            RevocationStatus::Revoked
-        } else {
-            RevocationStatus::Active
-        }
+        if revoked { RevocationStatus::Revoked } else { RevocationStatus::Active }
     }
 }
 
@@ -149,41 +140,21 @@ mod tests {
     fn kinds_are_separate_namespaces() {
         let mut s = RevocationSet::default();
         s.revoke_token_id("x");
-        assert_eq!(
-            s.status(RevocationQuery::TokenId("x")),
-            RevocationStatus::Revoked
-        );
-        assert_eq!(
-            s.status(RevocationQuery::ApiKey("x")),
-            RevocationStatus::Active
-        );
-        assert_eq!(
-            s.status(RevocationQuery::ServiceTokenId("x")),
-            RevocationStatus::Active
-        );
+        assert_eq!(s.status(RevocationQuery::TokenId("x")), RevocationStatus::Revoked);
+        assert_eq!(s.status(RevocationQuery::ApiKey("x")), RevocationStatus::Active);
+        assert_eq!(s.status(RevocationQuery::ServiceTokenId("x")), RevocationStatus::Active);
     }
 
     #[test]
     fn subject_revocation_covers_tokens_issued_up_to_the_cutoff() {
         let mut s = RevocationSet::default();
         s.revoke_subject("alice", 1000);
-        let q = |iat| RevocationQuery::Subject {
-            subject: "alice",
-            issued_at: iat,
-        };
+        let q = |iat| RevocationQuery::Subject { subject: "alice", issued_at: iat };
         assert_eq!(s.status(q(Some(999.5))), RevocationStatus::Revoked);
         assert_eq!(s.status(q(Some(1000.0))), RevocationStatus::Revoked);
         assert_eq!(s.status(q(Some(1000.5))), RevocationStatus::Active);
-        assert_eq!(
-            s.status(q(None)),
-            RevocationStatus::Revoked,
-            "no iat cannot prove it is newer"
-        );
+        assert_eq!(s.status(q(None)), RevocationStatus::Revoked, "no iat cannot prove it is newer");
         s.revoke_subject("alice", 10);
-        assert_eq!(
-            s.status(q(Some(999.0))),
-            RevocationStatus::Revoked,
-            "an earlier cut-off never narrows"
-        );
+        assert_eq!(s.status(q(Some(999.0))), RevocationStatus::Revoked, "an earlier cut-off never narrows");
     }
 }

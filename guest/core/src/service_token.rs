@@ -29,19 +29,14 @@ pub struct ServiceKey {
 
 impl std::fmt::Debug for ServiceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("ServiceKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 impl ServiceKey {
     /// Builds a key; secrets shorter than 32 bytes are refused.
     pub fn new(id: Arc<str>, secret: &[u8]) -> Result<ServiceKey, String> {
-        Ok(ServiceKey {
-            id,
-            mac: crate::keys::hmac_sha256(secret)?,
-        })
+        Ok(ServiceKey { id, mac: crate::keys::hmac_sha256(secret)? })
     }
 }
 
@@ -96,11 +91,7 @@ impl ServiceTokenPolicy {
     pub fn sign(&self, payload_json: &str) -> Option<String> {
         use base64::Engine as _;
         let key = self.keys.first()?;
-        let mut token = format!(
-            "{}{}",
-            self.marker,
-            b64::URL_SAFE_STRICT.encode(payload_json)
-        );
+        let mut token = format!("{}{}", self.marker, b64::URL_SAFE_STRICT.encode(payload_json));
         let mut mac = key.mac.clone();
         mac.update(token.as_bytes());
         let sig = mac.finalize().into_bytes();
@@ -132,10 +123,7 @@ impl ServiceTokenPolicy {
         let sig = b64::decode_into(sig_b64, &mut sig_buf).ok_or(Reason::Malformed)?;
         let claims = parse_object(&payload).map_err(|_| Reason::Malformed)?;
 
-        let signing_input = token
-            .get(..token.len() - sig_b64.len() - 1)
-            .ok_or(Reason::Malformed)?
-            .as_bytes();
+        let signing_input = token.get(..token.len() - sig_b64.len() - 1).ok_or(Reason::Malformed)?.as_bytes();
         let key = self
             .keys
             .iter()
@@ -147,14 +135,7 @@ impl ServiceTokenPolicy {
             .ok_or(Reason::BadSignature)?;
 
         let c = ServiceClaims::read(&claims)?;
-        claims::check_times(
-            req.now,
-            self.leeway,
-            Some(c.exp),
-            c.nbf,
-            Some(c.iat),
-            Some(self.max_lifetime),
-        )?;
+        claims::check_times(req.now, self.leeway, Some(c.exp), c.nbf, Some(c.iat), Some(self.max_lifetime))?;
         let audience = self
             .audiences
             .iter()
@@ -169,10 +150,7 @@ impl ServiceTokenPolicy {
         refuse_if_revoked(
             statics,
             revocations,
-            RevocationQuery::Subject {
-                subject: c.worker_id,
-                issued_at: Some(c.iat),
-            },
+            RevocationQuery::Subject { subject: c.worker_id, issued_at: Some(c.iat) },
         )?;
 
         let mut scopes = Vec::with_capacity(c.scopes.len());
@@ -180,9 +158,7 @@ impl ServiceTokenPolicy {
             let grant = claims::scope_grant(s)?;
             // A grant that could cover a denied scope is dropped whole: `*` and `admin:*`
             // are never honoured when `admin:*` is denied.
-            let dropped = s
-                .parse::<ScopePattern>()
-                .is_ok_and(|p| self.denied_scopes.iter().any(|d| d.overlaps(&p)));
+            let dropped = s.parse::<ScopePattern>().is_ok_and(|p| self.denied_scopes.iter().any(|d| d.overlaps(&p)));
             if !dropped {
                 scopes.push(grant);
             }
@@ -233,22 +209,12 @@ impl<'a> ServiceClaims<'a> {
                 _ => return Err(Reason::Malformed),
             }
         }
-        let (Some(worker_id), Some(jti), Some(aud), Some(iat), Some(exp)) =
-            (worker_id, jti, aud, iat, exp)
-        else {
+        let (Some(worker_id), Some(jti), Some(aud), Some(iat), Some(exp)) = (worker_id, jti, aud, iat, exp) else {
             return Err(Reason::MissingClaim);
         };
         if worker_id.is_empty() || jti.is_empty() {
             return Err(Reason::Malformed);
         }
-        Ok(ServiceClaims {
-            worker_id,
-            jti,
-            aud,
-            scopes,
-            iat,
-            nbf,
-            exp,
-        })
+        Ok(ServiceClaims { worker_id, jti, aud, scopes, iat, nbf, exp })
     }
 }

@@ -25,45 +25,22 @@ pub fn parse_corpus(text: &str) -> Result<Vec<Case>, String> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, line)| {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
-            let id = v
-                .get("id")
-                .and_then(|i| i.as_str())
-                .ok_or(format!("line {}: no id", n + 1))?
-                .to_owned();
-            let spec = v
-                .get("request")
-                .cloned()
-                .ok_or(format!("{id}: no request"))?;
-            let parsed: RequestSpec =
-                serde_json::from_value(spec.clone()).map_err(|e| format!("{id}: {e}"))?;
-            let expect = v
-                .get("expect")
-                .and_then(|e| e.as_object())
-                .cloned()
-                .ok_or(format!("{id}: no expect"))?;
-            Ok(Case {
-                id,
-                request: parsed.to_owned_request(0),
-                spec,
-                expect,
-            })
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let id = v.get("id").and_then(|i| i.as_str()).ok_or(format!("line {}: no id", n + 1))?.to_owned();
+            let spec = v.get("request").cloned().ok_or(format!("{id}: no request"))?;
+            let parsed: RequestSpec = serde_json::from_value(spec.clone()).map_err(|e| format!("{id}: {e}"))?;
+            let expect = v.get("expect").and_then(|e| e.as_object()).cloned().ok_or(format!("{id}: no expect"))?;
+            Ok(Case { id, request: parsed.to_owned_request(0), spec, expect })
         })
         .collect()
 }
 
 /// Compares the fields `expect` names with a decision rendered as JSON.
-pub fn check(
-    expect: &serde_json::Map<String, serde_json::Value>,
-    got: &serde_json::Value,
-) -> Result<(), String> {
+pub fn check(expect: &serde_json::Map<String, serde_json::Value>, got: &serde_json::Value) -> Result<(), String> {
     for (k, want) in expect {
         let have = got.get(k).unwrap_or(&serde_json::Value::Null);
         if have != want {
-            return Err(format!(
-                "{k}: expected {want}, got {have} (decision: {got})"
-            ));
+            return Err(format!("{k}: expected {want}, got {have} (decision: {got})"));
         }
     }
     Ok(())

@@ -16,17 +16,10 @@ pub const NOW: i64 = 1_800_000_000;
 
 /// HS256 over the exact header and payload text.
 pub fn hs256(secret: &[u8], header: &str, payload: &str) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_STRICT.encode(header),
-        URL_SAFE_STRICT.encode(payload)
-    );
+    let input = format!("{}.{}", URL_SAFE_STRICT.encode(header), URL_SAFE_STRICT.encode(payload));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
-    format!(
-        "{input}.{}",
-        URL_SAFE_STRICT.encode(mac.finalize().into_bytes())
-    )
+    format!("{input}.{}", URL_SAFE_STRICT.encode(mac.finalize().into_bytes()))
 }
 
 /// A one-issuer HS256 policy; `extra` is appended to the issuer entry (indented YAML lines).
@@ -41,16 +34,8 @@ pub fn hs_policy(extra: &str) -> Policy {
 
 /// Claims with sensible defaults; `extra` is spliced in as raw JSON members.
 pub fn claims(extra: &str) -> String {
-    let base = format!(
-        r#""iss":"https://t.example","aud":"api","sub":"alice","iat":{},"exp":{}"#,
-        NOW - 10,
-        NOW + 300
-    );
-    if extra.is_empty() {
-        format!("{{{base}}}")
-    } else {
-        format!("{{{base},{extra}}}")
-    }
+    let base = format!(r#""iss":"https://t.example","aud":"api","sub":"alice","iat":{},"exp":{}"#, NOW - 10, NOW + 300);
+    if extra.is_empty() { format!("{{{base}}}") } else { format!("{{{base},{extra}}}") }
 }
 
 pub fn decide_token(policy: &Policy, token: &str) -> Decision {
@@ -60,9 +45,6 @@ pub fn decide_token(policy: &Policy, token: &str) -> Decision {
 pub fn decide_with(policy: &Policy, token: &str, revs: &dyn Revocations) -> Decision {
     let auth = format!("Bearer {token}");
     let headers = [("Authorization", auth.as_str())];
-    let req = Request {
-        headers: &headers,
-        ..Request::new("GET", "/", UnixTime(NOW))
-    };
+    let req = Request { headers: &headers, ..Request::new("GET", "/", UnixTime(NOW)) };
     policy.decide(&req, revs)
 }

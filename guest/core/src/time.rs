@@ -3,9 +3,7 @@
 use std::fmt;
 
 /// Seconds since the Unix epoch, supplied by the caller.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct UnixTime(pub i64);
 
@@ -42,14 +40,8 @@ mod tests {
     #[test]
     fn rfc3339_and_seconds_parse_to_the_same_instant() {
         assert_eq!(UnixTime::parse("1798761600"), Ok(UnixTime(1_798_761_600)));
-        assert_eq!(
-            UnixTime::parse("2027-01-01T00:00:00Z"),
-            Ok(UnixTime(1_798_761_600))
-        );
-        assert_eq!(
-            UnixTime::parse("2027-01-01T01:00:00+01:00"),
-            Ok(UnixTime(1_798_761_600))
-        );
+        assert_eq!(UnixTime::parse("2027-01-01T00:00:00Z"), Ok(UnixTime(1_798_761_600)));
+        assert_eq!(UnixTime::parse("2027-01-01T01:00:00+01:00"), Ok(UnixTime(1_798_761_600)));
         assert!(UnixTime::parse("tomorrow").is_err());
         assert!(UnixTime::parse("2027-01-01").is_err());
     }

@@ -94,8 +94,7 @@ fn bounded(s: &str, what: &str, max: usize) -> Result<(), String> {
 
 /// RFC 6749 §3.3 `scope-token`: visible ASCII except space, `"` and `\`.
 fn scope_chars(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 validated_str!(
@@ -172,9 +171,7 @@ impl ScopePattern {
         match (self, other) {
             (ScopePattern::Any, _) | (_, ScopePattern::Any) => true,
             (ScopePattern::Exact(s), o) | (o, ScopePattern::Exact(s)) => o.matches(s.as_str()),
-            (ScopePattern::Prefix(p), ScopePattern::Prefix(q)) => {
-                p.starts_with(&**q) || q.starts_with(&**p)
-            }
+            (ScopePattern::Prefix(p), ScopePattern::Prefix(q)) => p.starts_with(&**q) || q.starts_with(&**p),
         }
     }
 
@@ -197,11 +194,7 @@ impl FromStr for ScopePattern {
             return Ok(ScopePattern::Any);
         }
         if let Some(prefix) = s.strip_suffix('*') {
-            if !prefix.ends_with(':')
-                || prefix.len() < 2
-                || prefix.contains('*')
-                || !scope_chars(prefix)
-            {
+            if !prefix.ends_with(':') || prefix.len() < 2 || prefix.contains('*') || !scope_chars(prefix) {
                 return Err(format!(
                     "scope pattern `{s}`: a wildcard is `*` alone or a trailing `:*`, as in `admin:*`"
                 ));

@@ -1,11 +1,6 @@
 //! Properties of the policy engine's matchers, each checked against an independent model.
 #![cfg(not(target_arch = "wasm32"))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use portcullis_core::engine::path::{PathBuffer, PathPattern, RequestPath, Segment, Trie};
 use portcullis_core::engine::roles::grant_covers;
@@ -14,20 +9,14 @@ use portcullis_core::{NoFiles, NoRevocations, Policy, Request, UnixTime};
 use proptest::prelude::*;
 
 fn scope_token() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop::sample::select(vec!["a", "b", "admin", "users", ":", "read", "x"]),
-        1..5,
-    )
-    .prop_map(|v| v.concat())
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "admin", "users", ":", "read", "x"]), 1..5)
+        .prop_map(|v| v.concat())
 }
 
 /// A pattern built from a few segment kinds over a tiny alphabet, so matches are common.
 fn pattern() -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "{p}", "*"]), 0..5),
-        any::<bool>(),
-    )
-        .prop_map(|(segs, rest)| {
+    (prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "{p}", "*"]), 0..5), any::<bool>()).prop_map(
+        |(segs, rest)| {
             let mut named = 0;
             let mut parts: Vec<String> = segs
                 .into_iter()
@@ -44,7 +33,8 @@ fn pattern() -> impl Strategy<Value = String> {
                 parts.push("**".into());
             }
             format!("/{}", parts.join("/"))
-        })
+        },
+    )
 }
 
 fn path() -> impl Strategy<Value = Vec<&'static str>> {

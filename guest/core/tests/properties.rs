@@ -1,11 +1,6 @@
 //! Properties over arbitrary input: no panic, and nothing unknown is ever allowed.
 #![cfg(not(target_arch = "wasm32"))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -49,24 +44,14 @@ static EXAMPLE: LazyLock<Policy> = LazyLock::new(|| {
 });
 
 fn hs256(header: &str, payload: &str) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_STRICT.encode(header),
-        URL_SAFE_STRICT.encode(payload)
-    );
+    let input = format!("{}.{}", URL_SAFE_STRICT.encode(header), URL_SAFE_STRICT.encode(payload));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET).unwrap();
     mac.update(input.as_bytes());
-    format!(
-        "{input}.{}",
-        URL_SAFE_STRICT.encode(mac.finalize().into_bytes())
-    )
+    format!("{input}.{}", URL_SAFE_STRICT.encode(mac.finalize().into_bytes()))
 }
 
 fn decide(policy: &Policy, headers: &[(&str, &str)]) -> portcullis_core::Decision {
-    let req = Request {
-        headers,
-        ..Request::new("GET", "/", UnixTime(NOW))
-    };
+    let req = Request { headers, ..Request::new("GET", "/", UnixTime(NOW)) };
     policy.decide(&req, &NoRevocations)
 }
 
@@ -91,12 +76,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
-                prop_oneof![
-                    Just("iss".to_string()),
-                    Just("aud".to_string()),
-                    Just("exp".to_string()),
-                    "[a-z]{1,4}"
-                ],
+                prop_oneof![Just("iss".to_string()), Just("aud".to_string()), Just("exp".to_string()), "[a-z]{1,4}"],
                 inner,
                 0..6
             )
@@ -109,18 +89,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 fn offset() -> impl Strategy<Value = f64> {
     let edges: Vec<f64> = [0.0, LEEWAY, MAX_LIFETIME, MAX_LIFETIME + LEEWAY]
         .iter()
-        .flat_map(|e| {
-            [
-                -e - 1.0,
-                -e - 0.5,
-                -e,
-                -e + 0.5,
-                e - 0.5,
-                *e,
-                e + 0.5,
-                e + 1.0,
-            ]
-        })
+        .flat_map(|e| [-e - 1.0, -e - 0.5, -e, -e + 0.5, e - 0.5, *e, e + 0.5, e + 1.0])
         .collect();
     prop_oneof![prop::sample::select(edges), -2000.0f64..2000.0]
 }

@@ -10,13 +10,7 @@ use crate::reason::Reason;
 use crate::request::Request;
 
 /// Headers that are never recorded, whatever the allow-list says.
-const NEVER_RECORDED: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-];
+const NEVER_RECORDED: [&str; 5] = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
 
 /// Longest header or query value recorded (longer values are cut, marked with `…`).
 const MAX_VALUE: usize = 256;
@@ -32,24 +26,16 @@ pub struct AuditConfig {
 
 impl AuditConfig {
     /// Builds the allow-lists; credential headers (including the API key header) are dropped.
-    pub fn new(
-        headers: &[String],
-        query_keys: &[String],
-        api_key_header: Option<&str>,
-    ) -> AuditConfig {
+    pub fn new(headers: &[String], query_keys: &[String], api_key_header: Option<&str>) -> AuditConfig {
         let headers = headers
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .filter(|h| {
-                !NEVER_RECORDED.contains(&h.as_str())
-                    && api_key_header.is_none_or(|a| !a.eq_ignore_ascii_case(h))
+                !NEVER_RECORDED.contains(&h.as_str()) && api_key_header.is_none_or(|a| !a.eq_ignore_ascii_case(h))
             })
             .map(String::into_boxed_str)
             .collect();
-        AuditConfig {
-            headers,
-            query_keys: query_keys.iter().map(|k| k.as_str().into()).collect(),
-        }
+        AuditConfig { headers, query_keys: query_keys.iter().map(|k| k.as_str().into()).collect() }
     }
 }
 
@@ -126,11 +112,7 @@ impl Policy {
         let actor = match id {
             Some(i) => match i.subject.as_deref() {
                 Some(s) => s.to_owned(),
-                None => format!(
-                    "{}:{}",
-                    i.roles.first().map_or("anonymous", |r| &**r),
-                    i.credential.name()
-                ),
+                None => format!("{}:{}", i.roles.first().map_or("anonymous", |r| &**r), i.credential.name()),
             },
             None => "anonymous".to_owned(),
         };

@@ -92,8 +92,7 @@ impl Trace for Explanation {
         self.route = route.map(|r| r.id.to_string());
         self.route_path = route.map(|r| r.path.to_string());
         if route.is_none() {
-            self.notes
-                .push("no route matched; the policy's default applies".into());
+            self.notes.push("no route matched; the policy's default applies".into());
         }
     }
     fn authenticated(&mut self, result: Result<&Arc<Identity>, Reason>) {
@@ -106,20 +105,12 @@ impl Trace for Explanation {
         }
     }
     fn check(&mut self, what: &str, detail: &dyn Fn() -> String, held: bool) {
-        self.requirements.push(Check {
-            requirement: what.into(),
-            detail: detail(),
-            held,
-        });
+        self.requirements.push(Check { requirement: what.into(), detail: detail(), held });
     }
     fn rule(&mut self, rule: &Rule, matched: bool) {
         self.rules.push(RuleCheck {
             id: rule.id.to_string(),
-            effect: if rule.effect == Effect::Deny {
-                "deny"
-            } else {
-                "allow"
-            },
+            effect: if rule.effect == Effect::Deny { "deny" } else { "allow" },
             priority: rule.priority,
             shadow: rule.shadow,
             matched,
@@ -132,13 +123,9 @@ impl Trace for Explanation {
 
 impl Policy {
     /// Decides a request and explains every step.
-    pub fn explain(
-        &self,
-        req: &Request<'_>,
-        revocations: &dyn Revocations,
-    ) -> (Decision, Explanation) {
+    pub fn explain(&self, req: &Request<'_>, revocations: &dyn Revocations) -> (Decision, Explanation) {
         let mut x = Explanation::default();
-        let d = self.decide_traced(req, revocations, &mut x);
+        let d = self.decide_traced(req, super::Auth::Verify(revocations), &mut x);
         (d, x)
     }
 }

@@ -8,19 +8,13 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Methods(u16);
 
-const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 impl Methods {
     /// The bit of a request method; `None` for methods outside the nine (they only match routes
     /// and rules that do not restrict the method). Methods are case-sensitive (RFC 9110 §9.1).
     pub fn bit(method: &str) -> Option<u16> {
-        METHODS
-            .iter()
-            .position(|m| *m == method)
-            .and_then(|i| u16::try_from(i).ok())
-            .map(|i| 1 << i)
+        METHODS.iter().position(|m| *m == method).and_then(|i| u16::try_from(i).ok()).map(|i| 1 << i)
     }
 
     /// True when the set holds the request method.
@@ -37,12 +31,8 @@ impl Methods {
     pub fn parse(list: &[String]) -> Result<Methods, String> {
         let mut m = Methods(0);
         for name in list {
-            let bit = Methods::bit(name).ok_or_else(|| {
-                format!(
-                    "unknown method `{name}` (methods are upper case: {})",
-                    METHODS.join(", ")
-                )
-            })?;
+            let bit = Methods::bit(name)
+                .ok_or_else(|| format!("unknown method `{name}` (methods are upper case: {})", METHODS.join(", ")))?;
             m.0 |= bit;
         }
         Ok(m)
@@ -64,10 +54,7 @@ impl HostPattern {
         match self {
             HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
             HostPattern::Suffix(s) => {
-                host.len() > s.len()
-                    && host
-                        .get(host.len() - s.len()..)
-                        .is_some_and(|t| t.eq_ignore_ascii_case(s))
+                host.len() > s.len() && host.get(host.len() - s.len()..).is_some_and(|t| t.eq_ignore_ascii_case(s))
             }
         }
     }
@@ -86,9 +73,7 @@ impl HostPattern {
             (HostPattern::Exact(a), HostPattern::Exact(b)) => a.eq_ignore_ascii_case(b),
             (HostPattern::Exact(a), s @ HostPattern::Suffix(_))
             | (s @ HostPattern::Suffix(_), HostPattern::Exact(a)) => s.matches(a),
-            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => {
-                a.ends_with(&**b) || b.ends_with(&**a)
-            }
+            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => a.ends_with(&**b) || b.ends_with(&**a),
         }
     }
 }
@@ -98,19 +83,12 @@ impl FromStr for HostPattern {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.to_ascii_lowercase();
         let valid = |h: &str| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                && !h.contains("..")
+            !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') && !h.contains("..")
         };
         match lower.strip_prefix("*.") {
             Some(rest) if valid(rest) => Ok(HostPattern::Suffix(format!(".{rest}").into())),
-            None if valid(&lower) && !lower.starts_with('.') => {
-                Ok(HostPattern::Exact(lower.into()))
-            }
-            _ => Err(format!(
-                "host `{s}` must be a name such as api.example.com or *.example.com (no port)"
-            )),
+            None if valid(&lower) && !lower.starts_with('.') => Ok(HostPattern::Exact(lower.into())),
+            _ => Err(format!("host `{s}` must be a name such as api.example.com or *.example.com (no port)")),
         }
     }
 }
@@ -118,18 +96,11 @@ impl FromStr for HostPattern {
 /// The host of an `:authority`: port and a trailing dot removed (IPv6 literals keep brackets).
 pub fn request_host(authority: &str) -> &str {
     let host = if authority.starts_with('[') {
-        authority
-            .find(']')
-            .and_then(|i| authority.get(..=i))
-            .unwrap_or(authority)
+        authority.find(']').and_then(|i| authority.get(..=i)).unwrap_or(authority)
     } else {
-        authority.rsplit_once(':').map_or(authority, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                authority
-            }
-        })
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
     };
     host.strip_suffix('.').unwrap_or(host)
 }
@@ -192,10 +163,7 @@ mod tests {
 
     #[test]
     fn header_values_are_encoded_only_where_needed() {
-        assert!(matches!(
-            header_value("alice@example.com", false),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(header_value("alice@example.com", false), Cow::Borrowed(_)));
         assert_eq!(header_value("Zoë", false), "Zo%C3%AB");
         assert_eq!(header_value("a,b", true), "a%2Cb");
         assert_eq!(header_value("a,b", false), "a,b");

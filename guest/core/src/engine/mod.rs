@@ -63,11 +63,7 @@ pub enum KeyAccept {
 
 impl Accept {
     /// Everything the policy configures.
-    pub const ANY: Accept = Accept {
-        issuers: None,
-        service_audiences: None,
-        api_keys: KeyAccept::All,
-    };
+    pub const ANY: Accept = Accept { issuers: None, service_audiences: None, api_keys: KeyAccept::All };
 }
 
 /// Where a route reads the tenant a request addresses.
@@ -119,16 +115,12 @@ pub struct Route {
 
 impl Route {
     fn matches(&self, method: Option<u16>, host: &str) -> bool {
-        self.methods.is_none_or(|m| m.contains(method))
-            && self.host.as_ref().is_none_or(|h| h.matches(host))
+        self.methods.is_none_or(|m| m.contains(method)) && self.host.as_ref().is_none_or(|h| h.matches(host))
     }
 
     /// (host rank, method rank): lower is more specific.
     pub fn rank(&self) -> (u8, u8) {
-        (
-            self.host.as_ref().map_or(2, HostPattern::rank),
-            u8::from(self.methods.is_none()),
-        )
+        (self.host.as_ref().map_or(2, HostPattern::rank), u8::from(self.methods.is_none()))
     }
 }
 
@@ -234,6 +226,15 @@ pub struct Engine {
     pub audit: audit::AuditConfig,
 }
 
+/// Where the identity comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Auth<'a> {
+    /// Verify the request's credential, consulting these revocations.
+    Verify(&'a dyn Revocations),
+    /// An identity the caller already verified.
+    Given(&'a Arc<Identity>),
+}
+
 /// The request facts every stage needs, computed once.
 pub(crate) struct Facts<'r> {
     pub req: &'r Request<'r>,
@@ -252,13 +253,20 @@ struct Verdict {
 impl Policy {
     /// Decides one request: see the module documentation for the order of stages.
     pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
-        self.decide_traced(req, revocations, &mut explain::NoTrace)
+        self.decide_traced(req, Auth::Verify(revocations), &mut explain::NoTrace)
+    }
+
+    /// Authorizes a request for an identity the caller has already verified (for example behind
+    /// another authenticator): routes, the route's accepted credentials, requirements and rules
+    /// apply exactly as in [`Policy::decide`]; no credential in the request is looked at.
+    pub fn decide_for(&self, req: &Request<'_>, identity: &Arc<Identity>) -> Decision {
+        self.decide_traced(req, Auth::Given(identity), &mut explain::NoTrace)
     }
 
     pub(crate) fn decide_traced(
         &self,
         req: &Request<'_>,
-        revocations: &dyn Revocations,
+        auth: Auth<'_>,
         t: &mut dyn Trace,
     ) -> Decision {
         let e = &self.engine;
@@ -278,7 +286,7 @@ impl Policy {
                             method: Methods::bit(req.method),
                             host: request_host(req.host),
                         };
-                        self.decide_facts(&facts, revocations, t)
+                        self.decide_facts(&facts, auth, t)
                     }
                 }
             }
@@ -289,27 +297,16 @@ impl Policy {
         d
     }
 
-    fn decide_facts(
-        &self,
-        f: &Facts<'_>,
-        revocations: &dyn Revocations,
-        t: &mut dyn Trace,
-    ) -> Decision {
+    fn decide_facts(&self, f: &Facts<'_>, auth: Auth<'_>, t: &mut dyn Trace) -> Decision {
         let e = &self.engine;
-        let route = e.route_trie.first(f.segs, &mut |&i| {
-            e.routes
-                .get(i)
-                .is_some_and(|r| !r.shadow && r.matches(f.method, f.host))
-        });
+        let route = e
+            .route_trie
+            .first(f.segs, &mut |&i| e.routes.get(i).is_some_and(|r| !r.shadow && r.matches(f.method, f.host)));
         let route = route.copied();
         t.route(route.and_then(|i| e.routes.get(i)), false);
-        let enforced = self.verdict(route, f, revocations, false, t);
+        let enforced = self.verdict(route, f, auth, false, t);
 
-        let shadow = if e.has_shadow {
-            self.shadow(route, &enforced, f, revocations)
-        } else {
-            None
-        };
+        let shadow = if e.has_shadow { self.shadow(route, &enforced, f, auth) } else { None };
         let mut d = self.render(enforced, f);
         d.shadow = shadow;
         d
@@ -321,15 +318,11 @@ impl Policy {
         enforced_route: Option<usize>,
         enforced: &Verdict,
         f: &Facts<'_>,
-        revs: &dyn Revocations,
+        auth: Auth<'_>,
     ) -> Option<Box<Shadow>> {
         let e = &self.engine;
-        let route = e
-            .route_trie
-            .first(f.segs, &mut |&i| {
-                e.routes.get(i).is_some_and(|r| r.matches(f.method, f.host))
-            })
-            .copied();
+        let route =
+            e.route_trie.first(f.segs, &mut |&i| e.routes.get(i).is_some_and(|r| r.matches(f.method, f.host))).copied();
         let route_is_shadow = route.is_some_and(|i| e.routes.get(i).is_some_and(|r| r.shadow));
         if !route_is_shadow && !e.has_shadow_rules {
             return None;
@@ -338,21 +331,13 @@ impl Policy {
             // Rules never run on an unauthenticated request, shadow or not.
             return None;
         }
-        let v = self.verdict(route, f, revs, true, &mut explain::NoTrace);
-        let rule_is_shadow = v
-            .rule
-            .is_some_and(|i| e.rules.get(i).is_some_and(|r| r.shadow));
+        let v = self.verdict(route, f, auth, true, &mut explain::NoTrace);
+        let rule_is_shadow = v.rule.is_some_and(|i| e.rules.get(i).is_some_and(|r| r.shadow));
         (route_is_shadow || rule_is_shadow).then(|| {
             Box::new(Shadow {
                 reason: v.reason,
-                rule: v
-                    .rule
-                    .and_then(|i| e.rules.get(i))
-                    .map(|r| Arc::clone(&r.id)),
-                route: v
-                    .route
-                    .and_then(|i| e.routes.get(i))
-                    .map(|r| Arc::clone(&r.id)),
+                rule: v.rule.and_then(|i| e.rules.get(i)).map(|r| Arc::clone(&r.id)),
+                route: v.route.and_then(|i| e.routes.get(i)).map(|r| Arc::clone(&r.id)),
             })
         })
     }
@@ -361,18 +346,13 @@ impl Policy {
         &self,
         route: Option<usize>,
         f: &Facts<'_>,
-        revs: &dyn Revocations,
+        auth: Auth<'_>,
         with_shadow: bool,
         t: &mut dyn Trace,
     ) -> Verdict {
         let e = &self.engine;
         let r = route.and_then(|i| e.routes.get(i));
-        let deny = |reason, identity| Verdict {
-            reason,
-            identity,
-            route,
-            rule: None,
-        };
+        let deny = |reason, identity| Verdict { reason, identity, route, rule: None };
         let accept = match r {
             Some(r) => &r.accept,
             None if e.default == Default::Deny => return deny(Reason::NoRoute, None),
@@ -381,7 +361,11 @@ impl Policy {
         let identity = if r.is_some_and(|r| r.public) {
             None
         } else {
-            match self.authenticate(f.req, accept, revs) {
+            let result = match auth {
+                Auth::Verify(revs) => self.authenticate(f.req, accept, revs),
+                Auth::Given(id) => self.accepts(accept, id).map(|()| Arc::clone(id)),
+            };
+            match result {
                 Ok(id) => {
                     t.authenticated(Ok(&id));
                     Some(id)
@@ -397,35 +381,37 @@ impl Policy {
             None => Ok(()),
         };
         match self.winning_rule(route, identity.as_deref(), f, with_shadow, t) {
-            Some(i) if e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny) => Verdict {
-                reason: Reason::PolicyDenied,
-                identity,
-                route,
-                rule: Some(i),
-            },
-            Some(i) => Verdict {
-                reason: Reason::Allowed,
-                identity,
-                route,
-                rule: Some(i),
-            },
-            None => Verdict {
-                reason: requirements.err().unwrap_or(Reason::Allowed),
-                identity,
-                route,
-                rule: None,
-            },
+            Some(i) if e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny) => {
+                Verdict { reason: Reason::PolicyDenied, identity, route, rule: Some(i) }
+            }
+            Some(i) => Verdict { reason: Reason::Allowed, identity, route, rule: Some(i) },
+            None => Verdict { reason: requirements.err().unwrap_or(Reason::Allowed), identity, route, rule: None },
         }
     }
 
+    /// Whether a route accepts an already verified identity.
+    fn accepts(&self, accept: &Accept, id: &Identity) -> Result<(), Reason> {
+        let ok = match id.credential {
+            CredentialKind::Jwt => accept.issuers.as_ref().is_none_or(|list| {
+                self.issuers
+                    .iter()
+                    .position(|i| Some(i.issuer.as_str()) == id.issuer.as_deref())
+                    .is_some_and(|ix| list.contains(&ix))
+            }),
+            CredentialKind::ServiceToken => {
+                accept.service_audiences.as_ref().is_none_or(|list| id.audience.as_ref().is_some_and(|a| list.contains(a)))
+            }
+            CredentialKind::ApiKey => match &accept.api_keys {
+                KeyAccept::All => true,
+                KeyAccept::Nothing => false,
+                KeyAccept::Ids(ids) => id.key_id.as_ref().is_some_and(|k| ids.contains(k)),
+            },
+        };
+        if ok { Ok(()) } else { Err(Reason::CredentialNotAccepted) }
+    }
+
     /// Tenant, then roles, then scopes: the first that fails names the denial.
-    fn requirements(
-        &self,
-        r: &Route,
-        id: Option<&Identity>,
-        f: &Facts<'_>,
-        t: &mut dyn Trace,
-    ) -> Result<(), Reason> {
+    fn requirements(&self, r: &Route, id: Option<&Identity>, f: &Facts<'_>, t: &mut dyn Trace) -> Result<(), Reason> {
         let e = &self.engine;
         let Some(id) = id else { return Ok(()) };
         let mut first_failure = None;
@@ -440,11 +426,7 @@ impl Policy {
             let same = matches!((wanted, id.tenant.as_deref()), (Some(w), Some(have)) if w == have);
             let cross = !same && e.roles.any_in(&id.roles, &b.cross_tenant);
             let held = same || cross;
-            t.check(
-                "tenant",
-                &|| format_tenant(wanted, id.tenant.as_deref(), cross),
-                held,
-            );
+            t.check("tenant", &|| format_tenant(wanted, id.tenant.as_deref(), cross), held);
             if !held {
                 fail(Reason::TenantMismatch);
             }
@@ -465,17 +447,8 @@ impl Policy {
             }
         }
         if !r.any_scopes.is_empty() {
-            let held = r
-                .any_scopes
-                .iter()
-                .any(|set| set.iter().all(|s| granted(s)));
-            let sets = || {
-                r.any_scopes
-                    .iter()
-                    .map(|s| format!("[{}]", s.join(" ")))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            };
+            let held = r.any_scopes.iter().any(|set| set.iter().all(|s| granted(s)));
+            let sets = || r.any_scopes.iter().map(|s| format!("[{}]", s.join(" "))).collect::<Vec<_>>().join(" or ");
             t.check("scopes (any set of)", &sets, held);
             if !held {
                 fail(Reason::InsufficientScope);
@@ -488,11 +461,7 @@ impl Policy {
     fn granted(&self, id: &Identity, scope: &str) -> bool {
         let star = self.engine.allow_global_wildcard;
         id.scopes.iter().any(|g| grant_covers(g, scope, star))
-            || self
-                .engine
-                .roles
-                .granted_scopes(&id.roles)
-                .any(|g| grant_covers(g, scope, star))
+            || self.engine.roles.granted_scopes(&id.roles).any(|g| grant_covers(g, scope, star))
     }
 
     /// The matching rule of lowest rank (highest priority, deny first), enforced or including
@@ -535,21 +504,12 @@ impl Policy {
         best.map(|(_, i)| i)
     }
 
-    fn rule_matches(
-        &self,
-        r: &Rule,
-        route: Option<usize>,
-        id: Option<&Identity>,
-        f: &Facts<'_>,
-    ) -> bool {
+    fn rule_matches(&self, r: &Rule, route: Option<usize>, id: Option<&Identity>, f: &Facts<'_>) -> bool {
         let e = &self.engine;
         if r.methods.is_some_and(|m| !m.contains(f.method)) {
             return false;
         }
-        if r.routes
-            .as_ref()
-            .is_some_and(|rs| !route.is_some_and(|x| rs.contains(&x)))
-        {
+        if r.routes.as_ref().is_some_and(|rs| !route.is_some_and(|x| rs.contains(&x))) {
             return false;
         }
         // Rules with paths are only reached through the trie, so their paths already match.
@@ -560,21 +520,12 @@ impl Policy {
             return false;
         }
         if !r.origins.is_empty()
-            && !f
-                .req
-                .header("origin")
-                .value()
-                .is_some_and(|o| r.origins.iter().any(|p| p.matches(o)))
+            && !f.req.header("origin").value().is_some_and(|o| r.origins.iter().any(|p| p.matches(o)))
         {
             return false;
         }
         for (name, values) in &r.headers {
-            if !f
-                .req
-                .header(name)
-                .value()
-                .is_some_and(|v| values.iter().any(|x| **x == *v))
-            {
+            if !f.req.header(name).value().is_some_and(|v| values.iter().any(|x| **x == *v)) {
                 return false;
             }
         }
@@ -588,17 +539,9 @@ impl Policy {
         }
         let Some(id) = id else { return false };
         (r.credentials.is_empty() || r.credentials.contains(&id.credential))
-            && r.subjects
-                .as_ref()
-                .is_none_or(|s| id.subject.as_deref().is_some_and(|x| s.contains(x)))
-            && (r.tenants.is_empty()
-                || id
-                    .tenant
-                    .as_deref()
-                    .is_some_and(|x| r.tenants.iter().any(|t| **t == *x)))
-            && r.roles
-                .as_ref()
-                .is_none_or(|set| e.roles.any_in(&id.roles, set))
+            && r.subjects.as_ref().is_none_or(|s| id.subject.as_deref().is_some_and(|x| s.contains(x)))
+            && (r.tenants.is_empty() || id.tenant.as_deref().is_some_and(|x| r.tenants.iter().any(|t| **t == *x)))
+            && r.roles.as_ref().is_none_or(|set| e.roles.any_in(&id.roles, set))
             && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.granted(id, s)))
     }
 
@@ -606,14 +549,8 @@ impl Policy {
     fn render(&self, v: Verdict, _f: &Facts<'_>) -> Decision {
         let e = &self.engine;
         let mut d = Decision::deny(v.reason);
-        d.route = v
-            .route
-            .and_then(|i| e.routes.get(i))
-            .map(|r| Arc::clone(&r.id));
-        d.rule = v
-            .rule
-            .and_then(|i| e.rules.get(i))
-            .map(|r| Arc::clone(&r.id));
+        d.route = v.route.and_then(|i| e.routes.get(i)).map(|r| Arc::clone(&r.id));
+        d.rule = v.rule.and_then(|i| e.rules.get(i)).map(|r| Arc::clone(&r.id));
         if let Some(id) = &v.identity
             && v.reason == Reason::Allowed
         {
@@ -661,11 +598,7 @@ impl Policy {
             // Scope tokens cannot contain spaces, so OAuth's space separator is unambiguous.
             let mut s = String::new();
             let mut seen: Vec<&str> = Vec::new();
-            for g in id
-                .scopes
-                .iter()
-                .chain(self.engine.roles.granted_scopes(&id.roles))
-            {
+            for g in id.scopes.iter().chain(self.engine.roles.granted_scopes(&id.roles)) {
                 if !seen.contains(&&**g) {
                     if !s.is_empty() {
                         s.push(' ');
@@ -683,11 +616,7 @@ impl Policy {
 }
 
 fn format_tenant(wanted: Option<&str>, have: Option<&str>, cross: bool) -> String {
-    let mut s = format!(
-        "request tenant {}, identity tenant {}",
-        wanted.unwrap_or("(none)"),
-        have.unwrap_or("(none)")
-    );
+    let mut s = format!("request tenant {}, identity tenant {}", wanted.unwrap_or("(none)"), have.unwrap_or("(none)"));
     if cross {
         s.push_str(", cross-tenant role");
     }

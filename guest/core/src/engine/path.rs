@@ -40,9 +40,7 @@ impl PathPattern {
 
     /// The position of `{name}`.
     pub fn param_index(&self, name: &str) -> Option<usize> {
-        self.segments
-            .iter()
-            .position(|s| matches!(s, Segment::Param(Some(n)) if &**n == name))
+        self.segments.iter().position(|s| matches!(s, Segment::Param(Some(n)) if &**n == name))
     }
 
     /// True when this pattern matches the normalised segments (used by lint and tests; the
@@ -110,9 +108,7 @@ impl FromStr for PathPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix('/')
-            .ok_or_else(|| format!("path pattern `{s}` must start with `/`"))?;
+        let rest = s.strip_prefix('/').ok_or_else(|| format!("path pattern `{s}` must start with `/`"))?;
         let mut segments = Vec::new();
         let mut names: Vec<&str> = Vec::new();
         if !rest.is_empty() {
@@ -121,46 +117,32 @@ impl FromStr for PathPattern {
                 let last = i + 1 == parts.len();
                 let seg = match *part {
                     "" => {
-                        return Err(format!(
-                            "path pattern `{s}` has an empty segment (or a trailing `/`)"
-                        ));
+                        return Err(format!("path pattern `{s}` has an empty segment (or a trailing `/`)"));
                     }
                     "**" if last => Segment::Rest,
                     "**" => {
-                        return Err(format!(
-                            "path pattern `{s}`: `**` may only be the last segment"
-                        ));
+                        return Err(format!("path pattern `{s}`: `**` may only be the last segment"));
                     }
                     "*" => Segment::Param(None),
                     p if p.starts_with('{') && p.ends_with('}') => {
                         let name = &p[1..p.len() - 1];
-                        let valid = name
-                            .bytes()
-                            .next()
-                            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                        let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                         if !valid {
-                            return Err(format!(
-                                "path pattern `{s}`: `{p}` is not a valid parameter name"
-                            ));
+                            return Err(format!("path pattern `{s}`: `{p}` is not a valid parameter name"));
                         }
                         if names.contains(&name) {
-                            return Err(format!(
-                                "path pattern `{s}`: parameter `{name}` appears twice"
-                            ));
+                            return Err(format!("path pattern `{s}`: parameter `{name}` appears twice"));
                         }
                         names.push(name);
                         Segment::Param(Some(name.into()))
                     }
                     p => {
                         if p.contains(['{', '}', '*']) {
-                            return Err(format!(
-                                "path pattern `{s}`: `{p}` mixes text with `{{}}` or `*`"
-                            ));
+                            return Err(format!("path pattern `{s}`: `{p}` mixes text with `{{}}` or `*`"));
                         }
-                        let norm = normalize_segment(p).map_err(|_| {
-                            format!("path pattern `{s}`: `{p}` is not a valid path segment")
-                        })?;
+                        let norm = normalize_segment(p)
+                            .map_err(|_| format!("path pattern `{s}`: `{p}` is not a valid path segment"))?;
                         Segment::Literal(norm.into_owned().into_boxed_str())
                     }
                 };
@@ -168,14 +150,9 @@ impl FromStr for PathPattern {
             }
         }
         if segments.len() > MAX_SEGMENTS {
-            return Err(format!(
-                "path pattern `{s}` has more than {MAX_SEGMENTS} segments"
-            ));
+            return Err(format!("path pattern `{s}` has more than {MAX_SEGMENTS} segments"));
         }
-        Ok(PathPattern {
-            segments,
-            text: s.into(),
-        })
+        Ok(PathPattern { segments, text: s.into() })
     }
 }
 
@@ -197,21 +174,7 @@ fn unreserved(b: u8) -> bool {
 /// Characters allowed raw in a segment (RFC 3986 `pchar` minus `%`).
 fn pchar(b: u8) -> bool {
     unreserved(b)
-        || matches!(
-            b,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
+        || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -238,10 +201,9 @@ pub fn normalize_segment(seg: &str) -> Result<Cow<'_, str>, BadPath> {
         let mut i = 0;
         while let Some(&b) = bytes.get(i) {
             if b == b'%' {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).and_then(|x| hex(*x)),
-                    bytes.get(i + 2).and_then(|x| hex(*x)),
-                ) else {
+                let (Some(h), Some(l)) =
+                    (bytes.get(i + 1).and_then(|x| hex(*x)), bytes.get(i + 2).and_then(|x| hex(*x)))
+                else {
                     return Err(BadPath);
                 };
                 let c = h * 16 + l;
@@ -252,11 +214,7 @@ pub fn normalize_segment(seg: &str) -> Result<Cow<'_, str>, BadPath> {
                 } else {
                     out.push('%');
                     for d in [h, l] {
-                        out.push(
-                            char::from_digit(u32::from(d), 16)
-                                .unwrap_or('0')
-                                .to_ascii_uppercase(),
-                        );
+                        out.push(char::from_digit(u32::from(d), 16).unwrap_or('0').to_ascii_uppercase());
                     }
                 }
                 i += 3;
@@ -313,10 +271,7 @@ impl<'a> RequestPath<'a> {
         } else {
             body
         };
-        let mut out = RequestPath {
-            segs: [""; MAX_SEGMENTS],
-            len: 0,
-        };
+        let mut out = RequestPath { segs: [""; MAX_SEGMENTS], len: 0 };
         if source.is_empty() {
             return Ok(out);
         }
@@ -356,20 +311,13 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node {
-            literal: FastMap::default(),
-            param: None,
-            end: Vec::new(),
-            rest: Vec::new(),
-        }
+        Node { literal: FastMap::default(), param: None, end: Vec::new(), rest: Vec::new() }
     }
 }
 
 impl<T> Default for Trie<T> {
     fn default() -> Self {
-        Trie {
-            root: Node::default(),
-        }
+        Trie { root: Node::default() }
     }
 }
 
@@ -401,11 +349,7 @@ impl<T> Trie<T> {
     }
 }
 
-fn first<'t, T>(
-    node: &'t Node<T>,
-    segs: &[&str],
-    accept: &mut dyn FnMut(&T) -> bool,
-) -> Option<&'t T> {
+fn first<'t, T>(node: &'t Node<T>, segs: &[&str], accept: &mut dyn FnMut(&T) -> bool) -> Option<&'t T> {
     let Some((head, tail)) = segs.split_first() else {
         return node.end.iter().chain(&node.rest).find(|v| accept(v));
     };
@@ -444,21 +388,14 @@ mod tests {
 
     fn segs(path: &str) -> Result<Vec<String>, BadPath> {
         let mut buf = PathBuffer::default();
-        RequestPath::parse(path, &mut buf)
-            .map(|r| r.segments().iter().map(|s| s.to_string()).collect())
+        RequestPath::parse(path, &mut buf).map(|r| r.segments().iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
     fn patterns_parse_and_reject_bad_shapes() {
         assert_eq!(p("/").segments().len(), 0);
-        assert_eq!(
-            p("/v1/orgs/{org}/projects/{project}/**").segments().len(),
-            6
-        );
-        for bad in [
-            "v1", "/v1/", "/a//b", "/**/a", "/{1x}", "/{a}/{a}", "/a{b}", "/a*", "/a/../b",
-            "/a\\b", "/a%2Fb",
-        ] {
+        assert_eq!(p("/v1/orgs/{org}/projects/{project}/**").segments().len(), 6);
+        for bad in ["v1", "/v1/", "/a//b", "/**/a", "/{1x}", "/{a}/{a}", "/a{b}", "/a*", "/a/../b", "/a\\b", "/a%2Fb"] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
         }
     }

@@ -38,11 +38,10 @@ impl RoleSet {
 
     /// Indices in the set.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, bits)| {
-            (0..64)
-                .filter(move |b| bits & (1 << b) != 0)
-                .map(move |b| w * 64 + b)
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(w, bits)| (0..64).filter(move |b| bits & (1 << b) != 0).map(move |b| w * 64 + b))
     }
 }
 
@@ -78,12 +77,9 @@ impl Roles {
         for (name, inherits, _) in defs {
             let mut edges = Vec::new();
             for parent in *inherits {
-                let &j = index.get(parent.as_str()).ok_or_else(|| {
-                    (
-                        name.to_string(),
-                        format!("inherits unknown role `{parent}`"),
-                    )
-                })?;
+                let &j = index
+                    .get(parent.as_str())
+                    .ok_or_else(|| (name.to_string(), format!("inherits unknown role `{parent}`")))?;
                 edges.push(j);
             }
             direct.push(edges);
@@ -140,11 +136,7 @@ impl Roles {
                         }
                     }
                 }
-                Role {
-                    name: Arc::from(*name),
-                    closure,
-                    scopes,
-                }
+                Role { name: Arc::from(*name), closure, scopes }
             })
             .collect();
         Ok(Roles { roles, index })
@@ -183,20 +175,12 @@ impl Roles {
 
     /// True when any of the identity's role names is in `set`.
     pub fn any_in(&self, names: &[Arc<str>], set: &RoleSet) -> bool {
-        names
-            .iter()
-            .any(|n| self.index(n).is_some_and(|i| set.contains(i)))
+        names.iter().any(|n| self.index(n).is_some_and(|i| set.contains(i)))
     }
 
     /// Scope grants carried by the identity's roles (through the hierarchy).
-    pub fn granted_scopes<'a>(
-        &'a self,
-        names: &'a [Arc<str>],
-    ) -> impl Iterator<Item = &'a Arc<str>> + 'a {
-        names
-            .iter()
-            .filter_map(|n| self.index(n).and_then(|i| self.roles.get(i)))
-            .flat_map(|r| r.scopes.iter())
+    pub fn granted_scopes<'a>(&'a self, names: &'a [Arc<str>]) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+        names.iter().filter_map(|n| self.index(n).and_then(|i| self.roles.get(i))).flat_map(|r| r.scopes.iter())
     }
 
     /// The identity's roles expanded through the hierarchy: its own roles first (as given), then
@@ -289,25 +273,15 @@ mod tests {
     #[test]
     fn roles_grant_the_scopes_of_everything_they_imply() {
         let r = hierarchy();
-        let granted: Vec<String> = r
-            .granted_scopes(&names(&["dev"]))
-            .map(|s| s.to_string())
-            .collect();
+        let granted: Vec<String> = r.granted_scopes(&names(&["dev"])).map(|s| s.to_string()).collect();
         assert_eq!(granted, ["deploy:write", "billing:read", "orders:read"]);
     }
 
     #[test]
     fn expansion_lists_implied_roles_and_keeps_unknown_ones() {
         let r = hierarchy();
-        let got: Vec<String> = r
-            .expand(&names(&["admin", "x-team"]))
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            got,
-            ["admin", "x-team", "dev", "billing", "operator", "viewer"]
-        );
+        let got: Vec<String> = r.expand(&names(&["admin", "x-team"])).iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, ["admin", "x-team", "dev", "billing", "operator", "viewer"]);
     }
 
     #[test]
@@ -317,12 +291,7 @@ mod tests {
         let err = Roles::build(&[("a", &a.0, &a.1), ("b", &b.0, &b.1)]).unwrap_err();
         assert!(err.1.contains("cycle"), "{err:?}");
         let c = (s(&["nope"]), s(&[]));
-        assert!(
-            Roles::build(&[("c", &c.0, &c.1)])
-                .unwrap_err()
-                .1
-                .contains("unknown role")
-        );
+        assert!(Roles::build(&[("c", &c.0, &c.1)]).unwrap_err().1.contains("unknown role"));
         let selfish = (s(&["me"]), s(&[]));
         assert!(Roles::build(&[("me", &selfish.0, &selfish.1)]).is_err());
     }
@@ -333,10 +302,7 @@ mod tests {
         assert!(grant_covers("admin:*", "admin:users:write", false));
         assert!(!grant_covers("admin:*", "admin:", false));
         assert!(!grant_covers("admin:*", "administrator:read", false));
-        assert!(
-            !grant_covers("admin*", "admin:read", false),
-            "not a valid wildcard"
-        );
+        assert!(!grant_covers("admin*", "admin:read", false), "not a valid wildcard");
         assert!(!grant_covers(":*", ":x", false));
         assert!(!grant_covers("*", "anything", false));
         assert!(grant_covers("*", "anything", true));
@@ -348,26 +314,13 @@ mod tests {
     fn more_than_64_roles_work() {
         let empty: Vec<String> = Vec::new();
         let owned: Vec<String> = (0..130).map(|i| format!("r{i}")).collect();
-        let parents: Vec<Vec<String>> = (0..130)
-            .map(|i| {
-                if i > 0 {
-                    vec![format!("r{}", i - 1)]
-                } else {
-                    vec![]
-                }
-            })
-            .collect();
-        let defs: Vec<RoleDef<'_>> = owned
-            .iter()
-            .zip(&parents)
-            .map(|(n, p)| (n.as_str(), p.as_slice(), empty.as_slice()))
-            .collect();
+        let parents: Vec<Vec<String>> =
+            (0..130).map(|i| if i > 0 { vec![format!("r{}", i - 1)] } else { vec![] }).collect();
+        let defs: Vec<RoleDef<'_>> =
+            owned.iter().zip(&parents).map(|(n, p)| (n.as_str(), p.as_slice(), empty.as_slice())).collect();
         let r = Roles::build(&defs).unwrap();
         let need_r0 = r.satisfying(&[0]);
-        assert!(
-            r.any_in(&names(&["r129"]), &need_r0),
-            "the chain implies r0"
-        );
+        assert!(r.any_in(&names(&["r129"]), &need_r0), "the chain implies r0");
         assert!(!r.any_in(&names(&["r0"]), &r.satisfying(&[129])));
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::doc::{
-    ApiKeyDoc, ApiKeysDoc, ApiKeysFileDoc, IssuerDoc, PolicyDocument, SecretDoc, ServiceTokensDoc,
-    TimeDoc,
+    ApiKeyDoc, ApiKeysDoc, ApiKeysFileDoc, IssuerDoc, PolicyDocument, SecretDoc, ServiceTokensDoc, TimeDoc,
 };
 use super::{FileSource, Limits, Policy, PolicyError, parse_text};
 use crate::api_key::{ApiKeyEntry, ApiKeyPolicy, OriginPattern};
@@ -34,11 +33,7 @@ fn parse<T: FromStr<Err = String>>(path: &str, s: &str) -> Result<T> {
 }
 
 fn read(files: &dyn FileSource, path: &str, file: &str) -> Result<Vec<u8>> {
-    files.read(file).map_err(|message| PolicyError::File {
-        path: path.into(),
-        file: file.into(),
-        message,
-    })
+    files.read(file).map_err(|message| PolicyError::File { path: path.into(), file: file.into(), message })
 }
 
 /// Every file a document references, in document order.
@@ -58,13 +53,7 @@ pub(super) fn referenced_files(doc: &PolicyDocument) -> Vec<String> {
 
 pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Policy> {
     if doc.version != 1 {
-        return invalid(
-            "version",
-            format!(
-                "unsupported version {}; this build reads version 1",
-                doc.version
-            ),
-        );
+        return invalid("version", format!("unsupported version {}; this build reads version 1", doc.version));
     }
     let limits = limits(doc)?;
     let issuers = doc
@@ -76,33 +65,19 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
     let mut seen = HashSet::new();
     for (i, iss) in issuers.iter().enumerate() {
         if !seen.insert(iss.issuer.as_str()) {
-            return invalid(
-                format!("issuers[{i}].issuer"),
-                format!("issuer `{}` is listed twice", iss.issuer),
-            );
+            return invalid(format!("issuers[{i}].issuer"), format!("issuer `{}` is listed twice", iss.issuer));
         }
     }
-    let service_tokens = doc
-        .service_tokens
-        .as_ref()
-        .map(|s| service_tokens(s, files))
-        .transpose()?;
+    let service_tokens = doc.service_tokens.as_ref().map(|s| service_tokens(s, files)).transpose()?;
     let statics = revoked(doc)?;
-    let mut api_keys = doc
-        .api_keys
-        .as_ref()
-        .map(|a| api_keys(a, files))
-        .transpose()?;
+    let mut api_keys = doc.api_keys.as_ref().map(|a| api_keys(a, files)).transpose()?;
     if let Some(a) = &mut api_keys {
         a.apply_static_revocations(&statics);
     }
     if let (Some(svc), Some(api)) = (&doc.service_tokens, &api_keys) {
         let marker = format!("{}-v1.", svc.prefix);
         if marker.starts_with(api.prefix.as_str()) || api.prefix.as_str().starts_with(&marker) {
-            return invalid(
-                "api_keys.prefix",
-                "overlaps the service token prefix; a bearer token would be ambiguous",
-            );
+            return invalid("api_keys.prefix", "overlaps the service token prefix; a bearer token would be ambiguous");
         }
     }
     let creds = super::compile_engine::Credentials {
@@ -111,22 +86,12 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
         api_keys: api_keys.as_ref(),
     };
     let engine = super::compile_engine::engine(doc, &creds)?;
-    let needs_credentials = engine.default == crate::engine::Default::Authenticated
-        || engine.routes.iter().any(|r| !r.public);
+    let needs_credentials =
+        engine.default == crate::engine::Default::Authenticated || engine.routes.iter().any(|r| !r.public);
     if needs_credentials && issuers.is_empty() && service_tokens.is_none() && api_keys.is_none() {
-        return invalid(
-            "$",
-            "the policy accepts no credentials: configure issuers, service_tokens or api_keys",
-        );
+        return invalid("$", "the policy accepts no credentials: configure issuers, service_tokens or api_keys");
     }
-    Ok(Policy {
-        limits,
-        issuers,
-        service_tokens,
-        api_keys,
-        statics,
-        engine,
-    })
+    Ok(Policy { limits, issuers, service_tokens, api_keys, statics, engine })
 }
 
 fn limits(doc: &PolicyDocument) -> Result<Limits> {
@@ -135,10 +100,7 @@ fn limits(doc: &PolicyDocument) -> Result<Limits> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
-            invalid(
-                format!("limits.{name}"),
-                format!("{v} is outside {lo}..={hi}"),
-            )
+            invalid(format!("limits.{name}"), format!("{v} is outside {lo}..={hi}"))
         }
     };
     Ok(Limits {
@@ -158,16 +120,10 @@ fn nonempty_list(path: &str, v: &[String], what: &str) -> Result<Vec<Arc<str>>> 
         .enumerate()
         .map(|(i, s)| {
             if s.is_empty() || s.chars().any(char::is_control) {
-                return invalid(
-                    format!("{path}[{i}]"),
-                    format!("{what} must be non-empty text"),
-                );
+                return invalid(format!("{path}[{i}]"), format!("{what} must be non-empty text"));
             }
             if !seen.insert(s.as_str()) {
-                return invalid(
-                    format!("{path}[{i}]"),
-                    format!("{what} `{s}` is listed twice"),
-                );
+                return invalid(format!("{path}[{i}]"), format!("{what} `{s}` is listed twice"));
             }
             Ok(Arc::from(s.as_str()))
         })
@@ -182,19 +138,13 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         nonempty_list(&format!("{path}.audiences"), &d.audiences, "audience")?
     };
     if d.algorithms.is_empty() {
-        return invalid(
-            format!("{path}.algorithms"),
-            "at least one algorithm is required",
-        );
+        return invalid(format!("{path}.algorithms"), "at least one algorithm is required");
     }
     let mut algorithms = AlgSet::EMPTY;
     for (i, a) in d.algorithms.iter().enumerate() {
         let alg: Alg = parse(&format!("{path}.algorithms[{i}]"), a)?;
         if algorithms.contains(alg) {
-            return invalid(
-                format!("{path}.algorithms[{i}]"),
-                format!("{alg} is listed twice"),
-            );
+            return invalid(format!("{path}.algorithms[{i}]"), format!("{alg} is listed twice"));
         }
         algorithms.insert(alg);
     }
@@ -213,21 +163,11 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         _ => return invalid(path, "exactly one of `jwks_file` and `jwks` is required"),
     };
     if keys.is_empty() {
-        let why = if keys.skipped().is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", keys.skipped().join("; "))
-        };
-        return invalid(
-            path,
-            format!("the key set has no key usable with the issuer's algorithms{why}"),
-        );
+        let why = if keys.skipped().is_empty() { String::new() } else { format!(" ({})", keys.skipped().join("; ")) };
+        return invalid(path, format!("the key set has no key usable with the issuer's algorithms{why}"));
     }
     if d.leeway_seconds > 86_400 {
-        return invalid(
-            format!("{path}.leeway_seconds"),
-            "more than a day of leeway is never right",
-        );
+        return invalid(format!("{path}.leeway_seconds"), "more than a day of leeway is never right");
     }
     for (i, c) in d.required_claims.iter().enumerate() {
         if c.is_empty() {
@@ -240,11 +180,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
     let claims = ClaimMapping {
         subject: claim("subject", &c.subject)?,
         email: opt("email", &c.email)?,
-        scopes: c
-            .scopes
-            .iter()
-            .map(|s| claim("scopes", s))
-            .collect::<Result<_>>()?,
+        scopes: c.scopes.iter().map(|s| claim("scopes", s)).collect::<Result<_>>()?,
         roles: opt("roles", &c.roles)?,
         groups: opt("groups", &c.groups)?,
         tenant: opt("tenant", &c.tenant)?,
@@ -252,10 +188,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
     let mut group_roles = crate::FastMap::default();
     for (group, roles) in &d.group_roles {
         let p = format!("{path}.group_roles.{group}");
-        let roles = roles
-            .iter()
-            .map(|r| role_name(&p, r))
-            .collect::<Result<Vec<_>>>()?;
+        let roles = roles.iter().map(|r| role_name(&p, r)).collect::<Result<Vec<_>>>()?;
         group_roles.insert(group.clone(), roles);
     }
     Ok(IssuerPolicy {
@@ -274,24 +207,15 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
 
 pub(super) fn role_name(path: &str, r: &str) -> Result<Arc<str>> {
     if r.is_empty() || r.len() > 128 || !r.bytes().all(|b| b.is_ascii_graphic()) {
-        return invalid(
-            path,
-            format!("role `{r}` must be 1 to 128 visible ASCII characters"),
-        );
+        return invalid(path, format!("role `{r}` must be 1 to 128 visible ASCII characters"));
     }
     Ok(Arc::from(r))
 }
 
 pub(super) fn header_name(path: &str, h: &str) -> Result<String> {
     // RFC 9110 token characters.
-    let ok = !h.is_empty()
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
-        Ok(h.to_owned())
-    } else {
-        invalid(path, format!("`{h}` is not a valid header name"))
-    }
+    let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok { Ok(h.to_owned()) } else { invalid(path, format!("`{h}` is not a valid header name")) }
 }
 
 fn secret(path: &str, d: &SecretDoc, files: &dyn FileSource) -> Result<Vec<u8>> {
@@ -306,10 +230,7 @@ fn secret(path: &str, d: &SecretDoc, files: &dyn FileSource) -> Result<Vec<u8>> 
             }
             Ok(bytes)
         }
-        _ => invalid(
-            path,
-            "exactly one of `secret` and `secret_file` is required",
-        ),
+        _ => invalid(path, "exactly one of `secret` and `secret_file` is required"),
     }
 }
 
@@ -317,10 +238,7 @@ fn service_tokens(d: &ServiceTokensDoc, files: &dyn FileSource) -> Result<Servic
     let path = "service_tokens";
     let p = &d.prefix;
     if p.is_empty() || p.len() > 16 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return invalid(
-            format!("{path}.prefix"),
-            "1 to 16 characters of [A-Za-z0-9_]",
-        );
+        return invalid(format!("{path}.prefix"), "1 to 16 characters of [A-Za-z0-9_]");
     }
     if d.keys.is_empty() {
         return invalid(format!("{path}.keys"), "at least one key is required");
@@ -333,18 +251,12 @@ fn service_tokens(d: &ServiceTokensDoc, files: &dyn FileSource) -> Result<Servic
             return invalid(format!("{kp}.id"), "key ids must be non-empty and unique");
         }
         let bytes = secret(&kp, k, files)?;
-        keys.push(
-            ServiceKey::new(Arc::from(k.id.as_str()), &bytes)
-                .map_err(|m| PolicyError::invalid(&kp, m))?,
-        );
+        keys.push(ServiceKey::new(Arc::from(k.id.as_str()), &bytes).map_err(|m| PolicyError::invalid(&kp, m))?);
     }
     let audiences = nonempty_list(&format!("{path}.audiences"), &d.audiences, "audience")?;
     let worker_header = header_name(&format!("{path}.worker_header"), &d.worker_header)?;
     if d.leeway_seconds > 3600 {
-        return invalid(
-            format!("{path}.leeway_seconds"),
-            "more than an hour of leeway is never right",
-        );
+        return invalid(format!("{path}.leeway_seconds"), "more than an hour of leeway is never right");
     }
     if d.max_lifetime_seconds == 0 {
         return invalid(format!("{path}.max_lifetime_seconds"), "must be positive");
@@ -370,34 +282,21 @@ fn api_keys(d: &ApiKeysDoc, files: &dyn FileSource) -> Result<ApiKeyPolicy> {
     let path = "api_keys";
     let prefix: ApiKeyPrefix = parse(&format!("{path}.prefix"), &d.prefix)?;
     if "eyJ".starts_with(prefix.as_str()) || prefix.as_str().starts_with("eyJ") {
-        return invalid(
-            format!("{path}.prefix"),
-            "would capture JWTs (which start with `eyJ`)",
-        );
+        return invalid(format!("{path}.prefix"), "would capture JWTs (which start with `eyJ`)");
     }
     if d.prefix_length <= prefix.as_str().len() || d.prefix_length > 64 {
         return invalid(
             format!("{path}.prefix_length"),
-            format!(
-                "must exceed the prefix length ({}) and be at most 64",
-                prefix.as_str().len()
-            ),
+            format!("must exceed the prefix length ({}) and be at most 64", prefix.as_str().len()),
         );
     }
     let header = header_name(&format!("{path}.header"), &d.header)?;
     if header.eq_ignore_ascii_case("authorization") {
-        return invalid(
-            format!("{path}.header"),
-            "`Authorization` already carries bearer keys; name another header",
-        );
+        return invalid(format!("{path}.header"), "`Authorization` already carries bearer keys; name another header");
     }
 
-    let mut docs: Vec<(String, &ApiKeyDoc)> = d
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (format!("{path}.keys[{i}]"), k))
-        .collect();
+    let mut docs: Vec<(String, &ApiKeyDoc)> =
+        d.keys.iter().enumerate().map(|(i, k)| (format!("{path}.keys[{i}]"), k)).collect();
     let file_doc;
     if let Some(file) = &d.keys_file {
         let fp = format!("{path}.keys_file");
@@ -407,32 +306,18 @@ fn api_keys(d: &ApiKeysDoc, files: &dyn FileSource) -> Result<ApiKeyPolicy> {
             file: file.clone(),
             message: "not UTF-8".into(),
         })?;
-        let parsed: ApiKeysFileDoc =
-            parse_text(text)
-                .and_then(document_from_value_as)
-                .map_err(|e| PolicyError::File {
-                    path: fp.clone(),
-                    file: file.clone(),
-                    message: e.to_string(),
-                })?;
+        let parsed: ApiKeysFileDoc = parse_text(text)
+            .and_then(document_from_value_as)
+            .map_err(|e| PolicyError::File { path: fp.clone(), file: file.clone(), message: e.to_string() })?;
         file_doc = parsed;
-        docs.extend(
-            file_doc
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (format!("{fp}({file}).keys[{i}]"), k)),
-        );
+        docs.extend(file_doc.keys.iter().enumerate().map(|(i, k)| (format!("{fp}({file}).keys[{i}]"), k)));
     }
 
     let mut ids = HashSet::new();
     let mut entries = Vec::with_capacity(docs.len());
     for (kp, k) in docs {
         if !ids.insert(k.id.as_str()) {
-            return invalid(
-                format!("{kp}.id"),
-                format!("API key id `{}` is used twice", k.id),
-            );
+            return invalid(format!("{kp}.id"), format!("API key id `{}` is used twice", k.id));
         }
         entries.push(api_key(&kp, k, &prefix, d.prefix_length)?);
     }
@@ -447,23 +332,13 @@ fn document_from_value_as<T: serde::de::DeserializeOwned>(v: serde_json::Value) 
 fn time(path: &str, t: &TimeDoc) -> Result<i64> {
     match t {
         TimeDoc::Seconds(s) => Ok(*s),
-        TimeDoc::Text(s) => UnixTime::parse(s)
-            .map(|t| t.0)
-            .map_err(|m| PolicyError::invalid(path, m)),
+        TimeDoc::Text(s) => UnixTime::parse(s).map(|t| t.0).map_err(|m| PolicyError::invalid(path, m)),
     }
 }
 
-fn api_key(
-    path: &str,
-    k: &ApiKeyDoc,
-    prefix: &ApiKeyPrefix,
-    prefix_length: usize,
-) -> Result<(String, ApiKeyEntry)> {
+fn api_key(path: &str, k: &ApiKeyDoc, prefix: &ApiKeyPrefix, prefix_length: usize) -> Result<(String, ApiKeyEntry)> {
     if k.id.is_empty() || k.id.len() > 128 || k.id.chars().any(char::is_control) {
-        return invalid(
-            format!("{path}.id"),
-            "1 to 128 characters, no control characters",
-        );
+        return invalid(format!("{path}.id"), "1 to 128 characters, no control characters");
     }
     if !k.prefix.starts_with(prefix.as_str())
         || k.prefix.len() != prefix_length
@@ -474,18 +349,9 @@ fn api_key(
             format!("must be the key's first {prefix_length} characters, starting with `{prefix}`"),
         );
     }
-    let sha256 = hex32(&k.sha256)
-        .ok_or_else(|| PolicyError::invalid(format!("{path}.sha256"), "64 hex digits"))?;
-    let expires_at = k
-        .expires_at
-        .as_ref()
-        .map(|t| time(&format!("{path}.expires_at"), t))
-        .transpose()?;
-    let created_at = k
-        .created_at
-        .as_ref()
-        .map(|t| time(&format!("{path}.created_at"), t))
-        .transpose()?;
+    let sha256 = hex32(&k.sha256).ok_or_else(|| PolicyError::invalid(format!("{path}.sha256"), "64 hex digits"))?;
+    let expires_at = k.expires_at.as_ref().map(|t| time(&format!("{path}.expires_at"), t)).transpose()?;
+    let created_at = k.created_at.as_ref().map(|t| time(&format!("{path}.created_at"), t)).transpose()?;
     let allowed_cidrs = k
         .allowed_cidrs
         .iter()
@@ -502,21 +368,11 @@ fn api_key(
         .scopes
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            parse::<ScopePattern>(&format!("{path}.scopes[{i}]"), s).map(|_| Arc::from(s.as_str()))
-        })
+        .map(|(i, s)| parse::<ScopePattern>(&format!("{path}.scopes[{i}]"), s).map(|_| Arc::from(s.as_str())))
         .collect::<Result<_>>()?;
-    let roles: Vec<Arc<str>> = k
-        .roles
-        .iter()
-        .enumerate()
-        .map(|(i, r)| role_name(&format!("{path}.roles[{i}]"), r))
-        .collect::<Result<_>>()?;
-    let tenant = k
-        .tenant
-        .as_deref()
-        .map(|t| parse::<TenantId>(&format!("{path}.tenant"), t))
-        .transpose()?;
+    let roles: Vec<Arc<str>> =
+        k.roles.iter().enumerate().map(|(i, r)| role_name(&format!("{path}.roles[{i}]"), r)).collect::<Result<_>>()?;
+    let tenant = k.tenant.as_deref().map(|t| parse::<TenantId>(&format!("{path}.tenant"), t)).transpose()?;
     let subject = k.subject.as_deref().unwrap_or(&k.id);
     if subject.is_empty() || subject.chars().any(char::is_control) {
         return invalid(format!("{path}.subject"), "must be non-empty text");

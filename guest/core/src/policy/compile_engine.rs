@@ -4,10 +4,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::doc::{
-    AcceptDoc, ApiKeyAcceptDoc, DefaultAction, Effect as EffectDoc, PolicyDocument, RouteDoc,
-    RuleDoc,
-};
+use super::doc::{AcceptDoc, ApiKeyAcceptDoc, DefaultAction, Effect as EffectDoc, PolicyDocument, RouteDoc, RuleDoc};
 use super::{PolicyError, compile};
 use crate::FastSet;
 use crate::api_key::{ApiKeyPolicy, OriginPattern};
@@ -16,8 +13,7 @@ use crate::engine::matchers::{HostPattern, Methods};
 use crate::engine::path::{PathPattern, Segment, Trie};
 use crate::engine::roles::{RoleDef, RoleSet, Roles};
 use crate::engine::{
-    Accept, Default, Effect, Engine, IdentityHeaders, KeyAccept, Route, Rule, TenantBinding,
-    TenantSource,
+    Accept, Default, Effect, Engine, IdentityHeaders, KeyAccept, Route, Rule, TenantBinding, TenantSource,
 };
 use crate::identity::{CredentialKind, Names};
 use crate::jwt::IssuerPolicy;
@@ -54,10 +50,7 @@ pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<En
     let mut ids = HashMap::new();
     for (i, r) in routes.iter().enumerate() {
         if let Some(j) = ids.insert(Arc::clone(&r.id), i) {
-            return invalid(
-                format!("routes[{i}].id"),
-                format!("route id `{}` is also used by routes[{j}]", r.id),
-            );
+            return invalid(format!("routes[{i}].id"), format!("route id `{}` is also used by routes[{j}]", r.id));
         }
     }
     check_ties(&routes)?;
@@ -79,18 +72,11 @@ pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<En
     let mut rule_ids = HashMap::new();
     for (i, r) in rules.iter().enumerate() {
         if let Some(j) = rule_ids.insert(Arc::clone(&r.id), i) {
-            return invalid(
-                format!("rules[{i}].id"),
-                format!("rule id `{}` is also used by rules[{j}]", r.id),
-            );
+            return invalid(format!("rules[{i}].id"), format!("rule id `{}` is also used by rules[{j}]", r.id));
         }
     }
     let mut by_rank: Vec<usize> = (0..rules.len()).collect();
-    by_rank.sort_by_key(|&i| {
-        rules
-            .get(i)
-            .map(|r| (std::cmp::Reverse(r.priority), r.effect != Effect::Deny, i))
-    });
+    by_rank.sort_by_key(|&i| rules.get(i).map(|r| (std::cmp::Reverse(r.priority), r.effect != Effect::Deny, i)));
     let mut rule_rank = vec![0u32; rules.len()];
     for (rank, &i) in by_rank.iter().enumerate() {
         if let Some(slot) = rule_rank.get_mut(i) {
@@ -148,23 +134,16 @@ fn roles(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<Roles> {
             parse::<ScopePattern>(&format!("roles.{name}.scopes[{i}]"), s)?;
         }
     }
-    let defs: Vec<RoleDef<'_>> = doc
-        .roles
-        .iter()
-        .map(|(n, r)| (n.as_str(), r.inherits.as_slice(), r.scopes.as_slice()))
-        .collect();
-    let roles = Roles::build(&defs)
-        .map_err(|(name, m)| PolicyError::invalid(format!("roles.{name}"), m))?;
+    let defs: Vec<RoleDef<'_>> =
+        doc.roles.iter().map(|(n, r)| (n.as_str(), r.inherits.as_slice(), r.scopes.as_slice())).collect();
+    let roles = Roles::build(&defs).map_err(|(name, m)| PolicyError::invalid(format!("roles.{name}"), m))?;
     // Once a hierarchy exists, every role name a credential can carry must be part of it.
     if !roles.is_empty() {
         for (i, iss) in creds.issuers.iter().enumerate() {
             for (group, mapped) in &iss.group_roles {
                 for r in mapped {
                     if roles.index(r).is_none() {
-                        return invalid(
-                            format!("issuers[{i}].group_roles.{group}"),
-                            format!("unknown role `{r}`"),
-                        );
+                        return invalid(format!("issuers[{i}].group_roles.{group}"), format!("unknown role `{r}`"));
                     }
                 }
             }
@@ -173,10 +152,7 @@ fn roles(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<Roles> {
             for e in api.entries() {
                 for r in e.identity.roles.iter() {
                     if roles.index(r).is_none() {
-                        return invalid(
-                            format!("api_keys (key `{}`).roles", e.id),
-                            format!("unknown role `{r}`"),
-                        );
+                        return invalid(format!("api_keys (key `{}`).roles", e.id), format!("unknown role `{r}`"));
                     }
                 }
             }
@@ -191,10 +167,7 @@ fn role_set(path: &str, names: &[String], roles: &Roles) -> Result<RoleSet> {
         match roles.index(n) {
             Some(x) => idx.push(x),
             None => {
-                return invalid(
-                    format!("{path}[{i}]"),
-                    format!("unknown role `{n}` (define it under `roles`)"),
-                );
+                return invalid(format!("{path}[{i}]"), format!("unknown role `{n}` (define it under `roles`)"));
             }
         }
     }
@@ -212,18 +185,11 @@ fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Re
     if d.id.is_empty() || d.id.chars().any(char::is_control) {
         return invalid(format!("{path}.id"), "route ids are non-empty text");
     }
-    let host = d
-        .host
-        .as_deref()
-        .map(|h| parse::<HostPattern>(&format!("{path}.host"), h))
-        .transpose()?;
+    let host = d.host.as_deref().map(|h| parse::<HostPattern>(&format!("{path}.host"), h)).transpose()?;
     let methods = if d.methods.is_empty() {
         None
     } else {
-        Some(
-            Methods::parse(&d.methods)
-                .map_err(|m| PolicyError::invalid(format!("{path}.methods"), m))?,
-        )
+        Some(Methods::parse(&d.methods).map_err(|m| PolicyError::invalid(format!("{path}.methods"), m))?)
     };
     let pattern: PathPattern = parse(&format!("{path}.path"), &d.path)?;
     let has_requirements = !d.scopes.is_empty()
@@ -232,10 +198,7 @@ fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Re
         || d.tenant.is_some()
         || d.accept.is_some();
     if d.public && has_requirements {
-        return invalid(
-            path,
-            "a public route takes no credential, so it cannot have accept, scopes, roles or tenant",
-        );
+        return invalid(path, "a public route takes no credential, so it cannot have accept, scopes, roles or tenant");
     }
     let accept = match &d.accept {
         None => Accept::ANY,
@@ -243,10 +206,7 @@ fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Re
     };
     for (i, set) in d.any_scopes.iter().enumerate() {
         if set.is_empty() {
-            return invalid(
-                format!("{path}.any_scopes[{i}]"),
-                "an empty scope set would always hold",
-            );
+            return invalid(format!("{path}.any_scopes[{i}]"), "an empty scope set would always hold");
         }
     }
     let any_scopes = d
@@ -255,38 +215,23 @@ fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Re
         .enumerate()
         .map(|(i, set)| scopes(&format!("{path}.any_scopes[{i}]"), set))
         .collect::<Result<Vec<_>>>()?;
-    let roles_req = if d.roles.is_empty() {
-        None
-    } else {
-        Some(role_set(&format!("{path}.roles"), &d.roles, roles)?)
-    };
+    let roles_req = if d.roles.is_empty() { None } else { Some(role_set(&format!("{path}.roles"), &d.roles, roles)?) };
     let tenant = match &d.tenant {
         None => None,
         Some(t) => {
             let tp = format!("{path}.tenant");
             let source = match (&t.path_param, &t.header) {
-                (Some(p), None) => {
-                    TenantSource::PathSegment(pattern.param_index(p).ok_or_else(|| {
-                        PolicyError::invalid(
-                            format!("{tp}.path_param"),
-                            format!("`{{{p}}}` is not a parameter of `{}`", d.path),
-                        )
-                    })?)
-                }
-                (None, Some(h)) => {
-                    TenantSource::Header(compile::header_name(&format!("{tp}.header"), h)?.into())
-                }
+                (Some(p), None) => TenantSource::PathSegment(pattern.param_index(p).ok_or_else(|| {
+                    PolicyError::invalid(
+                        format!("{tp}.path_param"),
+                        format!("`{{{p}}}` is not a parameter of `{}`", d.path),
+                    )
+                })?),
+                (None, Some(h)) => TenantSource::Header(compile::header_name(&format!("{tp}.header"), h)?.into()),
                 _ => return invalid(tp, "exactly one of `path_param` and `header` is required"),
             };
-            let cross_tenant = role_set(
-                &format!("{tp}.cross_tenant_roles"),
-                &t.cross_tenant_roles,
-                roles,
-            )?;
-            Some(TenantBinding {
-                source,
-                cross_tenant,
-            })
+            let cross_tenant = role_set(&format!("{tp}.cross_tenant_roles"), &t.cross_tenant_roles, roles)?;
+            Some(TenantBinding { source, cross_tenant })
         }
     };
     Ok(Route {
@@ -311,19 +256,13 @@ fn accept(path: &str, a: &AcceptDoc, creds: &Credentials<'_>) -> Result<Accept> 
         match creds.issuers.iter().position(|x| x.issuer.as_str() == iss) {
             Some(ix) => issuers.push(ix),
             None => {
-                return invalid(
-                    format!("{path}.issuers[{i}]"),
-                    format!("`{iss}` is not a configured issuer"),
-                );
+                return invalid(format!("{path}.issuers[{i}]"), format!("`{iss}` is not a configured issuer"));
             }
         }
     }
     let mut audiences = Vec::new();
     for (i, aud) in a.service_audiences.iter().enumerate() {
-        match creds
-            .service
-            .and_then(|s| s.audiences.iter().find(|x| ***x == **aud))
-        {
+        match creds.service.and_then(|s| s.audiences.iter().find(|x| ***x == **aud)) {
             Some(x) => audiences.push(Arc::clone(x)),
             None => {
                 return invalid(
@@ -337,45 +276,29 @@ fn accept(path: &str, a: &AcceptDoc, creds: &Credentials<'_>) -> Result<Accept> 
         None | Some(ApiKeyAcceptDoc::All(false)) => KeyAccept::Nothing,
         Some(ApiKeyAcceptDoc::All(true)) => {
             if creds.api_keys.is_none() {
-                return invalid(
-                    format!("{path}.api_keys"),
-                    "the policy has no api_keys section",
-                );
+                return invalid(format!("{path}.api_keys"), "the policy has no api_keys section");
             }
             KeyAccept::All
         }
         Some(ApiKeyAcceptDoc::Ids(ids)) => {
             let mut out = Vec::new();
             for (i, id) in ids.iter().enumerate() {
-                match creds
-                    .api_keys
-                    .and_then(|k| k.entries().iter().find(|e| *e.id == **id))
-                {
+                match creds.api_keys.and_then(|k| k.entries().iter().find(|e| *e.id == **id)) {
                     Some(e) => out.push(Arc::clone(&e.id)),
                     None => {
-                        return invalid(
-                            format!("{path}.api_keys[{i}]"),
-                            format!("no API key has id `{id}`"),
-                        );
+                        return invalid(format!("{path}.api_keys[{i}]"), format!("no API key has id `{id}`"));
                     }
                 }
             }
             KeyAccept::Ids(out)
         }
     };
-    let accept = Accept {
-        issuers: Some(issuers),
-        service_audiences: Some(audiences),
-        api_keys,
-    };
+    let accept = Accept { issuers: Some(issuers), service_audiences: Some(audiences), api_keys };
     if accept.issuers.as_ref().is_some_and(Vec::is_empty)
         && accept.service_audiences.as_ref().is_some_and(Vec::is_empty)
         && accept.api_keys == KeyAccept::Nothing
     {
-        return invalid(
-            path,
-            "accepts no credential at all (use `public: true` for routes without one)",
-        );
+        return invalid(path, "accepts no credential at all (use `public: true` for routes without one)");
     }
     Ok(accept)
 }
@@ -432,12 +355,7 @@ fn check_ties(routes: &[Route]) -> Result<()> {
     Ok(())
 }
 
-fn rule(
-    path: &str,
-    d: &RuleDoc,
-    roles: &Roles,
-    route_ids: &HashMap<Arc<str>, usize>,
-) -> Result<Rule> {
+fn rule(path: &str, d: &RuleDoc, roles: &Roles, route_ids: &HashMap<Arc<str>, usize>) -> Result<Rule> {
     if d.id.is_empty() || d.id.chars().any(char::is_control) {
         return invalid(format!("{path}.id"), "rule ids are non-empty text");
     }
@@ -451,10 +369,7 @@ fn rule(
             match route_ids.get(id.as_str()) {
                 Some(&x) => out.push(x),
                 None => {
-                    return invalid(
-                        format!("{wp}.routes[{i}]"),
-                        format!("no route has id `{id}`"),
-                    );
+                    return invalid(format!("{wp}.routes[{i}]"), format!("no route has id `{id}`"));
                 }
             }
         }
@@ -463,10 +378,7 @@ fn rule(
     let methods = if w.methods.is_empty() {
         None
     } else {
-        Some(
-            Methods::parse(&w.methods)
-                .map_err(|m| PolicyError::invalid(format!("{wp}.methods"), m))?,
-        )
+        Some(Methods::parse(&w.methods).map_err(|m| PolicyError::invalid(format!("{wp}.methods"), m))?)
     };
     let list = |field: &str, items: &[String]| -> Result<Vec<Box<str>>> {
         for (i, s) in items.iter().enumerate() {
@@ -484,10 +396,9 @@ fn rule(
             "jwt" => Ok(CredentialKind::Jwt),
             "service_token" => Ok(CredentialKind::ServiceToken),
             "api_key" => Ok(CredentialKind::ApiKey),
-            other => invalid(
-                format!("{wp}.credentials[{i}]"),
-                format!("`{other}` is not jwt, service_token or api_key"),
-            ),
+            other => {
+                invalid(format!("{wp}.credentials[{i}]"), format!("`{other}` is not jwt, service_token or api_key"))
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let mut headers = Vec::new();
@@ -496,10 +407,7 @@ fn rule(
         if values.is_empty() {
             return invalid(format!("{wp}.headers.{name}"), "list at least one value");
         }
-        headers.push((
-            Box::from(n.as_str()),
-            values.iter().map(|v| Box::from(v.as_str())).collect(),
-        ));
+        headers.push((Box::from(n.as_str()), values.iter().map(|v| Box::from(v.as_str())).collect()));
     }
     Ok(Rule {
         id: Arc::from(d.id.as_str()),
@@ -511,34 +419,16 @@ fn rule(
         shadow: d.shadow,
         routes,
         methods,
-        paths: w
-            .paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| parse(&format!("{wp}.paths[{i}]"), p))
-            .collect::<Result<_>>()?,
-        hosts: w
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| parse(&format!("{wp}.hosts[{i}]"), h))
-            .collect::<Result<_>>()?,
+        paths: w.paths.iter().enumerate().map(|(i, p)| parse(&format!("{wp}.paths[{i}]"), p)).collect::<Result<_>>()?,
+        hosts: w.hosts.iter().enumerate().map(|(i, h)| parse(&format!("{wp}.hosts[{i}]"), h)).collect::<Result<_>>()?,
         credentials,
         subjects: if w.subjects.is_empty() {
             None
         } else {
-            Some(
-                list("subjects", &w.subjects)?
-                    .into_iter()
-                    .collect::<FastSet<_>>(),
-            )
+            Some(list("subjects", &w.subjects)?.into_iter().collect::<FastSet<_>>())
         },
         tenants: list("tenants", &w.tenants)?,
-        roles: if w.roles.is_empty() {
-            None
-        } else {
-            Some(role_set(&format!("{wp}.roles"), &w.roles, roles)?)
-        },
+        roles: if w.roles.is_empty() { None } else { Some(role_set(&format!("{wp}.roles"), &w.roles, roles)?) },
         scopes: scopes(&format!("{wp}.scopes"), &w.scopes)?,
         client_cidrs: w
             .client_cidrs
@@ -563,21 +453,13 @@ fn identity_headers(doc: &PolicyDocument) -> Result<IdentityHeaders> {
         let Some(v) = v else { return Ok(None) };
         let n = compile::header_name(&format!("identity_headers.{field}"), v)?;
         let lower = n.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding"
-        ) || lower.starts_with(':')
+        if matches!(lower.as_str(), "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding")
+            || lower.starts_with(':')
         {
-            return invalid(
-                format!("identity_headers.{field}"),
-                format!("`{n}` cannot carry identity"),
-            );
+            return invalid(format!("identity_headers.{field}"), format!("`{n}` cannot carry identity"));
         }
         if seen.contains(&lower) {
-            return invalid(
-                format!("identity_headers.{field}"),
-                format!("`{n}` is used twice"),
-            );
+            return invalid(format!("identity_headers.{field}"), format!("`{n}` is used twice"));
         }
         seen.push(lower);
         Ok(Some(Arc::from(n.as_str())))
@@ -593,28 +475,17 @@ fn identity_headers(doc: &PolicyDocument) -> Result<IdentityHeaders> {
         issuer: name("issuer", &h.issuer)?,
         remove: Names::from(Vec::new()),
     };
-    let mut remove: Vec<Arc<str>> = [
-        &out.subject,
-        &out.email,
-        &out.roles,
-        &out.groups,
-        &out.tenant,
-        &out.scopes,
-        &out.credential,
-        &out.issuer,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let mut remove: Vec<Arc<str>> =
+        [&out.subject, &out.email, &out.roles, &out.groups, &out.tenant, &out.scopes, &out.credential, &out.issuer]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
     for (i, r) in h.remove.iter().enumerate() {
         let n = compile::header_name(&format!("identity_headers.remove[{i}]"), r)?;
         if !remove.iter().any(|x| x.eq_ignore_ascii_case(&n)) {
             remove.push(Arc::from(n.as_str()));
         }
     }
-    Ok(IdentityHeaders {
-        remove: Names::from(remove),
-        ..out
-    })
+    Ok(IdentityHeaders { remove: Names::from(remove), ..out })
 }

@@ -296,12 +296,7 @@ pub struct LimitsDoc {
 
 impl Default for LimitsDoc {
     fn default() -> Self {
-        LimitsDoc {
-            max_token_bytes: 8192,
-            max_headers: 128,
-            max_header_bytes: 65536,
-            max_path_bytes: 8192,
-        }
+        LimitsDoc { max_token_bytes: 8192, max_headers: 128, max_header_bytes: 65536, max_path_bytes: 8192 }
     }
 }
 
@@ -325,10 +320,7 @@ pub struct IssuerDoc {
     /// An inline JWKS. HMAC (`oct`) keys inline are secrets in the policy: use `jwks_file`
     /// in production (`policy lint --production` flags this).
     #[serde(default)]
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Map<String, serde_json::Value>>"))]
     pub jwks: Option<serde_json::Value>,
     /// DANGEROUS: accept tokens whatever their `aud` (for identity providers that cannot set
     /// one). A token minted for any other service is then accepted here. Default `false`.

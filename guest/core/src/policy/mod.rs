@@ -61,10 +61,7 @@ impl PolicyError {
     }
 
     pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
-        PolicyError::Invalid {
-            path: path.into(),
-            message: message.into(),
-        }
+        PolicyError::Invalid { path: path.into(), message: message.into() }
     }
 }
 
@@ -77,9 +74,7 @@ pub trait FileSource {
 
 impl FileSource for BTreeMap<String, Vec<u8>> {
     fn read(&self, path: &str) -> Result<Vec<u8>, String> {
-        self.get(path)
-            .cloned()
-            .ok_or_else(|| "not provided".to_string())
+        self.get(path).cloned().ok_or_else(|| "not provided".to_string())
     }
 }
 
@@ -121,10 +116,7 @@ impl fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("issuers", &self.issuers.len())
             .field("service_tokens", &self.service_tokens.is_some())
-            .field(
-                "api_keys",
-                &self.api_keys.as_ref().map(|a| a.entries().len()),
-            )
+            .field("api_keys", &self.api_keys.as_ref().map(|a| a.entries().len()))
             .finish_non_exhaustive()
     }
 }
@@ -134,17 +126,13 @@ impl fmt::Debug for Policy {
 /// JSON goes through the strict token parser so duplicate keys are errors in both syntaxes.
 pub fn parse_text(text: &str) -> Result<serde_json::Value, PolicyError> {
     if text.len() > MAX_POLICY_BYTES {
-        return Err(PolicyError::Syntax(format!(
-            "larger than {MAX_POLICY_BYTES} bytes"
-        )));
+        return Err(PolicyError::Syntax(format!("larger than {MAX_POLICY_BYTES} bytes")));
     }
     if text.trim_start().starts_with('{') {
-        let obj = crate::json::parse_object(text.as_bytes())
-            .map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let obj = crate::json::parse_object(text.as_bytes()).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         return Ok(crate::json::Json::Obj(obj).to_value());
     }
-    serde_saphyr::from_str::<serde_json::Value>(text)
-        .map_err(|e| PolicyError::Syntax(yaml_error(&e)))
+    serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| PolicyError::Syntax(yaml_error(&e)))
 }
 
 /// The first line of a YAML error: its message and location, without the quoted source line
@@ -157,17 +145,11 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 /// Reads the typed document from a parsed value, with the path of any error.
 pub fn document_from_value(value: serde_json::Value) -> Result<PolicyDocument, PolicyError> {
     if !value.is_object() {
-        return Err(PolicyError::invalid(
-            "$",
-            "a policy is a mapping with at least `version: 1`",
-        ));
+        return Err(PolicyError::invalid("$", "a policy is a mapping with at least `version: 1`"));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        PolicyError::invalid(
-            if path == "." { "$".to_string() } else { path },
-            e.into_inner().to_string(),
-        )
+        PolicyError::invalid(if path == "." { "$".to_string() } else { path }, e.into_inner().to_string())
     })
 }
 
@@ -207,8 +189,7 @@ impl Policy {
 
     pub(crate) fn check_limits(&self, req: &Request<'_>) -> Result<(), Reason> {
         let l = &self.limits;
-        if req.headers.len() > l.max_headers || req.path.len() + req.query.len() > l.max_path_bytes
-        {
+        if req.headers.len() > l.max_headers || req.path.len() + req.query.len() > l.max_path_bytes {
             return Err(Reason::Malformed);
         }
         let header_bytes: usize = req.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -229,22 +210,17 @@ impl Policy {
             Presented::Jwt(_) if accept.issuers.as_ref().is_some_and(Vec::is_empty) => {
                 Err(Reason::CredentialNotAccepted)
             }
-            Presented::ServiceToken(..)
-                if accept.service_audiences.as_ref().is_some_and(Vec::is_empty) =>
-            {
+            Presented::ServiceToken(..) if accept.service_audiences.as_ref().is_some_and(Vec::is_empty) => {
                 Err(Reason::CredentialNotAccepted)
             }
-            Presented::ApiKey(..) if accept.api_keys == KeyAccept::Nothing => {
-                Err(Reason::CredentialNotAccepted)
-            }
+            Presented::ApiKey(..) if accept.api_keys == KeyAccept::Nothing => Err(Reason::CredentialNotAccepted),
             Presented::Jwt(token) => {
                 let ctx = JwtContext {
                     issuers: &self.issuers,
                     max_token_bytes: self.limits.max_token_bytes,
                     statics: &self.statics,
                 };
-                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations)
-                    .map(Arc::new)
+                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations).map(Arc::new)
             }
             Presented::ServiceToken(token, policy) => policy
                 .verify(
@@ -256,9 +232,7 @@ impl Policy {
                     revocations,
                 )
                 .map(Arc::new),
-            Presented::ApiKey(key, policy) => {
-                policy.verify(key, req, &accept.api_keys, revocations)
-            }
+            Presented::ApiKey(key, policy) => policy.verify(key, req, &accept.api_keys, revocations),
         }
     }
 
@@ -280,11 +254,7 @@ impl Policy {
                 if let Some(a) = self.api_keys.as_ref().filter(|a| a.claims_token(token)) {
                     return Ok(Presented::ApiKey(token, a));
                 }
-                if let Some(s) = self
-                    .service_tokens
-                    .as_ref()
-                    .filter(|s| s.claims_token(token))
-                {
+                if let Some(s) = self.service_tokens.as_ref().filter(|s| s.claims_token(token)) {
                     return Ok(Presented::ServiceToken(token, s));
                 }
                 if self.issuers.is_empty() {
@@ -325,10 +295,7 @@ fn bearer(value: &str, max_token_bytes: usize) -> Result<&str, Reason> {
 pub fn json_schema() -> serde_json::Value {
     let mut v = schemars::schema_for!(PolicyDocument).to_value();
     if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "$id".into(),
-            "https://portcullis.dev/schema/policy-v1.json".into(),
-        );
+        o.insert("$id".into(), "https://portcullis.dev/schema/policy-v1.json".into());
         o.insert("title".into(), "Portcullis policy, version 1".into());
     }
     v
@@ -344,21 +311,10 @@ mod tests {
     fn bearer_parsing_is_strict_about_shape() {
         assert_eq!(bearer("Bearer abc", 100), Ok("abc"));
         assert_eq!(bearer("bearer  abc", 100), Ok("abc"));
-        for bad in [
-            "Bearer",
-            "Bearer ",
-            "Basic abc",
-            "Bearer a b",
-            "Bearer\tabc",
-            "Bearerabc",
-            "Bearer a\u{e9}",
-        ] {
+        for bad in ["Bearer", "Bearer ", "Basic abc", "Bearer a b", "Bearer\tabc", "Bearerabc", "Bearer a\u{e9}"] {
             assert_eq!(bearer(bad, 100), Err(Reason::Malformed), "{bad:?}");
         }
-        assert_eq!(
-            bearer(&format!("Bearer {}", "a".repeat(200)), 100),
-            Err(Reason::Malformed)
-        );
+        assert_eq!(bearer(&format!("Bearer {}", "a".repeat(200)), 100), Err(Reason::Malformed));
     }
 
     #[test]
@@ -370,16 +326,8 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_errors_in_yaml_and_json() {
-        assert_eq!(
-            parse_text("version: 1\nversion: 1\n").unwrap_err().code(),
-            "policy_syntax"
-        );
-        assert_eq!(
-            parse_text(r#"{"version":1,"version":1}"#)
-                .unwrap_err()
-                .code(),
-            "policy_syntax"
-        );
+        assert_eq!(parse_text("version: 1\nversion: 1\n").unwrap_err().code(), "policy_syntax");
+        assert_eq!(parse_text(r#"{"version":1,"version":1}"#).unwrap_err().code(), "policy_syntax");
     }
 
     #[test]
