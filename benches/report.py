@@ -4,7 +4,8 @@
 Usage: python3 benches/report.py [GROUP_PREFIX ...]
 Reads target/criterion/<group>/<bench>/new/estimates.json (written by `cargo bench`).
 The first benchmark whose id starts with `portcullis/` is the subject; every other benchmark in
-the group is a peer or a floor, and the ratio is subject / other (below 1.0: Portcullis is faster).
+the group is a peer or a floor, shown as its time divided by Portcullis' time (above 1.0: the
+peer is slower; a floor is below 1.0 by definition).
 """
 import json
 import sys
@@ -40,13 +41,17 @@ def main():
     table = {}
     for g, b, m in groups(sys.argv[1:]):
         table.setdefault(g, {})[b] = m
-    print("| group | benchmark | median | Portcullis ÷ this |")
+    print("| group | benchmark | median | ÷ Portcullis |")
     print("| --- | --- | --- | --- |")
     for g in sorted(table):
         rows = table[g]
         subject = next((v for k, v in sorted(rows.items()) if k.startswith("portcullis/")), None)
         for b, m in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("portcullis/"), kv[0])):
-            ratio = "" if b.startswith("portcullis/") or subject is None else f"{subject / m:.2f}x"
+            if b.startswith("portcullis/") or subject is None:
+                ratio = ""
+            else:
+                r = m / subject
+                ratio = f"{r:,.0f}x" if r >= 100 else (f"{r:.1f}x" if r >= 10 else f"{r:.2f}x")
             print(f"| {g} | {b} | {fmt(m)} | {ratio} |")
 
 

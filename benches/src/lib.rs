@@ -9,6 +9,8 @@
     clippy::cast_precision_loss
 )]
 
+pub mod engines;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -263,12 +263,7 @@ impl Policy {
         self.decide_traced(req, Auth::Given(identity), &mut explain::NoTrace)
     }
 
-    pub(crate) fn decide_traced(
-        &self,
-        req: &Request<'_>,
-        auth: Auth<'_>,
-        t: &mut dyn Trace,
-    ) -> Decision {
+    pub(crate) fn decide_traced(&self, req: &Request<'_>, auth: Auth<'_>, t: &mut dyn Trace) -> Decision {
         let e = &self.engine;
         let mut d = match self.check_limits(req) {
             Err(reason) => Decision::deny(reason),
@@ -398,9 +393,10 @@ impl Policy {
                     .position(|i| Some(i.issuer.as_str()) == id.issuer.as_deref())
                     .is_some_and(|ix| list.contains(&ix))
             }),
-            CredentialKind::ServiceToken => {
-                accept.service_audiences.as_ref().is_none_or(|list| id.audience.as_ref().is_some_and(|a| list.contains(a)))
-            }
+            CredentialKind::ServiceToken => accept
+                .service_audiences
+                .as_ref()
+                .is_none_or(|list| id.audience.as_ref().is_some_and(|a| list.contains(a))),
             CredentialKind::ApiKey => match &accept.api_keys {
                 KeyAccept::All => true,
                 KeyAccept::Nothing => false,
