@@ -1,5 +1,6 @@
 //! Shared fixtures for the benchmarks: the example policy, tokens minted for "now", and the
 //! equivalent `jsonwebtoken` configuration for each one.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

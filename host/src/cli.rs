@@ -184,6 +184,19 @@ struct CheckArgs {
     /// The client address, as the proxy saw it.
     #[arg(long, value_name = "IP", conflicts_with = "batch")]
     client_ip: Option<IpAddr>,
+    /// Which engine decides: the WebAssembly component (what the sidecar runs) or the core
+    /// compiled natively.
+    #[arg(long, value_enum, default_value_t = EngineKind::Component)]
+    engine: EngineKind,
+}
+
+/// Where decisions are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// The embedded Portcullis component, in wasmtime.
+    Component,
+    /// The decision core, compiled into this binary.
+    Native,
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,10 +311,44 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
-    let policy = policy_files::load(&args.policy)?;
+    let bundle = policy_files::PolicyBundle::read(&args.policy)?;
+    match args.engine {
+        EngineKind::Native => check_with(&mut &bundle.compile()?, args),
+        EngineKind::Component => {
+            // The runtime stays alive beside its worker: it drives the call deadlines.
+            let (_runtime, mut worker) = component_worker(&bundle)?;
+            check_with(&mut worker, args)
+        }
+    }
+}
+
+/// The embedded component with the bundle's policy loaded.
+fn component_worker(
+    bundle: &policy_files::PolicyBundle,
+) -> Result<(crate::runtime::Runtime, crate::runtime::Worker), Failure> {
+    use crate::runtime::{Runtime, RuntimeConfig, WorkerError};
+    let runtime = Runtime::embedded(RuntimeConfig::default()).map_err(|error| Failure { code: "runtime", error })?;
+    let worker = runtime.worker(bundle, std::sync::Arc::new(portcullis_core::NoRevocations)).map_err(|e| match e {
+        WorkerError::Policy { code, message } => {
+            Failure { code: code_str(&code), error: anyhow::anyhow!("{message} (in {})", bundle.path.display()) }
+        }
+        WorkerError::Fault(f) => Failure { code: "runtime", error: f.into() },
+    })?;
+    Ok((runtime, worker))
+}
+
+/// The guest reports the same stable codes the native loader does.
+fn code_str(code: &str) -> &'static str {
+    match code {
+        "policy_syntax" => "policy_syntax",
+        "policy_file" => "policy_file",
+        _ => "policy_invalid",
+    }
+}
+
+fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Failure> {
     let now = args.now;
     let clock = move || now.unwrap_or_else(crate::unix_now);
-    let mut decider: &portcullis_core::Policy = &policy;
 
     if let Some(source) = &args.batch {
         let input: Box<dyn BufRead> = if source == "-" {
@@ -311,7 +358,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
             Box::new(BufReader::new(f))
         };
         let out = std::io::BufWriter::new(std::io::stdout().lock());
-        let stats = check::batch(&mut decider, input, out, clock)
+        let stats = check::batch(decider, input, out, clock)
             .context("batch I/O failed")
             .map_err(|error| Failure { code: "io", error })?;
         return Ok(if stats.invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) });
@@ -332,7 +379,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
         client_ip: args.client_ip,
         now: clock(),
     };
-    let decision = Decider::decide(&mut decider, &request);
+    let decision = decider.decide(&request);
     let line = serde_json::to_string(&decision).context("cannot render the decision").map_err(usage)?;
     println!("{line}");
     Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })

@@ -3,10 +3,13 @@
 //! Everything that touches the outside world: files, the clock, the command line (and, in the
 //! sidecar, sockets, wasmtime and Postgres). Decisions themselves come from
 //! [`portcullis_core`]; this crate only gathers their inputs and delivers their outputs.
+#![deny(unsafe_code)] // allowed only in `runtime::bindings`, which wasmtime generates
 
 pub mod check;
 pub mod cli;
 pub mod policy_files;
+pub mod preinit;
+pub mod runtime;
 pub mod token;
 
 /// The current time in Unix seconds.

@@ -34,6 +34,7 @@
 //! let decision = policy.decide(&Request { headers: &headers, ..Request::new("GET", "/", now) }, &NoRevocations);
 //! assert_eq!((decision.reason, decision.status()), (Reason::UnknownApiKey, 401));
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod api_key;
 

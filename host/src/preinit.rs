@@ -1,0 +1,140 @@
+//! Pre-initialisation (wizer): a component whose linear memory already holds a compiled policy.
+//!
+//! The component is instrumented, instantiated once, asked to `install` the policy (parsing the
+//! text, checking keys, building the route trie: the expensive part), and snapshotted. Every
+//! instance of the snapshot starts with the policy ready, so a fresh instance per request costs
+//! an instantiation from a copy-on-write memory image and one call, not a policy load.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use anyhow::bail;
+use portcullis_core::NoRevocations;
+use wasmtime::component::{Component, Instance, Linker, ResourceTable, WasmList};
+use wasmtime::error::Context as _;
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+use crate::policy_files::PolicyBundle;
+use crate::runtime::{COMPONENT, HostState};
+
+/// Returns the embedded component with `bundle`'s policy installed in its memory.
+pub fn preinitialize(bundle: &PolicyBundle) -> anyhow::Result<Vec<u8>> {
+    preinitialize_component(COMPONENT, bundle)
+}
+
+/// Returns `component` with `bundle`'s policy installed in its memory.
+pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyhow::Result<Vec<u8>> {
+    let wizer = Wizer::new();
+    let (cx, instrumented) = wizer.instrument_component(component).context("cannot instrument the component")?;
+
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    let engine = Engine::new(&config).context("cannot configure wasmtime")?;
+    let compiled = Component::new(&engine, &instrumented).context("cannot compile the instrumented component")?;
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    crate::runtime::link_revocations(&mut linker)?;
+    let state = HostState::new(
+        WasiCtx::builder().build(),
+        ResourceTable::new(),
+        StoreLimitsBuilder::new().build(),
+        Arc::new(NoRevocations),
+    );
+    let mut store = Store::new(&engine, state);
+    let instance = linker.instantiate(&mut store, &compiled).context("cannot instantiate the component")?;
+
+    let files: Vec<crate::runtime::wit::PolicyFile> = bundle
+        .files
+        .iter()
+        .map(|(p, c)| crate::runtime::wit::PolicyFile { path: p.clone(), contents: c.clone() })
+        .collect();
+    let authz = crate::runtime::bindings_for(&mut store, &instance)?;
+    let installed = authz
+        .portcullis_authz_authorizer()
+        .call_install(&mut store, &bundle.text, &files)
+        .context("install trapped")?;
+    if let Err(e) = installed {
+        bail!("the policy did not load: [{}] {}", e.code, e.message);
+    }
+
+    let mut access = Access { store: &mut store, instance, error: None };
+    let snapshot = block_on(wizer.snapshot_component(&cx, &mut access)).context("cannot snapshot the component")?;
+    if let Some(e) = access.error {
+        return Err(e.context("reading the instance's state for the snapshot failed"));
+    }
+    Ok(snapshot)
+}
+
+/// Drives a future that never waits (every call below is synchronous).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Reads the instrumented instance's state for the snapshot.
+struct Access<'a> {
+    store: &'a mut Store<HostState>,
+    instance: Instance,
+    /// The first failure: the trait has no error channel, so it is kept and reported after.
+    error: Option<anyhow::Error>,
+}
+
+impl Access<'_> {
+    fn call<R: wasmtime::component::Lift + 'static, O>(
+        &mut self,
+        instance: &str,
+        func: &str,
+        f: impl FnOnce(&Store<HostState>, R) -> O,
+    ) -> O
+    where
+        O: Default,
+    {
+        let result = (|| -> anyhow::Result<O> {
+            let (_, inst) =
+                self.instance.get_export(&mut *self.store, None, instance).context("no wizer access instance")?;
+            let (_, func) =
+                self.instance.get_export(&mut *self.store, Some(&inst), func).context("no wizer access function")?;
+            let typed = self.instance.get_typed_func::<(), (R,)>(&mut *self.store, func)?;
+            let (r,) = typed.call(&mut *self.store, ())?;
+            Ok(f(self.store, r))
+        })();
+        result.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            O::default()
+        })
+    }
+}
+
+impl ComponentInstanceState for Access<'_> {
+    fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) -> impl Future<Output = ()> + Send {
+        let bytes = self.call(instance, func, |store, list: WasmList<u8>| list.as_le_slice(store).to_vec());
+        contents(&bytes);
+        std::future::ready(())
+    }
+    fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> impl Future<Output = i32> + Send {
+        std::future::ready(self.call(instance, func, |_, r: i32| r))
+    }
+    fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> impl Future<Output = i64> + Send {
+        std::future::ready(self.call(instance, func, |_, r: i64| r))
+    }
+    fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> impl Future<Output = u32> + Send {
+        std::future::ready(self.call(instance, func, |_, r: f32| r.to_bits()))
+    }
+    fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> impl Future<Output = u64> + Send {
+        std::future::ready(self.call(instance, func, |_, r: f64| r.to_bits()))
+    }
+}
