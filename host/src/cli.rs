@@ -49,6 +49,83 @@ enum Command {
     /// Policy tooling.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the sidecar: Envoy ext_authz over gRPC and HTTP, with hot reload and metrics.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+}
+
+const SERVE_HELP: &str = "\
+Endpoints (all loopback by default):
+  gRPC   envoy.service.auth.v3.Authorization/Check      --grpc-listen   (127.0.0.1:9191)
+  HTTP   Envoy's HTTP ext_authz protocol                 --http-listen   (127.0.0.1:9192)
+  admin  /healthz /readyz /metrics (Prometheus)          --admin-listen  (127.0.0.1:9193)
+
+The policy and every file it references are re-read every --reload-interval-ms and on SIGHUP;
+a policy that fails to load is logged and counted (portcullis_policy_reload_failures_total)
+and the previous one stays in force. SIGTERM or SIGINT drains in-flight checks, then exits.
+Any fault inside the component (trap, timeout, memory limit) is a 503 `internal_error`.
+
+Example:
+  portcullis serve --policy policies/api-gateway.yaml --audit-log -";
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Policy file (YAML or JSON). Referenced files are read relative to it.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// gRPC ext_authz listen address.
+    #[arg(long, default_value = "127.0.0.1:9191")]
+    grpc_listen: std::net::SocketAddr,
+    /// HTTP ext_authz listen address.
+    #[arg(long, default_value = "127.0.0.1:9192")]
+    http_listen: std::net::SocketAddr,
+    /// Do not serve the HTTP ext_authz protocol.
+    #[arg(long)]
+    no_http: bool,
+    /// Admin listen address (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9193")]
+    admin_listen: std::net::SocketAddr,
+    /// Write audit events as JSON lines to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE|-")]
+    audit_log: Option<PathBuf>,
+    /// How often the policy is re-read, in milliseconds; 0 reloads only on SIGHUP.
+    #[arg(long, default_value_t = 500)]
+    reload_interval_ms: u64,
+    /// Warm instances per policy generation. Default: the number of CPUs.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// `warm`: an instance per worker, reused; `fresh`: a new instance per check from a
+    /// pre-initialised image (no state survives a request).
+    #[arg(long, value_enum, default_value_t = crate::serve::authz::Isolation::Warm)]
+    isolation: crate::serve::authz::Isolation,
+    /// Longest a check may run inside the component before it is stopped (503).
+    #[arg(long, default_value_t = 250)]
+    call_timeout_ms: u64,
+    /// Memory limit per instance, in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_limit_mb: usize,
+    /// HTTP mode: the request header whose last entry is the client address Envoy saw
+    /// (`x-forwarded-for` with `use_remote_address: true`). Empty: the address is unknown.
+    #[arg(long, default_value = "x-forwarded-for")]
+    http_client_address_header: String,
+    /// Longest wait for in-flight checks at shutdown, in seconds.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_secs: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +373,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
+        Command::Serve(args) => serve(args),
         Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
@@ -383,6 +461,76 @@ fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Fa
     let line = serde_json::to_string(&decision).context("cannot render the decision").map_err(usage)?;
     println!("{line}");
     Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .map_err(|e| usage(anyhow::anyhow!("--log-level: {e}")))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let config = crate::serve::Config {
+        policy: args.policy,
+        grpc_listen: args.grpc_listen,
+        http_listen: (!args.no_http).then_some(args.http_listen),
+        admin_listen: args.admin_listen,
+        audit_log: args.audit_log,
+        reload_interval: (args.reload_interval_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.reload_interval_ms)),
+        settings: crate::serve::authz::Settings {
+            workers,
+            isolation: args.isolation,
+            runtime: crate::runtime::RuntimeConfig {
+                call_timeout: std::time::Duration::from_millis(args.call_timeout_ms.max(1)),
+                memory_limit: args.memory_limit_mb.saturating_mul(1 << 20),
+                max_instances: u32::try_from(workers.saturating_mul(4).saturating_add(16)).unwrap_or(1024),
+            },
+        },
+        client_address_header: Some(args.http_client_address_header).filter(|h| !h.is_empty()),
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
+        revocations: std::sync::Arc::new(portcullis_core::NoRevocations),
+        clock: crate::serve::authz::system_clock(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure { code: "runtime", error: e.into() })?;
+    rt.block_on(async move {
+        let sidecar = crate::serve::Sidecar::build(config).await.map_err(|error| Failure { code: "startup", error })?;
+        let handle = sidecar.serve().map_err(|error| Failure { code: "startup", error })?;
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal: draining");
+        handle.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<ExitCode, Failure> {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod policy_files;
 pub mod preinit;
 pub mod runtime;
+pub mod serve;
 pub mod token;
 
 /// The current time in Unix seconds.

@@ -252,15 +252,20 @@ impl Runtime {
 
     /// A fresh instance of a pre-initialised component (see [`crate::preinit`]), deciding one
     /// request with its installed policy.
-    pub fn decide_fresh(&self, request: &OwnedRequest, revocations: SharedRevocations) -> Result<Decision, Fault> {
+    pub fn decide_fresh(
+        &self,
+        request: &OwnedRequest,
+        revocations: SharedRevocations,
+        with_audit: bool,
+    ) -> Result<(Decision, Option<String>), Fault> {
         let mut store = self.store(revocations);
         store.set_epoch_deadline(self.deadline_ticks());
         let authz = self.pre.instantiate(&mut store).map_err(|e| Fault::Trap(e.into()))?;
         let d = authz
             .portcullis_authz_authorizer()
-            .call_decide_installed(&mut store, &to_wit(request), false)
+            .call_decide_installed(&mut store, &to_wit(request), with_audit)
             .map_err(|e| Fault::Trap(e.into()))?;
-        from_wit(d).map(|(d, _)| d)
+        from_wit(d)
     }
 }
 

@@ -117,7 +117,7 @@ fn a_preinitialised_component_decides_from_a_fresh_instance_each_time() {
     let native = b.compile().unwrap();
     for c in cases("tests/fixtures/corpus.jsonl") {
         let n = serde_json::to_value(c.request.with_request(|r| native.decide(r, &NoRevocations))).unwrap();
-        let d = fresh.decide_fresh(&c.request, Arc::new(NoRevocations)).unwrap();
+        let d = fresh.decide_fresh(&c.request, Arc::new(NoRevocations), false).unwrap().0;
         assert_eq!(n, serde_json::to_value(&d).unwrap(), "{}", c.id);
     }
 }
@@ -125,6 +125,6 @@ fn a_preinitialised_component_decides_from_a_fresh_instance_each_time() {
 #[test]
 fn a_component_without_an_installed_policy_denies_with_internal_error() {
     let case = &cases("tests/fixtures/corpus.jsonl")[0];
-    let d = RUNTIME.decide_fresh(&case.request, Arc::new(NoRevocations)).unwrap();
+    let d = RUNTIME.decide_fresh(&case.request, Arc::new(NoRevocations), false).unwrap().0;
     assert_eq!((d.reason, d.status()), (Reason::InternalError, 503));
 }

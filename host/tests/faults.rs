@@ -81,6 +81,6 @@ fn inconsistent_answers_are_faults_not_allows() {
 fn a_fresh_instance_that_loops_is_stopped_too() {
     LazyLock::force(&RUNTIME);
     let started = Instant::now();
-    assert!(RUNTIME.decide_fresh(&request("/loop"), Arc::new(NoRevocations)).is_err());
+    assert!(RUNTIME.decide_fresh(&request("/loop"), Arc::new(NoRevocations), false).is_err());
     assert!(started.elapsed() < Duration::from_secs(2));
 }

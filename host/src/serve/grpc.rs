@@ -1,0 +1,247 @@
+//! Envoy's external authorization gRPC API (`envoy.service.auth.v3.Authorization/Check`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::address;
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use envoy_types::pb::google::rpc;
+use portcullis_core::request::split_path_and_query;
+use portcullis_core::{Decision, OwnedRequest, Reason};
+
+use super::authz::Authorizer;
+
+/// gRPC status codes used in `CheckResponse.status`.
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+const UNAVAILABLE: i32 = 14;
+const UNAUTHENTICATED: i32 = 16;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    authz: Arc<Authorizer>,
+}
+
+impl GrpcService {
+    /// A service deciding with `authz`.
+    pub fn new(authz: Arc<Authorizer>) -> GrpcService {
+        GrpcService { authz }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for GrpcService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let req = from_check_request(request.get_ref(), self.authz.now());
+        let decision = self.authz.check(&req, "grpc");
+        Ok(tonic::Response::new(to_check_response(&decision)))
+    }
+}
+
+/// The request Envoy asks about. Pseudo-headers are dropped (method, host and path are fields);
+/// the client address is the peer Envoy saw, never a header.
+pub fn from_check_request(c: &CheckRequest, now: i64) -> OwnedRequest {
+    let attrs = c.attributes.as_ref();
+    let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+    let client_ip = attrs
+        .and_then(|a| a.source.as_ref())
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match a {
+            address::Address::SocketAddress(s) => s.address.parse::<IpAddr>().ok(),
+            _ => None,
+        });
+    let Some(http) = http else {
+        return OwnedRequest { client_ip, now, ..OwnedRequest::default() };
+    };
+    // `header_map` (Envoy's encode_raw_headers) keeps repeated headers apart; `headers` joins them.
+    let headers: Vec<(String, String)> = match &http.header_map {
+        Some(map) if !map.headers.is_empty() => map
+            .headers
+            .iter()
+            .map(|h| {
+                let v = if h.value.is_empty() {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                } else {
+                    h.value.clone()
+                };
+                (h.key.clone(), v)
+            })
+            .collect(),
+        _ => http.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let headers = headers.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
+    let (path, query) = split_path_and_query(&http.path);
+    OwnedRequest {
+        method: http.method.clone(),
+        scheme: http.scheme.clone(),
+        host: http.host.clone(),
+        path: path.to_owned(),
+        query: if query.is_empty() { http.query.clone() } else { query.to_owned() },
+        headers,
+        client_ip,
+        now,
+    }
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.into(), value: value.into(), ..HeaderValue::default() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..HeaderValueOption::default()
+    }
+}
+
+/// `WWW-Authenticate` for a denial (RFC 6750 §3), when one applies.
+pub fn www_authenticate(reason: Reason) -> Option<&'static str> {
+    match reason {
+        Reason::MissingCredential => Some(r#"Bearer realm="portcullis""#),
+        Reason::InsufficientScope => Some(r#"Bearer realm="portcullis", error="insufficient_scope""#),
+        r if r.status() == 401 => Some(r#"Bearer realm="portcullis", error="invalid_token""#),
+        _ => None,
+    }
+}
+
+/// The small JSON body of a denial: the stable reason and the status, nothing else.
+pub fn deny_body(reason: Reason) -> String {
+    format!(r#"{{"error":"{}","status":{}}}"#, reason.code(), reason.status())
+}
+
+fn string(s: &str) -> Value {
+    Value { kind: Some(value::Kind::StringValue(s.to_owned())) }
+}
+
+/// Decision facts for Envoy's access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%`).
+fn metadata(d: &Decision) -> Struct {
+    let mut fields = BTreeMap::new();
+    fields.insert("reason".to_string(), string(d.reason.code()));
+    if let Some(r) = &d.route {
+        fields.insert("route".into(), string(r));
+    }
+    if let Some(r) = &d.rule {
+        fields.insert("rule".into(), string(r));
+    }
+    if let Some(id) = &d.identity {
+        fields.insert("credential".into(), string(id.credential.name()));
+        if let Some(s) = &id.subject {
+            fields.insert("subject".into(), string(s));
+        }
+    }
+    if let Some(s) = &d.shadow {
+        fields.insert("shadow_reason".into(), string(s.reason.code()));
+    }
+    Struct { fields: fields.into_iter().collect() }
+}
+
+/// The answer Envoy acts on.
+pub fn to_check_response(d: &Decision) -> CheckResponse {
+    let remove: Vec<String> =
+        d.headers_to_remove.as_deref().map(|h| h.iter().map(|s| s.to_string()).collect()).unwrap_or_default();
+    if d.allowed() {
+        return CheckResponse {
+            status: Some(rpc::Status { code: OK, ..rpc::Status::default() }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: d.headers_to_set.iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: remove,
+                ..OkHttpResponse::default()
+            })),
+            dynamic_metadata: Some(metadata(d)),
+        };
+    }
+    let code = match d.status() {
+        401 => UNAUTHENTICATED,
+        503 => UNAVAILABLE,
+        _ => PERMISSION_DENIED,
+    };
+    let mut headers = vec![header("content-type", "application/json"), header("x-portcullis-reason", d.reason.code())];
+    if let Some(w) = www_authenticate(d.reason) {
+        headers.push(header("www-authenticate", w));
+    }
+    CheckResponse {
+        status: Some(rpc::Status { code, message: d.reason.code().into(), ..rpc::Status::default() }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: i32::from(d.status()) }),
+            headers,
+            body: deny_body(d.reason),
+        })),
+        dynamic_metadata: Some(metadata(d)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+
+    use super::*;
+
+    fn check_request(path: &str, headers: &[(&str, &str)], peer: &str) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: peer.into(),
+                            ..SocketAddress::default()
+                        })),
+                    }),
+                    ..Peer::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: path.into(),
+                        host: "api.example.com".into(),
+                        scheme: "https".into(),
+                        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+                        ..HttpRequest::default()
+                    }),
+                    ..Request::default()
+                }),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn check_requests_become_requests_without_pseudo_headers() {
+        let c = check_request("/v1/orders?page=2", &[(":path", "/x"), ("authorization", "Bearer t")], "203.0.113.9");
+        let r = from_check_request(&c, 7);
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_str()), ("GET", "/v1/orders", "page=2"));
+        assert_eq!(r.headers, vec![("authorization".to_string(), "Bearer t".to_string())]);
+        assert_eq!(r.client_ip, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(r.now, 7);
+    }
+
+    #[test]
+    fn an_empty_check_request_is_an_empty_request_not_a_panic() {
+        let r = from_check_request(&CheckRequest::default(), 1);
+        assert!(r.path.is_empty() && r.client_ip.is_none());
+    }
+
+    #[test]
+    fn denials_carry_status_reason_and_challenge() {
+        let resp = to_check_response(&Decision::deny(Reason::Expired));
+        assert_eq!(resp.status.as_ref().unwrap().code, UNAUTHENTICATED);
+        let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else { panic!() };
+        assert_eq!(d.status.unwrap().code, 401);
+        assert_eq!(d.body, r#"{"error":"expired","status":401}"#);
+        let names: Vec<_> = d.headers.iter().map(|h| h.header.as_ref().unwrap().key.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-portcullis-reason", "www-authenticate"]);
+        let resp = to_check_response(&Decision::deny(Reason::InternalError));
+        assert_eq!(resp.status.unwrap().code, UNAVAILABLE);
+        assert_eq!(www_authenticate(Reason::TenantMismatch), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! `portcullis serve`: the sidecar Envoy calls.
+//!
+//! Shape: [`Config`] → [`Sidecar::build`] (load the policy, compile the component, warm the
+//! instances, bind the sockets) → [`Sidecar::serve`] → [`Handle`], whose
+//! [`shutdown`](Handle::shutdown) drains in-flight checks. The routers are functions
+//! ([`http::ext_authz_app`], [`http::admin_app`]) so tests drive them without a socket.
+
+pub mod audit;
+pub mod authz;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod reload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::policy_files::PolicyBundle;
+use crate::runtime::SharedRevocations;
+use authz::{Authorizer, Settings};
+
+/// Everything the sidecar needs to start.
+#[derive(Clone)]
+pub struct Config {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// gRPC ext_authz listener.
+    pub grpc_listen: SocketAddr,
+    /// HTTP ext_authz listener (`None`: off).
+    pub http_listen: Option<SocketAddr>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// Audit events as JSON lines (`-` for stdout); `None`: off.
+    pub audit_log: Option<PathBuf>,
+    /// How often the policy is re-read; `None`: only on SIGHUP... and not even then.
+    pub reload_interval: Option<Duration>,
+    /// Decision service settings.
+    pub settings: Settings,
+    /// HTTP mode: the header whose last entry is the client address.
+    pub client_address_header: Option<String>,
+    /// Longest wait for in-flight checks at shutdown.
+    pub drain_timeout: Duration,
+    /// Revocations consulted by every decision.
+    pub revocations: SharedRevocations,
+    /// The time of each decision ([`authz::system_clock`] outside tests).
+    pub clock: authz::Clock,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("policy", &self.policy)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("http_listen", &self.http_listen)
+            .field("admin_listen", &self.admin_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sidecar ready to serve: policy loaded, instances warm, sockets bound.
+pub struct Sidecar {
+    config: Config,
+    authz: Arc<Authorizer>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    admin: TcpListener,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// Loads the policy, compiles the component, warms instances and binds the listeners.
+    pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
+        let bundle = PolicyBundle::read(&config.policy).map_err(|e| anyhow::anyhow!("[{}] {e}", e.code))?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let audit = match &config.audit_log {
+            Some(p) => Some(
+                audit::AuditSink::open(p, metrics.audit_dropped.clone())
+                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let (settings, revocations, clock) =
+            (config.settings.clone(), Arc::clone(&config.revocations), Arc::clone(&config.clock));
+        let m = Arc::clone(&metrics);
+        let authz =
+            tokio::task::spawn_blocking(move || Authorizer::new(bundle, settings, revocations, m, audit, clock))
+                .await
+                .context("the loader panicked")??;
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+        };
+        let grpc = bind(config.grpc_listen, "gRPC").await?;
+        let http = match config.http_listen {
+            Some(a) => Some(bind(a, "HTTP ext_authz").await?),
+            None => None,
+        };
+        let admin = bind(config.admin_listen, "admin").await?;
+        Ok(Sidecar { config, authz: Arc::new(authz), grpc, http, admin })
+    }
+
+    /// The decision service (for tests and the revocation subsystem).
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authz
+    }
+
+    /// Starts serving; returns immediately.
+    pub fn serve(self) -> anyhow::Result<Handle> {
+        let (tx, rx) = watch::channel(false);
+        let grpc_addr = self.grpc.local_addr()?;
+        let http_addr = self.http.as_ref().map(TcpListener::local_addr).transpose()?;
+        let admin_addr = self.admin.local_addr()?;
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+
+        let service = AuthorizationServer::new(grpc::GrpcService::new(Arc::clone(&self.authz)));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let stop = stopped(rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+
+        if let Some(listener) = self.http {
+            let header = self
+                .config
+                .client_address_header
+                .as_deref()
+                .map(axum::http::HeaderName::try_from)
+                .transpose()
+                .context("invalid client address header name")?;
+            let app = http::ext_authz_app(Arc::new(http::HttpState {
+                authz: Arc::clone(&self.authz),
+                client_address_header: header,
+            }));
+            tasks.push(spawn_http(listener, app, rx.clone(), "HTTP ext_authz"));
+        }
+        tasks.push(spawn_http(self.admin, http::admin_app(Arc::clone(&self.authz)), rx.clone(), "admin"));
+
+        if let Some(interval) = self.config.reload_interval {
+            tasks.push(tokio::spawn(reload::watch_policy(
+                Arc::clone(&self.authz),
+                self.config.policy.clone(),
+                interval,
+                rx,
+            )));
+        }
+        tracing::info!(%grpc_addr, http = ?http_addr, %admin_addr, generation = self.authz.generation().id, "serving");
+        Ok(Handle {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            authz: self.authz,
+            shutdown: tx,
+            tasks,
+            drain: self.config.drain_timeout,
+        })
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn spawn_http(
+    listener: TcpListener,
+    app: axum::Router,
+    rx: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+            tracing::error!(error = %e, server = what, "HTTP server failed");
+        }
+    })
+}
+
+/// A running sidecar.
+pub struct Handle {
+    /// Bound gRPC address (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP ext_authz address.
+    pub http_addr: Option<SocketAddr>,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    authz: Arc<Authorizer>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// The decision service.
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authz
+    }
+
+    /// Stops accepting, marks `/readyz` unready, and waits (up to the drain timeout) for
+    /// in-flight checks to finish.
+    pub async fn shutdown(self) {
+        self.authz.start_draining();
+        let _ = self.shutdown.send(true);
+        let all = futures_join_all(self.tasks);
+        if tokio::time::timeout(self.drain, all).await.is_err() {
+            tracing::warn!(timeout = ?self.drain, "drain timeout: in-flight checks were cut off");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
