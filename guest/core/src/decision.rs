@@ -24,7 +24,8 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// Headers to set on the upstream request (allow only).
     pub headers_to_set: Vec<(Arc<str>, String)>,
-    /// Headers to strip from the upstream request, always (so clients cannot forge identity).
+    /// Headers to strip from the upstream request, on every decision, so clients cannot forge
+    /// identity. Never names a header in `headers_to_set` (that one is overwritten instead).
     /// `None` when the policy names none.
     pub headers_to_remove: Option<Names>,
     /// What shadow (dry-run) routes or rules would have decided, without enforcing it.

@@ -63,7 +63,7 @@ pub fn to_request(
         .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str))
         .unwrap_or("");
     let client_ip = client_address_header
-        .and_then(|name| headers.get_all(name).iter().last())
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse::<IpAddr>().ok());

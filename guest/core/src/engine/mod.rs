@@ -287,7 +287,20 @@ impl Policy {
             }
         };
         if !e.headers.remove.is_empty() {
-            d.headers_to_remove = Some(Arc::clone(&e.headers.remove));
+            d.headers_to_remove = Some(if d.headers_to_set.is_empty() {
+                Arc::clone(&e.headers.remove)
+            } else {
+                // Never strip what is being set: proxies apply removals after additions (Envoy
+                // does), and the set value overwrites any forged one anyway.
+                let kept: Vec<Arc<str>> = e
+                    .headers
+                    .remove
+                    .iter()
+                    .filter(|r| !d.headers_to_set.iter().any(|(s, _)| s.eq_ignore_ascii_case(r)))
+                    .cloned()
+                    .collect();
+                Names::from(kept)
+            });
         }
         d
     }

@@ -495,13 +495,20 @@ fn allowed_requests_carry_identity_headers_and_every_request_strips_them() {
     assert_eq!(header(&d, "X-User-Role"), Some("dev,billing,viewer"), "own roles, then implied ones");
     assert_eq!(header(&d, "X-User-Groups"), Some("g%2C1,Zo%C3%AB"), "list elements are encoded");
     assert_eq!(header(&d, "X-Auth-Scopes"), Some("orders:write orders:read"), "token and role grants");
+    // Everything set is overwritten, never also removed (proxies remove after they set).
     let remove: Vec<String> = d.headers_to_remove.unwrap().iter().map(|h| h.to_string()).collect();
-    for h in ["X-User-Id", "X-User-Email", "X-User-Role", "X-User-Groups", "X-Tenant-Id", "X-Auth-Scopes"] {
-        assert!(remove.contains(&h.to_string()), "{h} is not stripped");
+    for (name, _) in &d.headers_to_set {
+        assert!(!remove.iter().any(|r| r.eq_ignore_ascii_case(name)), "{name} is both set and removed");
     }
+    let no_groups = get("/a").bearer(&jwt("")).on(&p);
+    let remove: Vec<String> = no_groups.headers_to_remove.unwrap().iter().map(|h| h.to_string()).collect();
+    assert!(remove.contains(&"X-User-Groups".to_string()), "a name not set is stripped");
     let denied = get("/b").bearer(&jwt("")).on(&p);
     assert!(denied.headers_to_set.is_empty());
-    assert!(denied.headers_to_remove.is_some(), "denials strip too");
+    let remove = denied.headers_to_remove.unwrap();
+    for h in ["X-User-Id", "X-User-Email", "X-User-Role", "X-User-Groups", "X-Tenant-Id", "X-Auth-Scopes"] {
+        assert!(remove.iter().any(|r| &**r == h), "denials strip {h} too");
+    }
 }
 
 #[test]

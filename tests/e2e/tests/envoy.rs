@@ -1,0 +1,290 @@
+//! Real Envoy in front of the Portcullis sidecar (gRPC and HTTP ext_authz), on loopback.
+//!
+//! Every corpus the project has goes through Envoy: allowed requests must reach the upstream
+//! with exactly the identity headers the decision sets and none a client forged; denied requests
+//! must come back with the decision's status and reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use portcullis_core::Reason;
+use portcullis_core::testkit::{Case, parse_corpus};
+use portcullis_e2e::{AuthzApi, Envoy, TempDir, echo_upstream, envoy_config, request, root};
+use portcullis_host::runtime::RuntimeConfig;
+use portcullis_host::serve::authz::{Clock, Isolation, Settings, system_clock};
+use portcullis_host::serve::{Config, Handle, Sidecar};
+
+const CORPUS_NOW: i64 = 1_800_000_000;
+
+async fn sidecar(policy: &Path, clock: Clock) -> Handle {
+    let config = Config {
+        policy: policy.to_owned(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        audit_log: None,
+        reload_interval: Some(Duration::from_millis(100)),
+        settings: Settings { workers: 2, isolation: Isolation::Warm, runtime: RuntimeConfig::default() },
+        client_address_header: Some("x-forwarded-for".into()),
+        drain_timeout: Duration::from_secs(5),
+        revocations: Arc::new(portcullis_core::NoRevocations),
+        clock,
+    };
+    Sidecar::build(config).await.unwrap().serve().unwrap()
+}
+
+/// Why Envoy cannot carry a case unchanged, if it cannot.
+fn not_carried(c: &Case) -> Option<&'static str> {
+    if c.request.client_ip.is_some() {
+        return Some("Envoy reports its own peer (127.0.0.1) as the client address");
+    }
+    if c.request.headers.iter().any(|(k, v)| v.chars().any(char::is_control) || k.is_empty()) {
+        return Some("Envoy itself rejects control characters in header values");
+    }
+    if c.request.headers.len() > 90 {
+        return Some("Envoy's own header-count limit (100) answers first");
+    }
+    None
+}
+
+/// Runs `cases` through `envoy`, setting the sidecar's clock to each case's time; returns
+/// (carried, failures).
+async fn run(envoy: &Envoy, cases: &[Case], clock: &AtomicI64) -> (usize, Vec<String>) {
+    let mut failures = Vec::new();
+    let mut carried = 0;
+    for c in cases {
+        if not_carried(c).is_some() {
+            continue;
+        }
+        carried += 1;
+        let r = &c.request;
+        clock.store(r.now, Ordering::SeqCst);
+        let target = if r.query.is_empty() { r.path.clone() } else { format!("{}?{}", r.path, r.query) };
+        let host = if r.host.is_empty() { "api.example.com" } else { &r.host };
+        let resp = match request(envoy.listener, &r.method, &target, host, &r.headers).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                failures.push(format!("{}: request failed: {e}", c.id));
+                continue;
+            }
+        };
+        let allow = c.expect["allow"].as_bool().unwrap();
+        let reason = c.expect["reason"].as_str().unwrap();
+        if !allow {
+            let status = Reason::from_code(reason).unwrap().status();
+            if resp.status != status || resp.header("x-portcullis-reason") != Some(reason) {
+                failures.push(format!(
+                    "{}: expected {status} {reason}, got {} {:?} {}",
+                    c.id,
+                    resp.status,
+                    resp.header("x-portcullis-reason"),
+                    resp.body
+                ));
+            }
+            continue;
+        }
+        if resp.status != 200 {
+            failures.push(format!("{}: expected the upstream, got {} {}", c.id, resp.status, resp.body));
+            continue;
+        }
+        if r.method == "HEAD" {
+            continue; // no body to read the upstream's view from
+        }
+        let echo: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        let upstream = &echo["headers"];
+        let set = c.expect.get("headers_to_set").and_then(|v| v.as_object()).cloned().unwrap_or_default();
+        for (name, value) in &set {
+            if upstream[name.to_ascii_lowercase()] != *value {
+                failures.push(format!(
+                    "{}: upstream {name} = {}, expected {value}",
+                    c.id,
+                    upstream[name.to_ascii_lowercase()]
+                ));
+            }
+        }
+        for name in c.expect.get("headers_to_remove").and_then(|v| v.as_array()).into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            if !set.contains_key(name) && upstream.get(name.to_ascii_lowercase()).is_some() {
+                failures.push(format!(
+                    "{}: {name} reached the upstream: {}",
+                    c.id,
+                    upstream[name.to_ascii_lowercase()]
+                ));
+            }
+        }
+    }
+    (carried, failures)
+}
+
+fn suites() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("policies/example.yaml", "tests/fixtures/corpus.jsonl"),
+        ("policies/api-gateway.yaml", "tests/fixtures/policies/api-gateway.jsonl"),
+        ("policies/saas.yaml", "tests/fixtures/policies/saas.jsonl"),
+        ("policies/service-mesh.yaml", "tests/fixtures/policies/service-mesh.jsonl"),
+        ("policies/identity-forwarding.yaml", "tests/fixtures/policies/identity-forwarding.jsonl"),
+    ]
+}
+
+async fn every_corpus_through_envoy(grpc: bool) {
+    let upstream = echo_upstream().await;
+    let (mut carried, mut total, mut failures) = (0, 0, Vec::new());
+    for (policy, corpus) in suites() {
+        let cases = parse_corpus(&std::fs::read_to_string(root().join(corpus)).unwrap()).unwrap();
+        total += cases.len();
+        let time = Arc::new(AtomicI64::new(CORPUS_NOW));
+        let t = Arc::clone(&time);
+        let h = sidecar(&root().join(policy), Arc::new(move || t.load(Ordering::SeqCst))).await;
+        let api = if grpc { AuthzApi::Grpc(h.grpc_addr) } else { AuthzApi::Http(h.http_addr.unwrap()) };
+        let envoy = Envoy::start(&envoy_config(api, upstream)).await;
+        let (n, f) = run(&envoy, &cases, &time).await;
+        carried += n;
+        if !f.is_empty() {
+            failures.push(format!("{policy}:\n{}\n--- envoy log ---\n{}", f.join("\n"), envoy.log()));
+        }
+        h.shutdown().await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(carried * 10 >= total * 9, "only {carried} of {total} cases went through Envoy");
+    eprintln!("{carried} of {total} cases went through Envoy ({})", if grpc { "gRPC" } else { "HTTP" });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_decides_the_same_through_envoy_grpc() {
+    every_corpus_through_envoy(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_decides_the_same_through_envoy_http() {
+    every_corpus_through_envoy(false).await;
+}
+
+fn live_key() -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
+            .unwrap();
+    v["live"].as_str().unwrap().to_owned()
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_headers_never_reach_the_upstream() {
+    let upstream = echo_upstream().await;
+    let h = sidecar(&root().join("policies/identity-forwarding.yaml"), system_clock()).await;
+    for api in [AuthzApi::Grpc(h.grpc_addr), AuthzApi::Http(h.http_addr.unwrap())] {
+        let envoy = Envoy::start(&envoy_config(api, upstream)).await;
+        let forged = [
+            ("X-Auth-User", "root"),
+            ("X-Auth-Roles", "admin"),
+            ("X-Internal-User", "root"),
+            ("X-Remote-User", "root"),
+        ];
+        // A public route: no identity at all may arrive.
+        let resp = request(envoy.listener, "GET", "/login", "app.example.com", &headers(&forged)).await.unwrap();
+        assert_eq!(resp.status, 200, "{api:?}: {}", resp.body);
+        let echo: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        for (name, _) in forged {
+            assert!(echo["headers"].get(name.to_ascii_lowercase()).is_none(), "{api:?}: {name} was forwarded: {echo}");
+        }
+        // An authenticated route: the real identity replaces the forgery.
+        let key = live_key();
+        let mut hs = headers(&forged);
+        hs.push(("X-API-Key".into(), key));
+        let resp = request(envoy.listener, "GET", "/app/home", "app.example.com", &hs).await.unwrap();
+        let echo: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(echo["headers"]["x-auth-user"], "ci-deployer", "{api:?}");
+        assert_eq!(echo["headers"]["x-auth-roles"], "deployer", "{api:?}");
+        assert!(echo["headers"].get("x-internal-user").is_none() && echo["headers"].get("x-remote-user").is_none());
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_reach_the_client_with_status_body_and_challenge() {
+    let upstream = echo_upstream().await;
+    let h = sidecar(&root().join("policies/api-gateway.yaml"), system_clock()).await;
+    for api in [AuthzApi::Grpc(h.grpc_addr), AuthzApi::Http(h.http_addr.unwrap())] {
+        let envoy = Envoy::start(&envoy_config(api, upstream)).await;
+        let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &[]).await.unwrap();
+        assert_eq!(resp.status, 401, "{api:?}");
+        assert_eq!(resp.body, r#"{"error":"missing_credential","status":401}"#);
+        assert_eq!(resp.header("www-authenticate"), Some(r#"Bearer realm="portcullis""#));
+        let resp =
+            request(envoy.listener, "GET", "/nowhere", "api.example.com", &headers(&[("X-API-Key", &live_key())]))
+                .await
+                .unwrap();
+        assert_eq!((resp.status, resp.header("x-portcullis-reason")), (403, Some("no_route")), "{api:?}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_fails_closed_when_the_sidecar_is_down() {
+    let upstream = echo_upstream().await;
+    let h = sidecar(&root().join("policies/api-gateway.yaml"), system_clock()).await;
+    let (grpc, http) = (h.grpc_addr, h.http_addr.unwrap());
+    let key = live_key();
+    let envoys = [
+        Envoy::start(&envoy_config(AuthzApi::Grpc(grpc), upstream)).await,
+        Envoy::start(&envoy_config(AuthzApi::Http(http), upstream)).await,
+    ];
+    for e in &envoys {
+        let ok = request(e.listener, "POST", "/v1/deployments", "api.example.com", &headers(&[("X-API-Key", &key)]))
+            .await
+            .unwrap();
+        assert_eq!(ok.status, 200, "sidecar up: {}", ok.body);
+    }
+    h.shutdown().await;
+    for e in &envoys {
+        let resp = request(e.listener, "POST", "/v1/deployments", "api.example.com", &headers(&[("X-API-Key", &key)]))
+            .await
+            .unwrap();
+        assert!(resp.status == 503 || resp.status == 403, "sidecar down must deny, got {} {}", resp.status, resp.body);
+        assert_ne!(resp.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_takes_effect_through_envoy() {
+    let upstream = echo_upstream().await;
+    let dir = TempDir::new("reload");
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::copy(root().join("policies/keys/api-keys.yaml"), dir.path().join("keys/api-keys.yaml")).unwrap();
+    let policy = |route: &str| {
+        format!(
+            "version: 1\napi_keys: {{prefix: ask_, keys_file: keys/api-keys.yaml}}\nroutes:\n  - {{id: r, path: {route}}}\n"
+        )
+    };
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy("/old")).unwrap();
+    let h = sidecar(&file, system_clock()).await;
+    let envoy = Envoy::start(&envoy_config(AuthzApi::Grpc(h.grpc_addr), upstream)).await;
+    let key = live_key();
+    let get = |path: &'static str| {
+        let hs = headers(&[("X-API-Key", &key)]);
+        let addr = envoy.listener;
+        async move { request(addr, "GET", path, "api.example.com", &hs).await.unwrap().status }
+    };
+    assert_eq!((get("/old").await, get("/new").await), (200, 403));
+    let tmp = dir.path().join("policy.tmp");
+    std::fs::write(&tmp, policy("/new")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let mut took = None;
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        if get("/new").await == 200 {
+            took = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(took.is_some(), "the reload never took effect");
+    assert_eq!(get("/old").await, 403);
+    h.shutdown().await;
+}
