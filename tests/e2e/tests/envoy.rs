@@ -3,7 +3,7 @@
 //! Every corpus the project has goes through Envoy: allowed requests must reach the upstream
 //! with exactly the identity headers the decision sets and none a client forged; denied requests
 //! must come back with the decision's status and reason.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::print_stderr)]
 
 use std::path::Path;
 use std::sync::Arc;
