@@ -5,8 +5,11 @@
 
 use std::hint::black_box;
 
-use portcullis_benches::{Claims, jwt_cases, load_policy, paired, unix_now};
+use std::sync::Arc;
+
+use portcullis_benches::{Claims, example_bundle, hs256_request, jwt_cases, load_policy, paired, percentile, unix_now};
 use portcullis_core::{NoRevocations, Request, UnixTime};
+use portcullis_host::runtime::{Runtime, RuntimeConfig};
 
 fn main() {
     // `cargo test --benches` runs this with `--bench` absent: do one quick round as a smoke test.
@@ -40,6 +43,76 @@ fn main() {
             p.ratio,
             p.ratio_iqr.0,
             p.ratio_iqr.1
+        );
+    }
+
+    // The component on a warm instance against the native core, same request, paired.
+    let bundle = example_bundle();
+    let native = bundle.compile().unwrap();
+    let runtime = Runtime::embedded(RuntimeConfig::default()).unwrap();
+    let mut worker = runtime.worker(&bundle, Arc::new(NoRevocations)).unwrap();
+    let req = hs256_request(now);
+    assert_eq!(worker.decide(&req, false).unwrap().0, req.with_request(|r| native.decide(r, &NoRevocations)));
+    let p = paired(
+        || {
+            black_box(req.with_request(|r| native.decide(black_box(r), &NoRevocations)));
+        },
+        || {
+            black_box(worker.decide(black_box(&req), false).unwrap());
+        },
+        rounds,
+        batch,
+    );
+    println!();
+    println!("| HS256 decision | native core | component, warm instance | component ÷ native (median) | IQR |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| example.yaml | {:.2} µs | {:.2} µs | {:.2}x | {:.2}–{:.2} |",
+        p.subject_ns / 1e3,
+        p.peer_ns / 1e3,
+        1.0 / p.ratio,
+        1.0 / p.ratio_iqr.1,
+        1.0 / p.ratio_iqr.0
+    );
+
+    // A fresh instance per request from the pre-initialised component: latency distribution.
+    let fresh =
+        Runtime::new(&portcullis_host::preinit::preinitialize(&bundle).unwrap(), RuntimeConfig::default()).unwrap();
+    let mut api = req.clone();
+    let keys: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(portcullis_benches::root().join("tests/fixtures/api-keys.plaintext.json")).unwrap(),
+    )
+    .unwrap();
+    api.headers = vec![("x-api-key".into(), keys["live"].as_str().unwrap().into())];
+    println!();
+    println!("| fresh instance per request | p50 | p99 | mean | of which the decision (warm) |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, r) in [("API key", &api), ("HS256 JWT", &req)] {
+        let n = if quick { 20 } else { 20_000 };
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..100.min(n) {
+            fresh.decide_fresh(r, Arc::new(NoRevocations), false).unwrap();
+        }
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            black_box(fresh.decide_fresh(black_box(r), Arc::new(NoRevocations), false).unwrap());
+            times.push(t.elapsed().as_nanos() as f64);
+        }
+        let mut warm = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            black_box(worker.decide(black_box(r), false).unwrap());
+            warm.push(t.elapsed().as_nanos() as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        warm.sort_by(f64::total_cmp);
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            percentile(&times, 0.5) / 1e3,
+            percentile(&times, 0.99) / 1e3,
+            mean / 1e3,
+            percentile(&warm, 0.5) / 1e3
         );
     }
 }

@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.tools/venv
-find_bin() { ls "$VENV"/lib/python*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1; }
+find_bin() {
+  for f in "$VENV"/lib/python*/site-packages/envoy/_bin/envoy; do
+    [ -e "$f" ] && { echo "$f"; return 0; }
+  done
+  return 1
+}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
 fi

