@@ -21,12 +21,21 @@ export ENVOY_BIN
 # awk reads all input: `head` would close the pipe early and SIGPIPE Envoy under pipefail.
 "$ENVOY_BIN" --version | awk 'NF { print; exit_ok = 1 } END { exit !exit_ok }'
 
+step "Postgres (Debian postgresql) for the revocation tests"
+if [ -n "${DATABASE_URL:-}" ]; then
+  echo "    using DATABASE_URL (each test creates and drops its own database)"
+fi
+# Tests that restart Postgres always run a throwaway cluster of their own.
+PG_BIN="$(scripts/install-postgres.sh)"
+export PG_BIN
+"$PG_BIN/postgres" --version
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 elapsed
 
-step "unit, property, corpus, CLI, component, sidecar and Envoy end-to-end tests"
+step "unit, property, corpus, CLI, component, sidecar, Envoy and Postgres end-to-end tests"
 cargo test --workspace --all-features --locked
 elapsed
 

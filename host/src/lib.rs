@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod policy_files;
 pub mod preinit;
+pub mod revocation;
 pub mod runtime;
 pub mod serve;
 pub mod token;

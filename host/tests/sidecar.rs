@@ -56,6 +56,7 @@ fn config(policy: &Path, isolation: Isolation) -> Config {
         client_address_header: Some("x-forwarded-for".into()),
         drain_timeout: Duration::from_secs(5),
         revocations: Arc::new(portcullis_core::NoRevocations),
+        revocation: None,
         clock: portcullis_host::serve::authz::system_clock(),
     }
 }
@@ -198,7 +199,10 @@ async fn the_http_protocol_sets_identity_strips_forgeries_and_denies_with_a_body
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-user-id"], "ci-deployer");
     let remove = resp.headers()["x-envoy-auth-headers-to-remove"].to_str().unwrap().to_owned();
-    assert!(remove.split(", ").any(|h| h.eq_ignore_ascii_case("x-user-id")), "{remove}");
+    // What is set is never also removed (Envoy removes after it adds); what this identity
+    // does not set is removed, so a forged copy cannot pass.
+    assert!(!remove.split(", ").any(|h| h.eq_ignore_ascii_case("x-user-id")), "{remove}");
+    assert!(remove.split(", ").any(|h| h.eq_ignore_ascii_case("x-user-email")), "{remove}");
 
     let resp = app.oneshot(axum::http::Request::builder().uri("/deploy").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), 401);

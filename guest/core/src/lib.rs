@@ -70,5 +70,5 @@ pub use identity::{CredentialKind, Identity};
 pub use policy::{FileSource, NoFiles, Policy, PolicyError};
 pub use reason::Reason;
 pub use request::{OwnedRequest, Request, RequestSpec};
-pub use revocation::{NoRevocations, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
+pub use revocation::{NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 pub use time::UnixTime;

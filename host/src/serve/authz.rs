@@ -169,6 +169,13 @@ impl Authorizer {
         }
     }
 
+    /// Queues an event for the audit log, when there is one.
+    pub fn audit(&self, line: String) {
+        if let Some(sink) = &self.audit {
+            sink.send(line);
+        }
+    }
+
     /// Marks the service as draining (`/readyz` turns 503); checks are still answered.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -14,7 +14,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use portcullis_core::request::split_path_and_query;
 use portcullis_core::{Decision, OwnedRequest};
 
@@ -113,27 +112,4 @@ pub fn to_response(d: &Decision) -> Response {
     }
     let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
     (status, headers, Body::from(deny_body(d.reason))).into_response()
-}
-
-/// `/healthz`, `/readyz`, `/metrics`.
-pub fn admin_app(authz: Arc<Authorizer>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(|State(a): State<Arc<Authorizer>>| async move {
-                if a.ready() {
-                    (StatusCode::OK, format!("ready generation={}\n", a.generation().id))
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string())
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(a): State<Arc<Authorizer>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], a.metrics().render())
-            }),
-        )
-        .with_state(authz)
 }

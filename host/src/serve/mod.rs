@@ -5,6 +5,7 @@
 //! [`shutdown`](Handle::shutdown) drains in-flight checks. The routers are functions
 //! ([`http::ext_authz_app`], [`http::admin_app`]) so tests drive them without a socket.
 
+pub mod admin;
 pub mod audit;
 pub mod authz;
 pub mod grpc;
@@ -48,10 +49,28 @@ pub struct Config {
     pub client_address_header: Option<String>,
     /// Longest wait for in-flight checks at shutdown.
     pub drain_timeout: Duration,
-    /// Revocations consulted by every decision.
+    /// Revocations consulted by every decision (ignored when `revocation` is set: its live
+    /// set is used).
     pub revocations: SharedRevocations,
+    /// The revocation subsystem: store, live set, follower, admin API and feed.
+    pub revocation: Option<RevocationConfig>,
     /// The time of each decision ([`authz::system_clock`] outside tests).
     pub clock: authz::Clock,
+}
+
+/// The sidecar's revocation subsystem.
+#[derive(Clone, Debug)]
+pub struct RevocationConfig {
+    /// The store followed, and written through the admin API.
+    pub store: crate::revocation::Store,
+    /// The live set (its metrics are registered with the sidecar's).
+    pub live: Arc<crate::revocation::LiveRevocations>,
+    /// Staleness bound and mode.
+    pub freshness: crate::revocation::Freshness,
+    /// Follower pacing.
+    pub follow: crate::revocation::FollowOptions,
+    /// Admin API scopes: (read, write).
+    pub scopes: (String, String),
 }
 
 impl std::fmt::Debug for Config {
@@ -84,7 +103,11 @@ impl Sidecar {
     /// Loads the policy, compiles the component, warms instances and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
         let bundle = PolicyBundle::read(&config.policy).map_err(|e| anyhow::anyhow!("[{}] {e}", e.code))?;
-        let metrics = Arc::new(metrics::Metrics::new());
+        let mut metrics = metrics::Metrics::new();
+        if let Some(r) = &config.revocation {
+            r.live.metrics.register(metrics.registry_mut());
+        }
+        let metrics = Arc::new(metrics);
         let audit = match &config.audit_log {
             Some(p) => Some(
                 audit::AuditSink::open(p, metrics.audit_dropped.clone())
@@ -92,8 +115,11 @@ impl Sidecar {
             ),
             None => None,
         };
-        let (settings, revocations, clock) =
-            (config.settings.clone(), Arc::clone(&config.revocations), Arc::clone(&config.clock));
+        let revocations: SharedRevocations = match &config.revocation {
+            Some(r) => Arc::clone(&r.live) as SharedRevocations,
+            None => Arc::clone(&config.revocations),
+        };
+        let (settings, clock) = (config.settings.clone(), Arc::clone(&config.clock));
         let m = Arc::clone(&metrics);
         let authz =
             tokio::task::spawn_blocking(move || Authorizer::new(bundle, settings, revocations, m, audit, clock))
@@ -151,7 +177,33 @@ impl Sidecar {
             }));
             tasks.push(spawn_http(listener, app, rx.clone(), "HTTP ext_authz"));
         }
-        tasks.push(spawn_http(self.admin, http::admin_app(Arc::clone(&self.authz)), rx.clone(), "admin"));
+        let revocation_admin = self.config.revocation.as_ref().map(|r| admin::RevocationAdmin {
+            store: r.store.clone(),
+            live: Arc::clone(&r.live),
+            read_scope: r.scopes.0.clone(),
+            write_scope: r.scopes.1.clone(),
+        });
+        tasks.push(spawn_http(
+            self.admin,
+            admin::admin_app(Arc::clone(&self.authz), revocation_admin),
+            rx.clone(),
+            "admin",
+        ));
+        if let Some(r) = &self.config.revocation {
+            tracing::info!(store = %r.store.describe(), stale_after = ?r.freshness.stale_after, mode = ?r.freshness.mode, "following revocations");
+            tasks.push(tokio::spawn(crate::revocation::follow(
+                r.store.clone(),
+                Arc::clone(&r.live),
+                r.follow,
+                rx.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::revocation::monitor(
+                Arc::clone(&r.live),
+                r.freshness.stale_after,
+                r.freshness.mode,
+                rx.clone(),
+            )));
+        }
 
         if let Some(interval) = self.config.reload_interval {
             tasks.push(tokio::spawn(reload::watch_policy(
@@ -189,6 +241,7 @@ fn spawn_http(
     what: &'static str,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
             tracing::error!(error = %e, server = what, "HTTP server failed");
         }

@@ -13,6 +13,31 @@ use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+pub mod pg;
+
+/// An HS256 JWT from `https://hmac.example` (key `hmac-2026` of `policies/keys/hmac-jwks.json`),
+/// audience `edge-api`, issued at `now`, valid for an hour, with `claims` merged in.
+pub fn hs256(now: i64, claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use hmac::Mac as _;
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("policies/keys/hmac-jwks.json")).unwrap()).unwrap();
+    let k = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "hmac-2026").unwrap();
+    let secret = B64.decode(k["k"].as_str().unwrap()).unwrap();
+    let mut payload = serde_json::json!({
+        "iss": "https://hmac.example", "aud": "edge-api", "sub": "test-user", "iat": now, "exp": now + 3600,
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        payload[k] = v.clone();
+    }
+    let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": "hmac-2026" });
+    let signing = format!("{}.{}", B64.encode(header.to_string()), B64.encode(payload.to_string()));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -299,12 +324,28 @@ pub async fn request(
     host: &str,
     headers: &[(String, String)],
 ) -> std::io::Result<Response> {
+    request_with_body(addr, method, target, host, headers, None).await
+}
+
+/// [`request`] with a body (sent with its `Content-Length`).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(String, String)],
+    body: Option<&str>,
+) -> std::io::Result<Response> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()));
+    } else {
+        req.push_str("\r\n");
+    }
     s.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;

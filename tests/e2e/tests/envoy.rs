@@ -31,6 +31,7 @@ async fn sidecar(policy: &Path, clock: Clock) -> Handle {
         client_address_header: Some("x-forwarded-for".into()),
         drain_timeout: Duration::from_secs(5),
         revocations: Arc::new(portcullis_core::NoRevocations),
+        revocation: None,
         clock,
     };
     Sidecar::build(config).await.unwrap().serve().unwrap()

@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use portcullis_core::OwnedRequest;
 use portcullis_core::request::split_path_and_query;
 
+mod revocations;
+
 use crate::check::{self, Decider};
 use crate::policy_files;
 use crate::token;
@@ -52,13 +54,43 @@ enum Command {
     /// Run the sidecar: Envoy ext_authz over gRPC and HTTP, with hot reload and metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Revoke a token id, service token id, API key id, or every credential of a subject.
+    #[command(after_help = REVOKE_HELP)]
+    Revoke(revocations::RevokeArgs),
+    /// Undo a revocation.
+    Unrevoke(revocations::UnrevokeArgs),
+    /// List or prune revocations.
+    #[command(subcommand)]
+    Revocations(revocations::RevocationsCommand),
+    /// Database tooling (the Postgres revocation store).
+    #[command(subcommand)]
+    Db(revocations::DbCommand),
 }
+
+const REVOKE_HELP: &str = "\
+Without a database URL (--database-url or DATABASE_URL) the change goes to the revocations file
+(revocations.jsonl by default), which a running `portcullis serve` watches. With Postgres, every
+sidecar following the database sees the change within milliseconds.
+
+Examples:
+  portcullis revoke jti 2f1c9e7a --reason 'laptop stolen'
+  portcullis revoke subject alice --tenant acme             # everything alice holds, issued up to now
+  portcullis revoke api-key k_3HX9 --database-url postgres://portcullis@db/auth
+  portcullis revocations list --format json";
 
 const SERVE_HELP: &str = "\
 Endpoints (all loopback by default):
   gRPC   envoy.service.auth.v3.Authorization/Check      --grpc-listen   (127.0.0.1:9191)
   HTTP   Envoy's HTTP ext_authz protocol                 --http-listen   (127.0.0.1:9192)
-  admin  /healthz /readyz /metrics (Prometheus)          --admin-listen  (127.0.0.1:9193)
+  admin  /healthz /readyz /metrics, /v1/revocations     --admin-listen  (127.0.0.1:9193)
+
+Revocations: from Postgres when --database-url (or DATABASE_URL) is set: a snapshot at start,
+then LISTEN/NOTIFY with catch-up from a cursor, so nothing is lost across reconnects. Otherwise
+from --revocations-file, watched for changes. Past --revocation-stale-after-secs without a
+confirmed sync the set is stale: `serve` keeps answering (metric and log), `fail-closed` denies
+revocable credentials with 503 `revocation_stale`. The admin listener also serves
+/v1/revocations (list, POST, DELETE) and /v1/revocations/feed, guarded by the policy plus the
+admin scopes.
 
 The policy and every file it references are re-read every --reload-interval-ms and on SIGHUP;
 a policy that fails to load is logged and counted (portcullis_policy_reload_failures_total)
@@ -111,6 +143,25 @@ struct ServeArgs {
     /// Longest wait for in-flight checks at shutdown, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_timeout_secs: u64,
+    #[command(flatten)]
+    revocation_store: revocations::StoreArgs,
+    /// Seconds without a confirmed sync before revocations count as stale.
+    #[arg(long, default_value_t = 30)]
+    revocation_stale_after_secs: u64,
+    /// What stale revocations mean: `serve` (metric and log) or `fail-closed` (503
+    /// `revocation_stale` for revocable credentials).
+    #[arg(long, value_enum, default_value_t = crate::revocation::StaleMode::Serve)]
+    revocation_stale_mode: crate::revocation::StaleMode,
+    /// Postgres: heartbeat catch-up interval; file: how often it is checked. Milliseconds.
+    /// Default: 1000 for Postgres, 250 for the file.
+    #[arg(long)]
+    revocation_poll_ms: Option<u64>,
+    /// Scope the admin API's read endpoints (list, feed) require.
+    #[arg(long, default_value = crate::serve::admin::READ_SCOPE)]
+    admin_read_scope: String,
+    /// Scope the admin API's write endpoints (revoke, unrevoke) require.
+    #[arg(long, default_value = crate::serve::admin::WRITE_SCOPE)]
+    admin_write_scope: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -374,6 +425,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
         Command::Serve(args) => serve(args),
+        Command::Revoke(args) => revocations::revoke(args),
+        Command::Unrevoke(args) => revocations::unrevoke(args),
+        Command::Revocations(cmd) => revocations::revocations(cmd),
+        Command::Db(cmd) => revocations::db(cmd),
         Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
@@ -474,6 +529,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         LogFormat::Text => builder.try_init(),
     };
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let revocation = revocation_config(&args)?;
     let config = crate::serve::Config {
         policy: args.policy,
         grpc_listen: args.grpc_listen,
@@ -494,6 +550,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         client_address_header: Some(args.http_client_address_header).filter(|h| !h.is_empty()),
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
         revocations: std::sync::Arc::new(portcullis_core::NoRevocations),
+        revocation: Some(revocation),
         clock: crate::serve::authz::system_clock(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -508,6 +565,25 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         tracing::info!("stop signal: draining");
         handle.shutdown().await;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn revocation_config(args: &ServeArgs) -> Result<crate::serve::RevocationConfig, Failure> {
+    let store = args.revocation_store.store()?;
+    let default_poll = match store {
+        crate::revocation::Store::File(_) => 250,
+        crate::revocation::Store::Postgres(_) => 1000,
+    };
+    let poll = std::time::Duration::from_millis(args.revocation_poll_ms.unwrap_or(default_poll).max(10));
+    Ok(crate::serve::RevocationConfig {
+        store,
+        live: std::sync::Arc::new(crate::revocation::LiveRevocations::new(args.revocation_stale_mode)),
+        freshness: crate::revocation::Freshness {
+            stale_after: std::time::Duration::from_secs(args.revocation_stale_after_secs.max(1)),
+            mode: args.revocation_stale_mode,
+        },
+        follow: crate::revocation::FollowOptions { poll, ..Default::default() },
+        scopes: (args.admin_read_scope.clone(), args.admin_write_scope.clone()),
     })
 }
 
