@@ -151,7 +151,11 @@ impl Sidecar {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
         let service = AuthorizationServer::new(grpc::GrpcService::new(Arc::clone(&self.authz)));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        // Nagle plus delayed ACKs put ~40 ms on small responses; tonic only sets TCP_NODELAY on
+        // listeners it binds itself.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(self.grpc), |s| {
+            s.and_then(|s| s.set_nodelay(true).map(|()| s))
+        });
         let stop = stopped(rx.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
@@ -242,6 +246,9 @@ fn spawn_http(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
             tracing::error!(error = %e, server = what, "HTTP server failed");
         }
