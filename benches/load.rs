@@ -36,26 +36,67 @@ fn check_request(headers: &[(String, String)]) -> CheckRequest {
     }
 }
 
-struct Server(std::process::Child);
+#[allow(clippy::large_enum_variant)] // one value per run
+enum Server {
+    Process(std::process::Child),
+    InProcess(tokio::runtime::Runtime, Option<portcullis_host::serve::Handle>),
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        match self {
+            Server::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Server::InProcess(rt, handle) => {
+                if let Some(h) = handle.take() {
+                    rt.block_on(h.shutdown());
+                }
+            }
+        }
     }
 }
 
-/// Builds and starts the sidecar: the release binary when measuring, the dev binary (already
-/// built by the workspace tests) when `cargo test` only checks that the bench works.
+/// When `cargo test` only checks that the bench works: the same sidecar, in this process, on a
+/// runtime of its own (building the binary from here would rebuild wasmtime with other
+/// features).
+fn start_in_process(grpc: u16, admin: u16) -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = portcullis_host::serve::Config {
+        policy: root().join("policies/example.yaml"),
+        grpc_listen: ([127, 0, 0, 1], grpc).into(),
+        http_listen: None,
+        admin_listen: ([127, 0, 0, 1], admin).into(),
+        audit_log: None,
+        reload_interval: None,
+        settings: portcullis_host::serve::authz::Settings {
+            workers: 2,
+            isolation: portcullis_host::serve::authz::Isolation::Warm,
+            runtime: portcullis_host::runtime::RuntimeConfig::default(),
+        },
+        client_address_header: None,
+        drain_timeout: Duration::from_secs(5),
+        revocations: Arc::new(portcullis_core::NoRevocations),
+        revocation: None,
+        clock: portcullis_host::serve::authz::system_clock(),
+    };
+    let handle = rt.block_on(async { portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap() });
+    Server::InProcess(rt, Some(handle))
+}
+
+/// Builds and starts the release sidecar as its own process.
 fn start_server(grpc: u16, admin: u16, release: bool) -> Server {
-    let (profile, dir) = if release { ("release", "release") } else { ("dev", "debug") };
+    if !release {
+        return start_in_process(grpc, admin);
+    }
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
-        .args(["build", "--profile", profile, "-p", "portcullis", "--bin", "portcullis"])
+        .args(["build", "--release", "-p", "portcullis", "--bin", "portcullis"])
         .status()
         .unwrap();
     assert!(status.success());
-    let child = std::process::Command::new(root().join("target").join(dir).join("portcullis"))
+    let child = std::process::Command::new(root().join("target/release/portcullis"))
         .current_dir(root())
         .args([
             "serve",
@@ -77,7 +118,7 @@ fn start_server(grpc: u16, admin: u16, release: bool) -> Server {
         ])
         .spawn()
         .unwrap();
-    let server = Server(child);
+    let server = Server::Process(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
         assert!(Instant::now() < deadline, "the sidecar did not start");
