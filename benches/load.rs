@@ -64,22 +64,14 @@ impl Drop for Server {
 fn start_in_process(grpc: u16, admin: u16) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let config = portcullis_host::serve::Config {
-        policy: root().join("policies/example.yaml"),
         grpc_listen: ([127, 0, 0, 1], grpc).into(),
-        http_listen: None,
         admin_listen: ([127, 0, 0, 1], admin).into(),
-        audit_log: None,
-        reload_interval: None,
         settings: portcullis_host::serve::authz::Settings {
             workers: 2,
             isolation: portcullis_host::serve::authz::Isolation::Warm,
             runtime: portcullis_host::runtime::RuntimeConfig::default(),
         },
-        client_address_header: None,
-        drain_timeout: Duration::from_secs(5),
-        revocations: Arc::new(portcullis_core::NoRevocations),
-        revocation: None,
-        clock: portcullis_host::serve::authz::system_clock(),
+        ..portcullis_host::serve::Config::local(root().join("policies/example.yaml"))
     };
     let handle = rt.block_on(async { portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap() });
     Server::InProcess(rt, Some(handle))

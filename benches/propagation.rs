@@ -14,8 +14,6 @@ use portcullis_core::{OwnedRequest, Reason};
 use portcullis_e2e::pg::{Cluster, connect};
 use portcullis_host::revocation::pg::PgStore;
 use portcullis_host::revocation::{FollowOptions, Freshness, LiveRevocations, StaleMode, Store};
-use portcullis_host::runtime::RuntimeConfig;
-use portcullis_host::serve::authz::{Isolation, Settings, system_clock};
 use portcullis_host::serve::{Config, RevocationConfig, Sidecar};
 
 fn main() {
@@ -28,16 +26,6 @@ fn main() {
         let store = PgStore::new(&url).unwrap();
         store.migrate().await.unwrap();
         let config = Config {
-            policy: root().join("policies/example.yaml"),
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: None,
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            audit_log: None,
-            reload_interval: None,
-            settings: Settings { workers: 1, isolation: Isolation::Warm, runtime: RuntimeConfig::default() },
-            client_address_header: None,
-            drain_timeout: Duration::from_secs(5),
-            revocations: Arc::new(portcullis_core::NoRevocations),
             revocation: Some(RevocationConfig {
                 store: Store::Postgres(store),
                 live: Arc::new(LiveRevocations::new(StaleMode::Serve)),
@@ -46,7 +34,7 @@ fn main() {
                 follow: FollowOptions { poll: Duration::from_secs(5), query_timeout: Duration::from_secs(5) },
                 scopes: ("r".into(), "w".into()),
             }),
-            clock: system_clock(),
+            ..Config::local(root().join("policies/example.yaml"))
         };
         let handle = Sidecar::build(config).await.unwrap().serve().unwrap();
         let authz = Arc::clone(handle.authorizer());

@@ -73,6 +73,33 @@ pub struct RevocationConfig {
     pub scopes: (String, String),
 }
 
+impl Config {
+    /// A sidecar for `policy` on loopback port 0 (the OS picks; see [`Handle`] for the bound
+    /// addresses), HTTP ext_authz off, no audit log, no reload, one warm worker, no revocation
+    /// store, the system clock. Tests, benches and embedders start here and override fields.
+    pub fn local(policy: PathBuf) -> Config {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            policy,
+            grpc_listen: any,
+            http_listen: None,
+            admin_listen: any,
+            audit_log: None,
+            reload_interval: None,
+            settings: Settings {
+                workers: 1,
+                isolation: authz::Isolation::Warm,
+                runtime: crate::runtime::RuntimeConfig::default(),
+            },
+            client_address_header: None,
+            drain_timeout: Duration::from_secs(5),
+            revocations: Arc::new(portcullis_core::NoRevocations),
+            revocation: None,
+            clock: authz::system_clock(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")

@@ -13,8 +13,6 @@ use portcullis_e2e::{TempDir, hs256, request, request_with_body, root};
 use portcullis_host::revocation::file::FileStore;
 use portcullis_host::revocation::pg::{PgStore, latest_version};
 use portcullis_host::revocation::{FollowOptions, Freshness, LiveRevocations, Record, StaleMode, Store, follow};
-use portcullis_host::runtime::RuntimeConfig;
-use portcullis_host::serve::authz::{Isolation, Settings, system_clock};
 use portcullis_host::serve::{Config, Handle, RevocationConfig, Sidecar};
 use tokio::sync::watch;
 
@@ -23,16 +21,7 @@ const FAST: FollowOptions = FollowOptions { poll: Duration::from_millis(100), qu
 async fn sidecar(store: Store, mode: StaleMode, stale_after: Duration, audit: Option<std::path::PathBuf>) -> Handle {
     let live = Arc::new(LiveRevocations::new(mode));
     let config = Config {
-        policy: root().join("policies/example.yaml"),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: None,
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
         audit_log: audit,
-        reload_interval: None,
-        settings: Settings { workers: 1, isolation: Isolation::Warm, runtime: RuntimeConfig::default() },
-        client_address_header: None,
-        drain_timeout: Duration::from_secs(5),
-        revocations: Arc::new(portcullis_core::NoRevocations),
         revocation: Some(RevocationConfig {
             store,
             live,
@@ -40,7 +29,7 @@ async fn sidecar(store: Store, mode: StaleMode, stale_after: Duration, audit: Op
             follow: FAST,
             scopes: ("portcullis:revocations:read".into(), "portcullis:revocations:write".into()),
         }),
-        clock: system_clock(),
+        ..Config::local(root().join("policies/example.yaml"))
     };
     let handle = Sidecar::build(config).await.unwrap().serve().unwrap();
     wait_ready(handle.admin_addr).await;
