@@ -32,6 +32,12 @@ use bindings::portcullis::authz::types as t;
 
 struct Component;
 
+// std's wasm allocator is dlmalloc, which led the guest's profile (allocation is a chain of four
+// calls there); talc is built for wasm and took ~1 µs off a warm HS256 decision.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 /// The host's revocation store, reached through the import.
 struct HostRevocations;
 
