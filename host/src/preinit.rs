@@ -12,10 +12,9 @@ use std::task::{Context, Poll, Waker};
 
 use anyhow::bail;
 use portcullis_core::NoRevocations;
-use wasmtime::component::{Component, Instance, Linker, ResourceTable, WasmList};
+use wasmtime::component::{Component, Instance, WasmList};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
-use wasmtime_wasi::WasiCtx;
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use crate::policy_files::PolicyBundle;
@@ -35,15 +34,8 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
     config.wasm_component_model(true);
     let engine = Engine::new(&config).context("cannot configure wasmtime")?;
     let compiled = Component::new(&engine, &instrumented).context("cannot compile the instrumented component")?;
-    let mut linker: Linker<HostState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    crate::runtime::link_revocations(&mut linker)?;
-    let state = HostState::new(
-        WasiCtx::builder().build(),
-        ResourceTable::new(),
-        StoreLimitsBuilder::new().build(),
-        Arc::new(NoRevocations),
-    );
+    let linker = crate::runtime::linker(&engine, &compiled)?;
+    let state = HostState::new(StoreLimitsBuilder::new().build(), Arc::new(NoRevocations));
     let mut store = Store::new(&engine, state);
     let instance = linker.instantiate(&mut store, &compiled).context("cannot instantiate the component")?;
 

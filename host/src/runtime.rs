@@ -4,8 +4,11 @@
 //! - The pooling allocator with copy-on-write memory images makes an instance cheap; each store
 //!   has a memory limit; an epoch ticker bounds every call, so a runaway guest traps instead of
 //!   stalling a request.
-//! - WASI is linked because Rust's std on `wasm32-wasip2` imports it, but the context grants
-//!   nothing: no files, no environment, no sockets, no output.
+//! - WASI is not linked. Rust's std on `wasm32-wasip2` imports parts of it (stdio, environment,
+//!   exit) that a correct guest never calls; each is defined as a function that traps, so the
+//!   guest has no files, no environment, no sockets and no output. The one exception is
+//!   `wasi:random/insecure-seed`, which std reads once to key its `HashMap`s: the host answers
+//!   with a seed drawn when the runtime starts.
 //! - A trap, a deadline or an inconsistent answer is a [`Fault`]; callers turn it into a 503
 //!   `internal_error` and discard the instance.
 
@@ -16,12 +19,11 @@ use std::time::Duration;
 use portcullis_core::decision::Shadow;
 use portcullis_core::identity::{CredentialKind, Identity, Names};
 use portcullis_core::{Decision, OwnedRequest, Reason, RevocationQuery, RevocationStatus, Revocations};
-use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Lift, Linker, ResourceAny, TypedFunc};
 use wasmtime::error::Context as _;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::policy_files::PolicyBundle;
 
@@ -52,11 +54,21 @@ pub struct RuntimeConfig {
     pub memory_limit: usize,
     /// Instances that may exist at once (pool slots).
     pub max_instances: u32,
+    /// Bytes of each pool slot's linear memory kept mapped when its instance is dropped: the
+    /// pages a request wrote are restored from the image in place (found with Linux's
+    /// `PAGEMAP_SCAN` where the kernel has it) instead of being unmapped, so the next instance
+    /// in that slot takes no page faults. Costs up to this much resident memory per used slot.
+    pub keep_resident: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { call_timeout: Duration::from_millis(250), memory_limit: 128 << 20, max_instances: 64 }
+        RuntimeConfig {
+            call_timeout: Duration::from_millis(250),
+            memory_limit: 128 << 20,
+            max_instances: 64,
+            keep_resident: 4 << 20,
+        }
     }
 }
 
@@ -88,10 +100,8 @@ pub enum WorkerError {
     Fault(#[from] Fault),
 }
 
-/// Store data: WASI (granting nothing), limits, and the revocation source.
+/// Store data: limits and the revocation source.
 pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
     limits: StoreLimits,
     revocations: SharedRevocations,
 }
@@ -104,15 +114,30 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// Store data from its parts.
-    pub fn new(wasi: WasiCtx, table: ResourceTable, limits: StoreLimits, revocations: SharedRevocations) -> HostState {
-        HostState { wasi, table, limits, revocations }
+    pub fn new(limits: StoreLimits, revocations: SharedRevocations) -> HostState {
+        HostState { limits, revocations }
     }
 }
 
-/// Links the `revocations` import to [`HostState`].
-pub(crate) fn link_revocations(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    Ok(Authz::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)
-        .context("cannot link the revocations import")?)
+/// Links everything a Portcullis component imports: `revocations` to [`HostState`], std's
+/// `insecure-seed` to a seed drawn now, and every other import (the WASI std never calls in
+/// a correct guest) to a trap.
+pub(crate) fn linker(engine: &Engine, component: &Component) -> anyhow::Result<Linker<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    Authz::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+        .context("cannot link the revocations import")?;
+    let mut seed = [0u8; 16];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("cannot draw a HashMap seed: {e}"))?;
+    let (lo, hi) = seed.split_at(8);
+    let seed = (u64::from_le_bytes(lo.try_into()?), u64::from_le_bytes(hi.try_into()?));
+    let engine_types = component.component_type();
+    for (name, _) in engine_types.imports(engine) {
+        if name.starts_with("wasi:random/insecure-seed@") {
+            linker.instance(name)?.func_wrap("insecure-seed", move |_, (): ()| Ok((seed,)))?;
+        }
+    }
+    linker.define_unknown_imports_as_traps(component).context("cannot stub the component's other imports")?;
+    Ok(linker)
 }
 
 /// Typed access to an instance's exports.
@@ -121,12 +146,6 @@ pub(crate) fn bindings_for(
     instance: &wasmtime::component::Instance,
 ) -> anyhow::Result<Authz> {
     Ok(Authz::new(store, instance).context("the component does not export portcullis:authz/authorizer")?)
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
 }
 
 /// The `types` interface has no functions; its host side is empty.
@@ -186,9 +205,38 @@ impl Drop for EpochTicker {
 pub struct Runtime {
     engine: Engine,
     pre: bindings::AuthzPre<HostState>,
+    exports: Exports,
     config: RuntimeConfig,
     _ticker: EpochTicker,
 }
+
+/// Where the two decision functions are, found once per compiled component.
+#[derive(Clone, Copy)]
+struct Exports {
+    decide: ComponentExportIndex,
+    decide_installed: ComponentExportIndex,
+}
+
+impl Exports {
+    const INTERFACE: &str = "portcullis:authz/authorizer@0.1.0";
+
+    fn find(component: &Component) -> anyhow::Result<Exports> {
+        let (_, interface) = component
+            .get_export(None, Self::INTERFACE)
+            .with_context(|| format!("the component does not export {}", Self::INTERFACE))?;
+        let func = |name: &str| {
+            component
+                .get_export_index(Some(&interface), name)
+                .with_context(|| format!("the component does not export {}#{name}", Self::INTERFACE))
+        };
+        Ok(Exports { decide: func("[method]policy.decide")?, decide_installed: func("decide-installed")? })
+    }
+}
+
+/// `[method]policy.decide`, typed to lift the decision straight into core types.
+type DecideFunc = TypedFunc<(ResourceAny, wit::Request, bool), (DecisionOut,)>;
+/// `decide-installed`, likewise.
+type DecideInstalledFunc = TypedFunc<(wit::Request, bool), (DecisionOut,)>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,15 +254,14 @@ impl Runtime {
     pub fn new(wasm: &[u8], config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let engine = Engine::new(&engine_config(&config)?).context("cannot configure wasmtime")?;
         let component = Component::new(&engine, wasm).context("cannot compile the Portcullis component")?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).context("cannot link WASI")?;
-        link_revocations(&mut linker)?;
+        let linker = linker(&engine, &component)?;
         let pre = bindings::AuthzPre::new(
             linker.instantiate_pre(&component).context("the component's imports do not match")?,
         )
         .context("the component does not export portcullis:authz/authorizer")?;
+        let exports = Exports::find(&component)?;
         let ticker = EpochTicker::start(&engine);
-        Ok(Runtime { engine, pre, config, _ticker: ticker })
+        Ok(Runtime { engine, pre, exports, config, _ticker: ticker })
     }
 
     /// The wasmtime engine (for pre-initialisation).
@@ -225,7 +272,7 @@ impl Runtime {
     fn store(&self, revocations: SharedRevocations) -> Store<HostState> {
         let limits =
             StoreLimitsBuilder::new().memory_size(self.config.memory_limit).instances(8).tables(16).memories(2).build();
-        let state = HostState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits, revocations };
+        let state = HostState { limits, revocations };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store
@@ -240,32 +287,59 @@ impl Runtime {
     pub fn worker(&self, bundle: &PolicyBundle, revocations: SharedRevocations) -> Result<Worker, WorkerError> {
         let mut store = self.store(revocations);
         store.set_epoch_deadline(self.deadline_ticks().saturating_mul(20));
-        let authz = self.pre.instantiate(&mut store).map_err(|e| Fault::Trap(e.into()))?;
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(|e| Fault::Trap(e.into()))?;
+        let authz = bindings_for(&mut store, &instance).map_err(Fault::Trap)?;
+        let decide = instance.get_typed_func(&mut store, self.exports.decide).map_err(|e| Fault::Trap(e.into()))?;
         let files = files(bundle);
         let loaded = authz
             .portcullis_authz_authorizer()
             .call_load(&mut store, &bundle.text, &files)
             .map_err(|e| Fault::Trap(e.into()))?;
         let policy = loaded.map_err(|e| WorkerError::Policy { code: e.code, message: e.message })?;
-        Ok(Worker { store, authz, policy, ticks: self.deadline_ticks() })
+        Ok(Worker { store, decide, policy, ticks: self.deadline_ticks() })
     }
 
-    /// A fresh instance of a pre-initialised component (see [`crate::preinit`]), deciding one
-    /// request with its installed policy.
+    /// A new instance of a pre-initialised component (see [`crate::preinit`]): its installed
+    /// policy is ready in the memory image, so no load runs.
+    pub fn fresh(&self, revocations: SharedRevocations) -> Result<FreshInstance, Fault> {
+        let mut store = self.store(revocations);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(|e| Fault::Trap(e.into()))?;
+        let decide =
+            instance.get_typed_func(&mut store, self.exports.decide_installed).map_err(|e| Fault::Trap(e.into()))?;
+        Ok(FreshInstance { store, decide })
+    }
+
+    /// A fresh instance of a pre-initialised component deciding one request with its installed
+    /// policy, then dropped: no state survives the request.
     pub fn decide_fresh(
         &self,
         request: &OwnedRequest,
         revocations: SharedRevocations,
         with_audit: bool,
     ) -> Result<(Decision, Option<String>), Fault> {
-        let mut store = self.store(revocations);
-        store.set_epoch_deadline(self.deadline_ticks());
-        let authz = self.pre.instantiate(&mut store).map_err(|e| Fault::Trap(e.into()))?;
-        let d = authz
-            .portcullis_authz_authorizer()
-            .call_decide_installed(&mut store, &to_wit(request), with_audit)
-            .map_err(|e| Fault::Trap(e.into()))?;
-        from_wit(d)
+        self.fresh(revocations)?.decide(request, with_audit)
+    }
+}
+
+/// A never-used instance of a pre-initialised component; deciding consumes it.
+pub struct FreshInstance {
+    store: Store<HostState>,
+    decide: DecideInstalledFunc,
+}
+
+impl std::fmt::Debug for FreshInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshInstance").finish_non_exhaustive()
+    }
+}
+
+impl FreshInstance {
+    /// Decides one request with the installed policy.
+    pub fn decide(mut self, request: &OwnedRequest, with_audit: bool) -> Result<(Decision, Option<String>), Fault> {
+        let (d,) =
+            self.decide.call(&mut self.store, (to_wit(request), with_audit)).map_err(|e| Fault::Trap(e.into()))?;
+        d.into_core()
     }
 }
 
@@ -287,6 +361,10 @@ fn engine_config(c: &RuntimeConfig) -> anyhow::Result<Config> {
     pool.max_tables_per_component(8);
     pool.max_core_instances_per_component(16);
     pool.max_memory_size(c.memory_limit);
+    pool.linear_memory_keep_resident(c.keep_resident);
+    pool.table_keep_resident(c.keep_resident.min(64 << 10));
+    // Kernels before 6.7 lack the ioctl: wasmtime then resets the kept bytes without it.
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(config)
 }
@@ -302,7 +380,7 @@ fn files(bundle: &PolicyBundle) -> Vec<wit::PolicyFile> {
 /// An instance holding a loaded policy. Not `Sync`: one per worker thread.
 pub struct Worker {
     store: Store<HostState>,
-    authz: Authz,
+    decide: DecideFunc,
     policy: ResourceAny,
     ticks: u64,
 }
@@ -317,13 +395,11 @@ impl Worker {
     /// Decides one request; with `with_audit`, also returns the audit event (JSON).
     pub fn decide(&mut self, request: &OwnedRequest, with_audit: bool) -> Result<(Decision, Option<String>), Fault> {
         self.store.set_epoch_deadline(self.ticks);
-        let d = self
-            .authz
-            .portcullis_authz_authorizer()
-            .policy()
-            .call_decide(&mut self.store, self.policy, &to_wit(request), with_audit)
+        let (d,) = self
+            .decide
+            .call(&mut self.store, (self.policy, to_wit(request), with_audit))
             .map_err(|e| Fault::Trap(e.into()))?;
-        from_wit(d)
+        d.into_core()
     }
 }
 
@@ -341,53 +417,102 @@ pub fn to_wit(r: &OwnedRequest) -> wit::Request {
     }
 }
 
-fn names(v: Vec<String>) -> Names {
-    Names::from(v.into_iter().map(Arc::from).collect::<Vec<_>>())
+/// `types.decision` as the host lifts it: strings go straight into the `Arc<str>`s the core's
+/// [`Decision`] holds, so nothing is copied twice. Checked against the WIT when a worker is
+/// created (a mismatch is a startup error, never a wrong field).
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct DecisionOut {
+    allow: bool,
+    status: u16,
+    reason: Box<str>,
+    identity: Option<IdentityOut>,
+    route: Option<Arc<str>>,
+    rule: Option<Arc<str>>,
+    #[component(name = "headers-to-set")]
+    headers_to_set: Vec<(Arc<str>, String)>,
+    #[component(name = "headers-to-remove")]
+    headers_to_remove: Names,
+    shadow: Option<ShadowOut>,
+    audit: Option<String>,
 }
 
-/// The guest's decision as a core [`Decision`], checked for consistency (fail closed).
-pub fn from_wit(d: wit::Decision) -> Result<(Decision, Option<String>), Fault> {
-    let reason =
-        Reason::from_code(&d.reason).ok_or_else(|| Fault::Inconsistent(format!("unknown reason `{}`", d.reason)))?;
-    if d.allow != (reason == Reason::Allowed) || d.status != reason.status() {
-        return Err(Fault::Inconsistent(format!("allow={} status={} reason={}", d.allow, d.status, d.reason)));
-    }
-    let identity = d.identity.map(|i| {
-        let mut id = Identity::new(match i.credential {
-            wit::CredentialKind::Jwt => CredentialKind::Jwt,
-            wit::CredentialKind::ServiceToken => CredentialKind::ServiceToken,
-            wit::CredentialKind::ApiKey => CredentialKind::ApiKey,
+/// `types.identity`, lifted like [`DecisionOut`].
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct IdentityOut {
+    credential: wit::CredentialKind,
+    subject: Option<Arc<str>>,
+    issuer: Option<Arc<str>>,
+    #[component(name = "key-id")]
+    key_id: Option<Arc<str>>,
+    #[component(name = "token-id")]
+    token_id: Option<Arc<str>>,
+    audience: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+    email: Option<Arc<str>>,
+    scopes: Names,
+    roles: Names,
+    groups: Names,
+    #[component(name = "expires-at")]
+    expires_at: Option<f64>,
+}
+
+/// `types.shadow`, lifted like [`DecisionOut`].
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct ShadowOut {
+    reason: Box<str>,
+    route: Option<Arc<str>>,
+    rule: Option<Arc<str>>,
+}
+
+impl DecisionOut {
+    /// The guest's decision as a core [`Decision`], checked for consistency (fail closed).
+    fn into_core(self) -> Result<(Decision, Option<String>), Fault> {
+        let d = self;
+        let reason = Reason::from_code(&d.reason)
+            .ok_or_else(|| Fault::Inconsistent(format!("unknown reason `{}`", d.reason)))?;
+        if d.allow != (reason == Reason::Allowed) || d.status != reason.status() {
+            return Err(Fault::Inconsistent(format!("allow={} status={} reason={}", d.allow, d.status, d.reason)));
+        }
+        let identity = d.identity.map(|i| {
+            let mut id = Identity::new(match i.credential {
+                wit::CredentialKind::Jwt => CredentialKind::Jwt,
+                wit::CredentialKind::ServiceToken => CredentialKind::ServiceToken,
+                wit::CredentialKind::ApiKey => CredentialKind::ApiKey,
+            });
+            id.subject = i.subject;
+            id.issuer = i.issuer;
+            id.key_id = i.key_id;
+            id.token_id = i.token_id;
+            id.audience = i.audience;
+            id.tenant = i.tenant;
+            id.email = i.email;
+            id.scopes = i.scopes;
+            id.roles = i.roles;
+            id.groups = i.groups;
+            id.expires_at = i.expires_at;
+            Arc::new(id)
         });
-        id.subject = i.subject.map(Arc::from);
-        id.issuer = i.issuer.map(Arc::from);
-        id.key_id = i.key_id.map(Arc::from);
-        id.token_id = i.token_id.map(Arc::from);
-        id.audience = i.audience.map(Arc::from);
-        id.tenant = i.tenant.map(Arc::from);
-        id.email = i.email.map(Arc::from);
-        id.scopes = names(i.scopes);
-        id.roles = names(i.roles);
-        id.groups = names(i.groups);
-        id.expires_at = i.expires_at;
-        Arc::new(id)
-    });
-    let shadow = match d.shadow {
-        None => None,
-        Some(s) => Some(Box::new(Shadow {
-            reason: Reason::from_code(&s.reason)
-                .ok_or_else(|| Fault::Inconsistent(format!("unknown shadow reason `{}`", s.reason)))?,
-            route: s.route.map(Arc::from),
-            rule: s.rule.map(Arc::from),
-        })),
-    };
-    let mut out = Decision::deny(reason);
-    out.identity = identity;
-    out.route = d.route.map(Arc::from);
-    out.rule = d.rule.map(Arc::from);
-    out.headers_to_set = d.headers_to_set.into_iter().map(|(k, v)| (Arc::from(k), v)).collect();
-    out.headers_to_remove = (!d.headers_to_remove.is_empty()).then(|| names(d.headers_to_remove));
-    out.shadow = shadow;
-    Ok((out, d.audit))
+        let shadow = match d.shadow {
+            None => None,
+            Some(s) => Some(Box::new(Shadow {
+                reason: Reason::from_code(&s.reason)
+                    .ok_or_else(|| Fault::Inconsistent(format!("unknown shadow reason `{}`", s.reason)))?,
+                route: s.route,
+                rule: s.rule,
+            })),
+        };
+        let mut out = Decision::deny(reason);
+        out.identity = identity;
+        out.route = d.route;
+        out.rule = d.rule;
+        out.headers_to_set = d.headers_to_set;
+        out.headers_to_remove = (!d.headers_to_remove.is_empty()).then_some(d.headers_to_remove);
+        out.shadow = shadow;
+        Ok((out, d.audit))
+    }
 }
 
 /// A worker's `check` through the component, for the CLI and tests.

@@ -25,7 +25,12 @@ static FAULTY: LazyLock<Vec<u8>> = LazyLock::new(|| {
 });
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    let config = RuntimeConfig { call_timeout: Duration::from_millis(50), memory_limit: 32 << 20, max_instances: 8 };
+    let config = RuntimeConfig {
+        call_timeout: Duration::from_millis(50),
+        memory_limit: 32 << 20,
+        max_instances: 8,
+        ..RuntimeConfig::default()
+    };
     Runtime::new(&FAULTY, config).unwrap()
 });
 
@@ -68,6 +73,16 @@ fn a_trapping_guest_is_a_fault() {
 #[test]
 fn a_guest_exhausting_its_memory_limit_is_a_fault() {
     assert!(matches!(fault("/memory"), Fault::Trap(_)));
+}
+
+#[test]
+fn a_guest_reaching_for_output_environment_or_exit_traps() {
+    for path in ["/print", "/env", "/exit"] {
+        match fault(path) {
+            Fault::Trap(e) => assert!(format!("{e:#}").contains("unknown import"), "{path}: {e:#}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
 }
 
 #[test]

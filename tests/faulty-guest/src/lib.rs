@@ -46,6 +46,13 @@ fn misbehave(req: &t::Request) -> t::Decision {
                 std::hint::black_box(&hoard);
             }
         }
+        // Reaching for IO the host never grants: each is a trap, never output.
+        "/print" => {
+            println!("a guest has no stdout");
+            decision(true, 200, "allowed")
+        }
+        "/env" => decision(std::env::vars().count() == usize::MAX, 401, "missing_credential"),
+        "/exit" => std::process::exit(0),
         "/allow-with-deny-reason" => decision(true, 200, "expired"),
         "/unknown-reason" => decision(false, 403, "a_reason_from_the_future"),
         "/wrong-status" => decision(false, 200, "expired"),
