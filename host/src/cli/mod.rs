@@ -65,6 +65,28 @@ enum Command {
     /// Database tooling (the Postgres revocation store).
     #[command(subcommand)]
     Db(revocations::DbCommand),
+    /// Write the embedded Portcullis component, optionally with a policy pre-installed.
+    #[command(after_help = COMPONENT_HELP)]
+    Component(ComponentArgs),
+}
+
+const COMPONENT_HELP: &str = "\
+The component implements wit/portcullis.wit (docs/wit.md); any component-model host can run it.
+With --policy, the policy is compiled into the component's memory (wizer): every instance then
+starts with it ready and decides through `decide-installed`.
+
+Examples:
+  portcullis component -o portcullis.wasm
+  portcullis component --policy policies/example.yaml -o portcullis-example.wasm";
+
+#[derive(Debug, Args)]
+struct ComponentArgs {
+    /// Pre-install this policy (YAML or JSON; referenced files are read relative to it).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Where to write the component.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
 }
 
 const REVOKE_HELP: &str = "\
@@ -429,6 +451,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Unrevoke(args) => revocations::unrevoke(args),
         Command::Revocations(cmd) => revocations::revocations(cmd),
         Command::Db(cmd) => revocations::db(cmd),
+        Command::Component(args) => component(&args),
         Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
@@ -453,6 +476,22 @@ fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
             check_with(&mut worker, args)
         }
     }
+}
+
+fn component(args: &ComponentArgs) -> Result<ExitCode, Failure> {
+    let wasm = match &args.policy {
+        None => crate::runtime::COMPONENT.to_vec(),
+        Some(policy) => {
+            let bundle = policy_files::PolicyBundle::read(policy)?;
+            // The native loader names the failure with its stable code; the guest loads the same way.
+            bundle.compile()?;
+            crate::preinit::preinitialize(&bundle).map_err(|error| Failure { code: "runtime", error })?
+        }
+    };
+    std::fs::write(&args.output, &wasm)
+        .with_context(|| format!("cannot write {}", args.output.display()))
+        .map_err(|error| Failure { code: "io", error })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The embedded component with the bundle's policy loaded.
@@ -545,6 +584,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
                 call_timeout: std::time::Duration::from_millis(args.call_timeout_ms.max(1)),
                 memory_limit: args.memory_limit_mb.saturating_mul(1 << 20),
                 max_instances: u32::try_from(workers.saturating_mul(4).saturating_add(16)).unwrap_or(1024),
+                ..crate::runtime::RuntimeConfig::default()
             },
         },
         client_address_header: Some(args.http_client_address_header).filter(|h| !h.is_empty()),
