@@ -8,16 +8,13 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_benches::{example_bundle, hs256_request, unix_now};
 use portcullis_core::NoRevocations;
-use portcullis_host::runtime::{Runtime, RuntimeConfig};
 
 fn component(c: &mut Criterion) {
     let now = unix_now();
     let bundle = example_bundle();
     let native = bundle.compile().unwrap();
-    let runtime = Runtime::embedded(RuntimeConfig::default()).unwrap();
+    let (runtime, fresh) = portcullis_benches::component_runtimes(&bundle);
     let mut worker = runtime.worker(&bundle, Arc::new(NoRevocations)).unwrap();
-    let fresh =
-        Runtime::new(&portcullis_host::preinit::preinitialize(&bundle).unwrap(), RuntimeConfig::default()).unwrap();
     let keys: serde_json::Value = serde_json::from_slice(
         &std::fs::read(portcullis_benches::root().join("tests/fixtures/api-keys.plaintext.json")).unwrap(),
     )

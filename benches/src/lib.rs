@@ -232,6 +232,26 @@ pub fn hs256_request(now: i64) -> portcullis_core::OwnedRequest {
     }
 }
 
+/// The component the component benches run: the embedded one, or the file named by
+/// `PORTCULLIS_BENCH_COMPONENT` (to compare guest builds without rebuilding the host).
+pub fn component_wasm() -> Vec<u8> {
+    match std::env::var_os("PORTCULLIS_BENCH_COMPONENT") {
+        Some(path) => std::fs::read(&path).unwrap(),
+        None => portcullis_host::runtime::COMPONENT.to_vec(),
+    }
+}
+
+/// Runtimes for the component benches: one for warm workers, one running the component
+/// pre-initialised with `bundle`'s policy.
+pub fn component_runtimes(
+    bundle: &portcullis_host::policy_files::PolicyBundle,
+) -> (portcullis_host::runtime::Runtime, portcullis_host::runtime::Runtime) {
+    use portcullis_host::runtime::{Runtime, RuntimeConfig};
+    let wasm = component_wasm();
+    let preinit = portcullis_host::preinit::preinitialize_component(&wasm, bundle).unwrap();
+    (Runtime::new(&wasm, RuntimeConfig::default()).unwrap(), Runtime::new(&preinit, RuntimeConfig::default()).unwrap())
+}
+
 /// The policy bundle of `policies/example.yaml`.
 pub fn example_bundle() -> portcullis_host::policy_files::PolicyBundle {
     portcullis_host::policy_files::PolicyBundle::read(&root().join("policies/example.yaml")).unwrap()
