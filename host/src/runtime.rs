@@ -470,13 +470,15 @@ struct ShadowOut {
 impl DecisionOut {
     /// The guest's decision as a core [`Decision`], checked for consistency (fail closed).
     fn into_core(self) -> Result<(Decision, Option<String>), Fault> {
-        let d = self;
-        let reason = Reason::from_code(&d.reason)
-            .ok_or_else(|| Fault::Inconsistent(format!("unknown reason `{}`", d.reason)))?;
-        if d.allow != (reason == Reason::Allowed) || d.status != reason.status() {
-            return Err(Fault::Inconsistent(format!("allow={} status={} reason={}", d.allow, d.status, d.reason)));
+        let reason = Reason::from_code(&self.reason)
+            .ok_or_else(|| Fault::Inconsistent(format!("unknown reason `{}`", self.reason)))?;
+        if self.allow != (reason == Reason::Allowed) || self.status != reason.status() {
+            return Err(Fault::Inconsistent(format!(
+                "allow={} status={} reason={}",
+                self.allow, self.status, self.reason
+            )));
         }
-        let identity = d.identity.map(|i| {
+        let identity = self.identity.map(|i| {
             let mut id = Identity::new(match i.credential {
                 wit::CredentialKind::Jwt => CredentialKind::Jwt,
                 wit::CredentialKind::ServiceToken => CredentialKind::ServiceToken,
@@ -495,7 +497,7 @@ impl DecisionOut {
             id.expires_at = i.expires_at;
             Arc::new(id)
         });
-        let shadow = match d.shadow {
+        let shadow = match self.shadow {
             None => None,
             Some(s) => Some(Box::new(Shadow {
                 reason: Reason::from_code(&s.reason)
@@ -506,12 +508,12 @@ impl DecisionOut {
         };
         let mut out = Decision::deny(reason);
         out.identity = identity;
-        out.route = d.route;
-        out.rule = d.rule;
-        out.headers_to_set = d.headers_to_set;
-        out.headers_to_remove = (!d.headers_to_remove.is_empty()).then_some(d.headers_to_remove);
+        out.route = self.route;
+        out.rule = self.rule;
+        out.headers_to_set = self.headers_to_set;
+        out.headers_to_remove = (!self.headers_to_remove.is_empty()).then_some(self.headers_to_remove);
         out.shadow = shadow;
-        Ok((out, d.audit))
+        Ok((out, self.audit))
     }
 }
 
