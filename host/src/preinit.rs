@@ -39,11 +39,7 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
     let mut store = Store::new(&engine, state);
     let instance = linker.instantiate(&mut store, &compiled).context("cannot instantiate the component")?;
 
-    let files: Vec<crate::runtime::wit::PolicyFile> = bundle
-        .files
-        .iter()
-        .map(|(p, c)| crate::runtime::wit::PolicyFile { path: p.clone(), contents: c.clone() })
-        .collect();
+    let files = crate::runtime::files(bundle);
     let authz = crate::runtime::bindings_for(&mut store, &instance)?;
     let installed = authz
         .portcullis_authz_authorizer()

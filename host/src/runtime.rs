@@ -369,7 +369,8 @@ fn engine_config(c: &RuntimeConfig) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn files(bundle: &PolicyBundle) -> Vec<wit::PolicyFile> {
+/// The bundle's referenced files, as the guest receives them.
+pub(crate) fn files(bundle: &PolicyBundle) -> Vec<wit::PolicyFile> {
     bundle
         .files
         .iter()
