@@ -38,7 +38,7 @@ pub(crate) fn check_times(
 /// A claim value that may be copied into an upstream header: no control characters (CR and LF
 /// would split the header), at most 1 KiB.
 pub(crate) fn header_safe(s: &str) -> Result<Arc<str>, Reason> {
-    if s.len() > 1024 || s.chars().any(char::is_control) {
+    if s.len() > 1024 || (!crate::ascii::all_printable(s.as_bytes()) && s.chars().any(char::is_control)) {
         return Err(Reason::Malformed);
     }
     Ok(Arc::from(s))

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_key;
+mod ascii;
 
 /// Hash maps and sets keyed by configuration (key ids, API key prefixes, revoked ids). The
 /// seed is fixed: entries come from the operator, never from requests, so there is nothing for

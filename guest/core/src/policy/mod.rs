@@ -283,7 +283,7 @@ fn bearer(value: &str, max_token_bytes: usize) -> Result<&str, Reason> {
         return Err(Reason::Malformed);
     }
     let token = rest.trim_start_matches(' ');
-    if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+    if token.is_empty() || !crate::ascii::all_graphic(token.as_bytes()) {
         return Err(Reason::Malformed);
     }
     Ok(token)
