@@ -109,6 +109,45 @@ fn the_revocations_import_reaches_the_hosts_store() {
     assert_eq!((d.reason, d.status()), (Reason::RevocationStale, 503), "a store that cannot vouch fails closed");
 }
 
+/// The guest allocates each call's short-lived data from a bump arena that is reset when the
+/// call's last block is freed. Calls that outgrow it, audit events, and thousands of calls in a
+/// row on one instance must decide exactly as the native core, and must not leak: 1,500 calls
+/// of 300 KiB each would exhaust the instance's 128 MiB if any of it stayed behind.
+#[test]
+fn one_warm_instance_decides_identically_across_oversized_and_ordinary_calls_without_leaking() {
+    let b = bundle("example.yaml");
+    let native = b.compile().unwrap();
+    let mut worker = RUNTIME.worker(&b, Arc::new(NoRevocations)).unwrap();
+    let corpus = cases("tests/fixtures/corpus.jsonl");
+    let ordinary = corpus.iter().find(|c| c.id == "jwt-rs256-valid").unwrap().request.clone();
+    // Within the policy's limits (64 KiB of headers) but larger than a call usually needs.
+    let mut large = ordinary.clone();
+    large.headers.push(("x-padding".into(), "p".repeat(60 << 10)));
+    // Far beyond them: refused as malformed, after the host lowered all of it into the guest.
+    let mut oversized = ordinary.clone();
+    oversized.headers.extend((0..10).map(|i| (format!("x-pad-{i}"), "q".repeat(30 << 10))));
+    let expect = |r: &portcullis_core::OwnedRequest| {
+        serde_json::to_value(r.with_request(|r| native.decide(r, &NoRevocations))).unwrap()
+    };
+    let (want_ordinary, want_large, want_oversized) = (expect(&ordinary), expect(&large), expect(&oversized));
+    assert_eq!(want_oversized["reason"], "malformed");
+    assert_eq!(want_large["reason"], want_ordinary["reason"]);
+    for round in 0..1_500 {
+        let (r, want) = match round % 3 {
+            0 => (&oversized, &want_oversized),
+            1 => (&large, &want_large),
+            _ => (&ordinary, &want_ordinary),
+        };
+        let (d, audit) = worker.decide(r, round % 2 == 0).unwrap();
+        assert_eq!(&serde_json::to_value(&d).unwrap(), want, "round {round}");
+        assert_eq!(audit.is_some(), round % 2 == 0);
+    }
+    for c in &corpus {
+        let (d, _) = worker.decide(&c.request, true).unwrap();
+        assert_eq!(serde_json::to_value(&d).unwrap(), expect(&c.request), "{}", c.id);
+    }
+}
+
 #[test]
 fn a_preinitialised_component_decides_from_a_fresh_instance_each_time() {
     let b = bundle("example.yaml");
