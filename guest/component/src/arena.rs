@@ -87,7 +87,9 @@ impl Arena {
     }
 
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
-        if self.persistent.get() != 0 || layout.size() > CHUNK / 4 {
+        // Zero-sized requests never reach a global allocator; refusing them here also keeps a
+        // block from starting exactly at the arena's end, where `contains` would not see it.
+        if self.persistent.get() != 0 || layout.size() == 0 || layout.size() > CHUNK / 4 {
             return None;
         }
         if self.base.get() == 0 && !self.start() {
