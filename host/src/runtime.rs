@@ -233,10 +233,11 @@ impl Exports {
     }
 }
 
-/// `[method]policy.decide`, typed to lift the decision straight into core types.
-type DecideFunc = TypedFunc<(ResourceAny, wit::Request, bool), (DecisionOut,)>;
+/// `[method]policy.decide`, typed to lift the decision straight into core types; the request is
+/// lowered from a worker's [`RequestBuffer`].
+type DecideFunc = TypedFunc<(ResourceAny, Arc<wit::Request>, bool), (DecisionOut,)>;
 /// `decide-installed`, likewise.
-type DecideInstalledFunc = TypedFunc<(wit::Request, bool), (DecisionOut,)>;
+type DecideInstalledFunc = TypedFunc<(Arc<wit::Request>, bool), (DecisionOut,)>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -296,7 +297,7 @@ impl Runtime {
             .call_load(&mut store, &bundle.text, &files)
             .map_err(|e| Fault::Trap(e.into()))?;
         let policy = loaded.map_err(|e| WorkerError::Policy { code: e.code, message: e.message })?;
-        Ok(Worker { store, decide, policy, ticks: self.deadline_ticks() })
+        Ok(Worker { store, decide, policy, ticks: self.deadline_ticks(), request: RequestBuffer::default() })
     }
 
     /// A new instance of a pre-initialised component (see [`crate::preinit`]): its installed
@@ -337,8 +338,9 @@ impl std::fmt::Debug for FreshInstance {
 impl FreshInstance {
     /// Decides one request with the installed policy.
     pub fn decide(mut self, request: &OwnedRequest, with_audit: bool) -> Result<(Decision, Option<String>), Fault> {
-        let (d,) =
-            self.decide.call(&mut self.store, (to_wit(request), with_audit)).map_err(|e| Fault::Trap(e.into()))?;
+        // One request per instance: nothing to reuse, so the buffer is a fresh one.
+        let lowered = RequestBuffer::default().fill(request);
+        let (d,) = self.decide.call(&mut self.store, (lowered, with_audit)).map_err(|e| Fault::Trap(e.into()))?;
         d.into_core()
     }
 }
@@ -384,6 +386,7 @@ pub struct Worker {
     decide: DecideFunc,
     policy: ResourceAny,
     ticks: u64,
+    request: RequestBuffer,
 }
 
 impl std::fmt::Debug for Worker {
@@ -396,26 +399,84 @@ impl Worker {
     /// Decides one request; with `with_audit`, also returns the audit event (JSON).
     pub fn decide(&mut self, request: &OwnedRequest, with_audit: bool) -> Result<(Decision, Option<String>), Fault> {
         self.store.set_epoch_deadline(self.ticks);
-        let (d,) = self
-            .decide
-            .call(&mut self.store, (self.policy, to_wit(request), with_audit))
-            .map_err(|e| Fault::Trap(e.into()))?;
+        let lowered = self.request.fill(request);
+        let (d,) =
+            self.decide.call(&mut self.store, (self.policy, lowered, with_audit)).map_err(|e| Fault::Trap(e.into()))?;
         d.into_core()
     }
 }
 
-/// The request in WIT terms.
-pub fn to_wit(r: &OwnedRequest) -> wit::Request {
-    wit::Request {
-        method: r.method.clone(),
-        scheme: r.scheme.clone(),
-        host: r.host.clone(),
-        path: r.path.clone(),
-        query: r.query.clone(),
-        headers: r.headers.clone(),
-        client_address: r.client_ip.map(|ip| ip.to_string()),
-        now: r.now,
+/// A worker's request in WIT terms, refilled in place for every call: its strings keep their
+/// capacity, so a steady stream of requests is lowered without a host allocation (wasmtime
+/// lowers through the `Arc`, which a call holds only while it runs). Cloning into a fresh
+/// [`wit::Request`] instead cost about a dozen allocations and frees per call.
+struct RequestBuffer(Arc<wit::Request>);
+
+impl Default for RequestBuffer {
+    fn default() -> Self {
+        RequestBuffer(Arc::new(wit::Request {
+            method: String::new(),
+            scheme: String::new(),
+            host: String::new(),
+            path: String::new(),
+            query: String::new(),
+            headers: Vec::new(),
+            client_address: None,
+            now: 0,
+        }))
     }
+}
+
+impl RequestBuffer {
+    /// A string buffer larger than this is given back rather than kept for the next request,
+    /// so one huge request does not pin its size in every worker.
+    const KEEP_BYTES: usize = 8 << 10;
+    /// Likewise for the header list.
+    const KEEP_HEADERS: usize = 128;
+
+    /// `r` in the buffer, and a handle to lower it from.
+    fn fill(&mut self, r: &OwnedRequest) -> Arc<wit::Request> {
+        // Unshared between calls, so this never clones; if it ever were shared, it would.
+        let w = Arc::make_mut(&mut self.0);
+        copy_into(&mut w.method, &r.method);
+        copy_into(&mut w.scheme, &r.scheme);
+        copy_into(&mut w.host, &r.host);
+        copy_into(&mut w.path, &r.path);
+        copy_into(&mut w.query, &r.query);
+        if w.headers.capacity() > Self::KEEP_HEADERS && r.headers.len() <= Self::KEEP_HEADERS {
+            w.headers = Vec::new();
+        }
+        w.headers.truncate(r.headers.len());
+        for (i, (k, v)) in r.headers.iter().enumerate() {
+            match w.headers.get_mut(i) {
+                Some((wk, wv)) => {
+                    copy_into(wk, k);
+                    copy_into(wv, v);
+                }
+                None => w.headers.push((k.clone(), v.clone())),
+            }
+        }
+        match r.client_ip {
+            Some(ip) => {
+                use std::fmt::Write as _;
+                let a = w.client_address.get_or_insert_with(String::new);
+                a.clear();
+                let _ = write!(a, "{ip}");
+            }
+            None => w.client_address = None,
+        }
+        w.now = r.now;
+        Arc::clone(&self.0)
+    }
+}
+
+/// `dst = src`, reusing `dst`'s buffer unless it is oversized.
+fn copy_into(dst: &mut String, src: &str) {
+    if dst.capacity() > RequestBuffer::KEEP_BYTES && src.len() <= RequestBuffer::KEEP_BYTES {
+        *dst = String::new();
+    }
+    dst.clear();
+    dst.push_str(src);
 }
 
 /// `types.decision` as the host lifts it: strings go straight into the `Arc<str>`s the core's
@@ -525,5 +586,73 @@ impl crate::check::Decider for Worker {
             Ok((d, _)) => d,
             Err(_) => Decision::deny(Reason::InternalError),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)], client_ip: Option<&str>, path: &str) -> OwnedRequest {
+        OwnedRequest {
+            method: "GET".into(),
+            scheme: "https".into(),
+            host: "api.example.com".into(),
+            path: path.into(),
+            query: "a=1".into(),
+            headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            client_ip: client_ip.map(|ip| ip.parse().expect("test address")),
+            now: 1_700_000_000,
+        }
+    }
+
+    /// What a buffer must hold for `r`: exactly its fields, nothing left from earlier requests.
+    fn assert_holds(w: &wit::Request, r: &OwnedRequest) {
+        assert_eq!(
+            (&w.method, &w.scheme, &w.host, &w.path, &w.query, w.now),
+            (&r.method, &r.scheme, &r.host, &r.path, &r.query, r.now)
+        );
+        assert_eq!(w.headers, r.headers);
+        assert_eq!(w.client_address, r.client_ip.map(|ip| ip.to_string()));
+    }
+
+    #[test]
+    fn a_refilled_request_buffer_holds_only_the_current_request() {
+        let big = "x".repeat(RequestBuffer::KEEP_BYTES * 4);
+        let many: Vec<(String, String)> =
+            (0..RequestBuffer::KEEP_HEADERS * 2).map(|i| (format!("h{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let sequence = [
+            request(
+                &[("authorization", "Bearer a.b.c"), ("accept", "*/*"), ("x-api-key", "k")],
+                Some("10.0.0.1"),
+                "/a",
+            ),
+            request(&[("authorization", "Bearer d")], None, "/longer/path"),
+            request(&[], Some("::1"), "/"),
+            request(&[("cookie", &big)], Some("192.0.2.7"), &big),
+            request(&many, None, "/b"),
+            request(&[("authorization", "Bearer e"), ("accept", "text/plain")], Some("10.0.0.2"), "/c"),
+        ];
+        let mut buffer = RequestBuffer::default();
+        for r in &sequence {
+            let lowered = buffer.fill(r);
+            assert_holds(&lowered, r);
+            drop(lowered);
+        }
+        // The huge request and the long header list were not kept for the requests after them.
+        let w = &buffer.0;
+        assert!(w.path.capacity() <= RequestBuffer::KEEP_BYTES, "path kept {} bytes", w.path.capacity());
+        assert!(w.headers.capacity() <= RequestBuffer::KEEP_HEADERS, "kept {} header slots", w.headers.capacity());
+    }
+
+    #[test]
+    fn a_buffer_still_shared_is_copied_not_overwritten() {
+        let mut buffer = RequestBuffer::default();
+        let first = request(&[("authorization", "Bearer a")], None, "/first");
+        let held = buffer.fill(&first);
+        let second = request(&[], Some("10.0.0.9"), "/second");
+        assert_holds(&buffer.fill(&second), &second);
+        assert_holds(&held, &first);
     }
 }
