@@ -436,7 +436,8 @@ impl RequestBuffer {
 
     /// `r` in the buffer, and a handle to lower it from.
     fn fill(&mut self, r: &OwnedRequest) -> Arc<wit::Request> {
-        // Unshared between calls, so this never clones; if it ever were shared, it would.
+        // Nothing holds the buffer between calls, so this does not copy; were it still shared,
+        // `make_mut` would copy rather than write under a reader.
         let w = Arc::make_mut(&mut self.0);
         copy_into(&mut w.method, &r.method);
         copy_into(&mut w.scheme, &r.scheme);
