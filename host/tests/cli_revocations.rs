@@ -52,6 +52,27 @@ fn the_file_store_is_the_default_and_round_trips() {
 }
 
 #[test]
+fn revoking_works_on_a_damaged_file_and_repair_sets_bad_lines_aside() {
+    let dir = TempDir::new("cli-damaged");
+    let d = dir.path();
+    json(&portcullis(&["revoke", "jti", "a"], d, None));
+    let file = d.join("revocations.jsonl");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("NOT JSON\n");
+    std::fs::write(&file, text).unwrap();
+    assert_eq!(json(&portcullis(&["revoke", "jti", "b"], d, None))["changed"], true, "appended past the damage");
+    let unrevoke = portcullis(&["unrevoke", "jti", "a"], d, None);
+    assert_eq!(unrevoke.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unrevoke.stderr);
+    assert!(stderr.contains("error[store_unavailable]") && stderr.contains("revocations repair"), "{stderr}");
+    assert!(!stderr.contains("[store_unavailable] "), "the code is said once: {stderr}");
+    let repaired = json(&portcullis(&["revocations", "repair"], d, None));
+    assert_eq!((repaired["kept"].as_u64(), repaired["rejected"].as_u64()), (Some(2), Some(1)));
+    assert!(std::fs::read_to_string(d.join("revocations.jsonl.rejected")).unwrap().contains("\"line\":3"));
+    assert!(portcullis(&["unrevoke", "jti", "a"], d, None).status.success());
+}
+
+#[test]
 fn a_database_password_is_never_printed() {
     let dir = TempDir::new("cli-secret");
     let out = portcullis(&["revoke", "jti", "x"], dir.path(), Some("postgres://u:sekret-pw@127.0.0.1:1/db"));

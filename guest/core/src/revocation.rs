@@ -112,7 +112,7 @@ impl Revocations for NoRevocations {
 ///
 /// Lookups hash the identifier once and probe one table, whatever the size of the set. Entries
 /// are `Box<str>` rather than `String` (16 bytes less per entry at a million entries).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevocationSet {
     token_ids: FastSet<Box<str>>,
     service_token_ids: FastSet<Box<str>>,

@@ -118,6 +118,14 @@ pub enum RevocationsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Revocations file only: set aside the lines that are not valid records (appended to
+    /// `<file>.rejected` with their line numbers and errors) and rewrite the file with the rest,
+    /// so a running sidecar accepts it again.
+    Repair {
+        /// The revocations file.
+        #[arg(long, value_name = "FILE", default_value = "revocations.jsonl")]
+        revocations_file: PathBuf,
+    },
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -138,7 +146,7 @@ pub fn db(cmd: DbCommand) -> Result<ExitCode, Failure> {
         "applied": applied,
         "version": crate::revocation::pg::latest_version(),
     });
-    println!("{out}");
+    outln!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -164,7 +172,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
     r.expires_at = args.expires_at;
     let changed = runtime()?.block_on(store.revoke(&r)).map_err(|e| store_failure(&e))?;
     let out = serde_json::json!({ "changed": changed, "store": store.describe(), "revocation": r });
-    println!("{out}");
+    outln!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -172,7 +180,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
 pub fn unrevoke(args: UnrevokeArgs) -> Result<ExitCode, Failure> {
     let store = args.store.store()?;
     let changed = runtime()?.block_on(store.unrevoke(args.kind, &args.id)).map_err(|e| store_failure(&e))?;
-    println!("{}", serde_json::json!({ "changed": changed, "store": store.describe() }));
+    outln!("{}", serde_json::json!({ "changed": changed, "store": store.describe() }))?;
     Ok(if changed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -185,18 +193,22 @@ pub fn revocations(cmd: RevocationsCommand) -> Result<ExitCode, Failure> {
             let records = runtime()?.block_on(store.list(&filter)).map_err(|e| store_failure(&e))?;
             match format {
                 Format::Json => {
-                    println!("{}", serde_json::json!({ "store": store.describe(), "revocations": records }))
+                    outln!("{}", serde_json::json!({ "store": store.describe(), "revocations": records }))?;
                 }
                 Format::Text => {
                     for r in &records {
                         let before = r.issued_before.map(|b| format!(" issued_before={b}")).unwrap_or_default();
                         let tenant = r.tenant.as_deref().map(|t| format!(" tenant={t}")).unwrap_or_default();
-                        println!(
+                        outln!(
                             "{} {}{before}{tenant} created_at={} actor={} reason={:?}",
-                            r.kind, r.id, r.created_at, r.actor, r.reason
-                        );
+                            r.kind,
+                            r.id,
+                            r.created_at,
+                            r.actor,
+                            r.reason
+                        )?;
                     }
-                    println!("{} revocation(s) in {}", records.len(), store.describe());
+                    outln!("{} revocation(s) in {}", records.len(), store.describe())?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -205,7 +217,13 @@ pub fn revocations(cmd: RevocationsCommand) -> Result<ExitCode, Failure> {
             let store = store.store()?;
             let n =
                 runtime()?.block_on(store.prune(now.unwrap_or_else(crate::unix_now))).map_err(|e| store_failure(&e))?;
-            println!("{}", serde_json::json!({ "pruned": n, "store": store.describe() }));
+            outln!("{}", serde_json::json!({ "pruned": n, "store": store.describe() }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RevocationsCommand::Repair { revocations_file } => {
+            let store = FileStore::new(revocations_file);
+            let (kept, rejected) = runtime()?.block_on(store.repair()).map_err(|e| store_failure(&e))?;
+            outln!("{}", serde_json::json!({ "kept": kept, "rejected": rejected, "file": store.path() }))?;
             Ok(ExitCode::SUCCESS)
         }
     }

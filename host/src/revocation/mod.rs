@@ -61,9 +61,16 @@ pub struct Record {
     pub expires_at: Option<i64>,
 }
 
+/// A snapshot was not applied: trusting it could un-revoke credentials. The set in force
+/// stays, unconfirmed, so the staleness bound applies until the store is sound again (or the
+/// sidecar restarts, accepting whatever the store then holds).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("snapshot refused: {0}")]
+pub struct Refused(pub String);
+
 /// A revocation request was not acceptable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("[revocation_invalid] {0}")]
+#[error("{0}")]
 pub struct Invalid(pub String);
 
 impl Record {
@@ -272,6 +279,8 @@ pub struct LiveRevocations {
     inner: RwLock<Inner>,
     fail_closed: bool,
     stale: AtomicBool,
+    /// Set once the first snapshot is in place.
+    loaded: AtomicBool,
     /// Highest change number the store has announced (NOTIFY payloads).
     announced: AtomicU64,
     confirmed_at: Mutex<Option<Instant>>,
@@ -288,9 +297,13 @@ impl std::fmt::Debug for LiveRevocations {
 
 impl Revocations for LiveRevocations {
     fn status(&self, query: RevocationQuery<'_>) -> RevocationStatus {
+        let g = self.read();
         // A known revocation is reported even when stale: it is still true.
-        if self.read().hot.revoked(query) {
+        if g.hot.revoked(query) {
             RevocationStatus::Revoked
+        } else if g.cursor.is_none() {
+            // Nothing is known before the first load, in every stale mode.
+            RevocationStatus::Unavailable
         } else if self.fail_closed && self.stale.load(Ordering::Relaxed) {
             RevocationStatus::Unavailable
         } else {
@@ -343,6 +356,7 @@ impl LiveRevocations {
             fail_closed: mode == StaleMode::FailClosed,
             // Nothing is known before the first snapshot.
             stale: AtomicBool::new(true),
+            loaded: AtomicBool::new(false),
             announced: AtomicU64::new(0),
             confirmed_at: Mutex::new(None),
             started: Instant::now(),
@@ -358,9 +372,32 @@ impl LiveRevocations {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces the whole set (a snapshot at `cursor` of the log `source`).
-    pub fn replace(&self, set: RevocationSet, source: &str, cursor: i64) {
+    /// Replaces the whole set with a snapshot at `cursor` of the log `source`, unless the
+    /// snapshot cannot be trusted to continue the set in force (see [`Refused`]): then nothing
+    /// changes and the caller must not confirm the set.
+    pub fn replace(&self, set: RevocationSet, source: &str, cursor: i64) -> Result<(), Refused> {
         let entries = set.len();
+        {
+            let g = self.read();
+            if let Some(held) = g.cursor {
+                if g.source == source && cursor < held {
+                    return Err(Refused(format!(
+                        "the store's change log is at {cursor}, behind the {held} already applied (restored from a backup?)"
+                    )));
+                }
+                if g.source == source && cursor == held && set != g.set {
+                    return Err(Refused(format!(
+                        "the store's snapshot at {cursor} differs from the set built by following its log to {cursor}"
+                    )));
+                }
+                if entries == 0 && !g.set.is_empty() {
+                    return Err(Refused(format!(
+                        "the store returned no revocations while {} are in force; restart to accept an emptied store",
+                        g.set.len()
+                    )));
+                }
+            }
+        }
         let hot = HotIndex::of(&set);
         let old = {
             let mut g = self.write();
@@ -371,10 +408,12 @@ impl LiveRevocations {
             g.hot = hot;
             std::mem::replace(&mut g.set, set)
         };
+        self.loaded.store(true, Ordering::Release);
         // A million-entry set is freed outside the lock.
         drop(old);
         self.metrics.snapshots.inc();
         self.after_apply(entries, cursor);
+        Ok(())
     }
 
     /// Applies changes that continue the log contiguously from the cursor. Returns false (and
@@ -453,9 +492,9 @@ impl LiveRevocations {
         now.saturating_duration_since(at.unwrap_or(self.started))
     }
 
-    /// Whether a snapshot has ever been loaded.
+    /// Whether a snapshot has ever been loaded (read on every check, so without the lock).
     pub fn synced(&self) -> bool {
-        self.read().cursor.is_some()
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// The change log the cursor belongs to (empty before the first snapshot).
@@ -587,7 +626,7 @@ pub enum StoreError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     /// The store could not be reached or refused (never includes credentials).
-    #[error("[store_unavailable] {0}")]
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -698,7 +737,7 @@ mod tests {
     fn changes_apply_only_contiguously() {
         let live = LiveRevocations::new(StaleMode::Serve);
         assert!(!live.apply(&[change(1, Op::Revoke, "a")]), "no snapshot yet");
-        live.replace(RevocationSet::default(), "log", 0);
+        live.replace(RevocationSet::default(), "log", 0).unwrap();
         assert!(live.apply(&[change(1, Op::Revoke, "a"), change(2, Op::Revoke, "b")]));
         assert!(!live.apply(&[change(4, Op::Revoke, "c")]), "3 is missing");
         assert_eq!(live.status(RevocationQuery::TokenId("c")), RevocationStatus::Active);
@@ -715,7 +754,7 @@ mod tests {
         assert_eq!(live.status(RevocationQuery::TokenId("x")), RevocationStatus::Unavailable, "never synced");
         let mut set = RevocationSet::default();
         set.revoke_token_id("r");
-        live.replace(set, "log", 5);
+        live.replace(set, "log", 5).unwrap();
         let t0 = Instant::now();
         live.confirm(t0);
         assert!(!live.is_stale(), "a confirmation makes the set fresh at once");
@@ -727,10 +766,52 @@ mod tests {
         assert_eq!(live.metrics.stale.get(), 1);
 
         let serving = LiveRevocations::new(StaleMode::Serve);
-        serving.replace(RevocationSet::default(), "log", 0);
+        serving.replace(RevocationSet::default(), "log", 0).unwrap();
         serving.check_staleness(Instant::now() + Duration::from_secs(60), Duration::from_secs(1));
         assert!(serving.is_stale());
         assert_eq!(serving.status(RevocationQuery::TokenId("x")), RevocationStatus::Active, "serve mode");
+    }
+
+    #[test]
+    fn nothing_is_active_before_the_first_load_in_either_mode() {
+        for mode in [StaleMode::Serve, StaleMode::FailClosed] {
+            let live = LiveRevocations::new(mode);
+            assert_eq!(live.status(RevocationQuery::TokenId("x")), RevocationStatus::Unavailable, "{mode:?}");
+            let q = RevocationQuery::Subject { subject: "s", issued_at: Some(1.0) };
+            assert_eq!(live.status(q), RevocationStatus::Unavailable, "{mode:?}");
+            live.replace(RevocationSet::default(), "log", 0).unwrap();
+            live.confirm(Instant::now());
+            assert_eq!(live.status(RevocationQuery::TokenId("x")), RevocationStatus::Active, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn snapshots_that_could_unrevoke_are_refused_and_change_nothing() {
+        let live = LiveRevocations::new(StaleMode::FailClosed);
+        let mut held = RevocationSet::default();
+        held.revoke_token_id("r");
+        live.replace(held.clone(), "log", 10).unwrap();
+        let revoked = |live: &LiveRevocations| live.status(RevocationQuery::TokenId("r")) == RevocationStatus::Revoked;
+
+        let e = live.replace(RevocationSet::default(), "other-log", 20).unwrap_err();
+        assert!(e.0.contains("no revocations while 1 are in force"), "{e}");
+        let e = live.replace(held.clone(), "log", 9).unwrap_err();
+        assert!(e.0.contains("behind"), "{e}");
+        let mut other = RevocationSet::default();
+        other.revoke_token_id("q");
+        let e = live.replace(other.clone(), "log", 10).unwrap_err();
+        assert!(e.0.contains("differs"), "{e}");
+        assert!(revoked(&live) && live.cursor() == Some(10) && live.source() == "log", "nothing changed");
+        assert_eq!(live.metrics.snapshots.get(), 1);
+
+        // What a sound store sends is accepted: the same state, a later one, or a new log.
+        live.replace(held.clone(), "log", 10).unwrap();
+        live.replace(other.clone(), "log", 11).unwrap();
+        assert!(!revoked(&live));
+        live.replace(held, "new-log", 1).unwrap();
+        assert!(revoked(&live));
+        // A fresh follower (a restart) accepts an empty store.
+        LiveRevocations::new(StaleMode::Serve).replace(RevocationSet::default(), "log", 0).unwrap();
     }
 
     #[test]
@@ -739,7 +820,7 @@ mod tests {
         assert!(live.feed(None).is_none(), "nothing to serve before the first sync");
         let mut set = RevocationSet::default();
         set.revoke_subject("s", 7);
-        live.replace(set, "log-a", 10);
+        live.replace(set, "log-a", 10).unwrap();
         let first = live.feed(None).unwrap();
         assert_eq!(first.cursor, 10);
         assert_eq!(

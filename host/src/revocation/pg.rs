@@ -35,7 +35,27 @@ use super::{Change, FollowOptions, ListFilter, LiveRevocations, Op, Record, Stor
 pub const CHANNEL: &str = "portcullis_revocations";
 
 /// Migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "revocations and their change log", MIGRATION_1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "revocations and their change log", MIGRATION_1),
+    (2, "the change log and its state cannot be truncated", MIGRATION_2),
+];
+
+// A truncated change log would let followers believe they are current; `catch_up` also
+// compares the log with `last_seq`, so deleting rows is caught, and this refuses the one
+// statement that fires no row trigger.
+const MIGRATION_2: &str = r"
+CREATE OR REPLACE FUNCTION portcullis.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'portcullis.% cannot be truncated: DELETE the rows so every runtime sees it', TG_TABLE_NAME;
+END
+$$;
+CREATE TRIGGER revocation_changes_refuse_truncate
+    BEFORE TRUNCATE ON portcullis.revocation_changes
+    FOR EACH STATEMENT EXECUTE FUNCTION portcullis.refuse_truncate();
+CREATE TRIGGER revocation_log_state_refuse_truncate
+    BEFORE TRUNCATE ON portcullis.revocation_log_state
+    FOR EACH STATEMENT EXECUTE FUNCTION portcullis.refuse_truncate();
+";
 
 const MIGRATION_1: &str = r"
 CREATE TABLE portcullis.revocations (
@@ -390,45 +410,67 @@ async fn snapshot(client: &mut Client) -> Result<(RevocationSet, String, i64), S
     Ok((set, log_id, cursor))
 }
 
-/// Changes after `cursor`, at most one batch.
-async fn changes_since(client: &Client, cursor: i64) -> Result<Vec<Change>, StoreError> {
+/// The log's state and the changes after `cursor` (at most one batch), read in one
+/// statement so both come from the same snapshot of the database.
+async fn changes_since(client: &Client, cursor: i64) -> Result<(String, i64, Vec<Change>), StoreError> {
     let rows = client
         .query(
-            "SELECT seq, op, kind, id, floor(extract(epoch FROM issued_before))::bigint
-             FROM portcullis.revocation_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT s.log_id, s.last_seq, c.seq, c.op, c.kind, c.id, floor(extract(epoch FROM c.issued_before))::bigint
+             FROM portcullis.revocation_log_state s
+             LEFT JOIN LATERAL (
+                 SELECT * FROM portcullis.revocation_changes WHERE seq > $1 ORDER BY seq LIMIT $2
+             ) c ON true
+             ORDER BY c.seq",
             &[&cursor, &CATCH_UP_BATCH],
         )
         .await
         .map_err(|e| pg_err("cannot read the change log", &e))?;
+    let Some(first) = rows.first() else {
+        return Err(StoreError::Unavailable("the revocation log state row is missing".into()));
+    };
+    let (log_id, last_seq): (String, i64) = (first.get(0), first.get(1));
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        let kind: &str = row.get(2);
-        let op: &str = row.get(1);
+        let Some(seq) = row.get::<_, Option<i64>>(2) else { continue };
+        let kind: &str = row.get(4);
+        let op: &str = row.get(3);
         out.push(Change {
-            seq: row.get(0),
+            seq,
             op: if op == "unrevoke" { Op::Unrevoke } else { Op::Revoke },
             kind: RevocationKind::from_code(kind)
                 .ok_or_else(|| StoreError::Unavailable(format!("unknown kind `{kind}` in the change log")))?,
-            id: row.get(3),
-            issued_before: row.get(4),
+            id: row.get(5),
+            issued_before: row.get(6),
         });
     }
-    Ok(out)
+    Ok((log_id, last_seq, out))
 }
 
 async fn load_snapshot(client: &mut Client, live: &LiveRevocations) -> Result<(), StoreError> {
     let (set, log_id, cursor) = snapshot(client).await?;
     let entries = set.len();
-    live.replace(set, &log_id, cursor);
+    live.replace(set, &log_id, cursor).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     tracing::info!(entries, cursor, "revocation snapshot loaded");
     Ok(())
 }
 
-/// Applies every change after the live cursor; takes a snapshot when the log has a gap.
+/// Applies every change after the live cursor; takes a snapshot when the log has a gap, was
+/// replaced, or ends before the number its state row says was last written (history deleted
+/// under the follower).
 async fn catch_up(client: &mut Client, live: &LiveRevocations) -> Result<(), StoreError> {
     loop {
         let Some(cursor) = live.cursor() else { return load_snapshot(client, live).await };
-        let changes = changes_since(client, cursor).await?;
+        let (log_id, last_seq, changes) = changes_since(client, cursor).await?;
+        if log_id != live.source() {
+            tracing::warn!(cursor, "the store's change log was replaced: taking a snapshot");
+            return load_snapshot(client, live).await;
+        }
+        let reached = changes.last().map_or(cursor, |c| c.seq);
+        let full = i64::try_from(changes.len()).unwrap_or(i64::MAX) >= CATCH_UP_BATCH;
+        if last_seq < cursor || (!full && reached < last_seq) {
+            tracing::warn!(cursor, last_seq, reached, "the change log does not match its state: taking a snapshot");
+            return load_snapshot(client, live).await;
+        }
         if changes.is_empty() {
             return Ok(());
         }
@@ -436,7 +478,7 @@ async fn catch_up(client: &mut Client, live: &LiveRevocations) -> Result<(), Sto
             tracing::warn!(cursor, "the change log has a gap (pruned history): taking a snapshot");
             return load_snapshot(client, live).await;
         }
-        if i64::try_from(changes.len()).unwrap_or(i64::MAX) < CATCH_UP_BATCH {
+        if !full {
             return Ok(());
         }
     }

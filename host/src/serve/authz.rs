@@ -50,6 +50,8 @@ pub struct Generation {
     pub id: u64,
     /// What was loaded.
     pub bundle: Arc<PolicyBundle>,
+    /// The policy's request limits (the HTTP listener sizes its header cap from them).
+    pub limits: portcullis_core::policy::Limits,
     mode: Mode,
 }
 
@@ -78,6 +80,8 @@ pub struct Authorizer {
     next_id: AtomicU64,
     draining: AtomicBool,
     clock: Clock,
+    /// Checks wait for this set's first load: until then every check is a 503.
+    gate: Option<Arc<crate::revocation::LiveRevocations>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -132,7 +136,16 @@ impl Authorizer {
             next_id: AtomicU64::new(2),
             draining: AtomicBool::new(false),
             clock,
+            gate: None,
         })
+    }
+
+    /// Answers every check with 503 `revocation_stale` until `live` has loaded, whatever its
+    /// stale mode: before the first load nothing is known to be revoked, so nothing may pass.
+    #[must_use]
+    pub fn gated_on(mut self, live: Arc<crate::revocation::LiveRevocations>) -> Authorizer {
+        self.gate = Some(live);
+        self
     }
 
     /// The generation in force.
@@ -189,6 +202,11 @@ impl Authorizer {
     /// Decides one check. Never fails: any fault is a 503 `internal_error`, counted and logged.
     pub fn check(&self, req: &OwnedRequest, api: &'static str) -> Decision {
         let started = Instant::now();
+        if self.gate.as_ref().is_some_and(|live| !live.synced()) {
+            let decision = Decision::deny(Reason::RevocationStale);
+            self.metrics.decisions.get_or_create(&DecisionLabels { reason: decision.reason.code(), api }).inc();
+            return decision;
+        }
         let generation = self.current.load_full();
         let with_audit = self.audit.is_some();
         let outcome = match &generation.mode {
@@ -274,7 +292,7 @@ fn build(
     bundle: Arc<PolicyBundle>,
     id: u64,
 ) -> Result<Generation, Rejected> {
-    bundle.compile()?;
+    let limits = bundle.compile()?.limits();
     let mode = match settings.isolation {
         Isolation::Warm => {
             let mut workers = Vec::with_capacity(settings.workers);
@@ -295,7 +313,7 @@ fn build(
             Mode::Fresh { runtime }
         }
     };
-    Ok(Generation { id, bundle, mode })
+    Ok(Generation { id, bundle, limits, mode })
 }
 
 /// The audit record of a check that faulted (the guest produced none).

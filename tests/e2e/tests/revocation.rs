@@ -3,6 +3,7 @@
 //! connection, staleness in both modes, the file store, and the admin API with its feed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::print_stderr)]
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,6 +318,183 @@ async fn the_embedded_file_store_is_watched() {
     std::fs::write(dir.path().join("revocations.jsonl"), "{not json\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(decide(&h, &token).await, Reason::Revoked);
+    h.shutdown().await;
+}
+
+/// Findings: a snapshot that suddenly returns nothing, a change log cut short or rewound, must
+/// not un-revoke; the set stays, unconfirmed, and the sidecar goes stale until the store is
+/// sound again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_loses_rows_or_history_never_unrevokes() {
+    let db = Database::new().await;
+    let store = migrated(&db.url).await;
+    let client = connect(&db.url).await;
+    let bound = Duration::from_millis(800);
+    let h = sidecar(Store::Postgres(store.clone()), StaleMode::FailClosed, bound, None).await;
+    let now = portcullis_host::unix_now();
+    let revoked = bearer(&hs256(now, serde_json::json!({ "jti": "pg-gone" })));
+    let other = bearer(&hs256(now, serde_json::json!({ "jti": "pg-fine" })));
+    assert!(store.revoke(&Record::new(RevocationKind::TokenId, "pg-gone", "test", now)).await.unwrap());
+    until(&h, &revoked, Reason::Revoked, Duration::from_secs(5)).await;
+    assert_eq!(decide(&h, &other).await, Reason::Allowed);
+
+    let e = client.batch_execute("TRUNCATE portcullis.revocation_changes").await.unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("cannot be truncated"), "{e}");
+
+    // Rows vanish behind the log's back (the trigger off), and the log moves on.
+    let damage = [
+        "ALTER TABLE portcullis.revocations DISABLE TRIGGER revocations_record_change;
+         DELETE FROM portcullis.revocations;
+         ALTER TABLE portcullis.revocations ENABLE TRIGGER revocations_record_change;
+         UPDATE portcullis.revocation_log_state SET last_seq = last_seq + 1;",
+        // The log rewound (a restore from an older backup).
+        "UPDATE portcullis.revocation_log_state SET last_seq = 0;",
+        // A new log that holds nothing.
+        "DELETE FROM portcullis.revocation_changes;
+         UPDATE portcullis.revocation_log_state SET log_id = 'another-log';",
+    ];
+    for sql in damage {
+        client.batch_execute(sql).await.unwrap();
+        tokio::time::sleep(bound + Duration::from_millis(700)).await;
+        assert_eq!(decide(&h, &revoked).await, Reason::Revoked, "{sql}");
+        assert_eq!(decide(&h, &other).await, Reason::RevocationStale, "{sql}: not fresh");
+    }
+    // The store made sound again (the revocation written back): fresh, nothing lost.
+    assert!(store.revoke(&Record::new(RevocationKind::TokenId, "pg-gone", "test", now)).await.unwrap());
+    until(&h, &other, Reason::Allowed, Duration::from_secs(10)).await;
+    assert_eq!(decide(&h, &revoked).await, Reason::Revoked);
+    h.shutdown().await;
+}
+
+/// A check through the HTTP ext_authz listener, as Envoy (or an attacker polling) sends it:
+/// the status and the reason header.
+async fn http_check(h: &Handle, token: &str) -> (u16, String) {
+    let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let r = request(h.http_addr.unwrap(), "GET", "/v1/orders", "api.example.com", &headers).await.unwrap();
+    (r.status, r.header("x-portcullis-reason").unwrap_or("").to_owned())
+}
+
+fn with_http(mut config: Config) -> Config {
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+fn file_config(file: FileStore, mode: StaleMode, stale_after: Duration) -> Config {
+    with_http(Config {
+        revocation: Some(RevocationConfig {
+            store: Store::File(file),
+            live: Arc::new(LiveRevocations::new(mode)),
+            freshness: Freshness { stale_after, mode },
+            follow: FAST,
+            scopes: ("r".into(), "w".into()),
+        }),
+        ..Config::local(root().join("policies/example.yaml"))
+    })
+}
+
+/// Finding: before the set had loaded, checks were answered as if nothing were revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_check_passes_before_the_first_revocation_load_in_either_mode() {
+    // A store that never answers: the set never loads.
+    let store = Store::Postgres(PgStore::new("postgres://nobody@127.0.0.1:1/none").unwrap());
+    let now = portcullis_host::unix_now();
+    let token = hs256(now, serde_json::json!({ "jti": "early-1" }));
+    for mode in [StaleMode::Serve, StaleMode::FailClosed] {
+        let live = Arc::new(LiveRevocations::new(mode));
+        let config = with_http(Config {
+            revocation: Some(RevocationConfig {
+                store: store.clone(),
+                live,
+                freshness: Freshness { stale_after: Duration::from_secs(30), mode },
+                follow: FAST,
+                scopes: ("r".into(), "w".into()),
+            }),
+            ..Config::local(root().join("policies/example.yaml"))
+        });
+        let h = Sidecar::build(config).await.unwrap().serve().unwrap();
+        for _ in 0..5 {
+            assert_eq!(http_check(&h, &token).await, (503, "revocation_stale".into()), "{mode:?}");
+            assert_eq!(decide(&h, &bearer(&token)).await, Reason::RevocationStale, "{mode:?} (gRPC path)");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ready = request(h.admin_addr, "GET", "/readyz", "localhost", &[]).await.unwrap();
+        assert_eq!(ready.status, 503, "{mode:?}: {}", ready.body);
+        h.shutdown().await;
+    }
+}
+
+/// Findings: an empty or missing revocations file un-revoked everything; a corrupt one was
+/// confirmed fresh forever, and nobody could revoke while it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_revocations_file_never_unrevokes_and_never_counts_as_fresh() {
+    let dir = TempDir::new("revocations-damaged");
+    let path = dir.path().join("revocations.jsonl");
+    let file = FileStore::new(&path);
+    let store = Store::File(file.clone());
+    let now = portcullis_host::unix_now();
+    let revoked = hs256(now, serde_json::json!({ "jti": "gone-1" }));
+    let other = hs256(now, serde_json::json!({ "jti": "fine-1" }));
+    assert!(store.revoke(&Record::new(RevocationKind::TokenId, "gone-1", "test", now)).await.unwrap());
+    let good = std::fs::read(&path).unwrap();
+    let bound = Duration::from_millis(800);
+    let h = Sidecar::build(file_config(file.clone(), StaleMode::FailClosed, bound)).await.unwrap().serve().unwrap();
+    wait_ready(h.admin_addr).await;
+    assert_eq!(http_check(&h, &revoked).await, (401, "revoked".into()));
+    assert_eq!(http_check(&h, &other).await.0, 200);
+    let metric = |name: &'static str| {
+        let addr = h.admin_addr;
+        async move {
+            let m = request(addr, "GET", "/metrics", "localhost", &[]).await.unwrap().body;
+            let line = m.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+            line.rsplit(' ').next().unwrap_or_default().parse::<f64>().unwrap_or(-1.0)
+        }
+    };
+
+    // Emptied, then missing, then truncated and appended to (a new lineage): each time the
+    // revoked token stays revoked, and the set goes stale (fail-closed: 503 for the others).
+    let damage: [(&str, Box<dyn Fn()>); 3] = [
+        ("emptied", Box::new(|| std::fs::write(&path, b"").unwrap())),
+        ("moved away", Box::new(|| std::fs::rename(&path, dir.path().join("elsewhere")).unwrap())),
+        (
+            "truncated and appended to",
+            Box::new(|| {
+                std::fs::write(&path, b"").unwrap();
+                let r = Record::new(RevocationKind::TokenId, "x-1", "test", now);
+                std::fs::write(
+                    &path,
+                    format!(
+                        "{{\"portcullis_revocations\":1,\"log\":\"new\"}}\n{}\n",
+                        serde_json::to_string(&r).unwrap()
+                    ),
+                )
+                .unwrap();
+            }),
+        ),
+    ];
+    for (what, act) in damage {
+        let errors = metric("portcullis_revocations_sync_errors_total").await;
+        act();
+        tokio::time::sleep(bound + Duration::from_millis(700)).await;
+        assert_eq!(http_check(&h, &revoked).await, (401, "revoked".into()), "{what}");
+        assert_eq!(http_check(&h, &other).await, (503, "revocation_stale".into()), "{what}: not fresh");
+        assert_eq!(metric("portcullis_revocations_stale").await, 1.0, "{what}");
+        assert!(metric("portcullis_revocations_sync_errors_total").await > errors, "{what}: counted");
+        // Restoring the file restores freshness.
+        std::fs::write(&path, &good).unwrap();
+        until(&h, &bearer(&other), Reason::Allowed, Duration::from_secs(5)).await;
+    }
+
+    // Corrupt: stale after the bound, yet revoking still works, and `repair` brings it back.
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"NOT JSON\n").unwrap();
+    tokio::time::sleep(bound + Duration::from_millis(700)).await;
+    assert_eq!(http_check(&h, &other).await, (503, "revocation_stale".into()), "a corrupt file is not fresh");
+    assert!(metric("portcullis_revocations_last_sync_age_seconds").await > bound.as_secs_f64());
+    // As `portcullis revoke` does it: a new process, nothing read yet.
+    let writer = FileStore::new(&path);
+    assert!(writer.revoke(&Record::new(RevocationKind::TokenId, "fine-1", "test", now)).await.unwrap());
+    assert_eq!(writer.repair().await.unwrap(), (2, 1), "both revocations kept, the bad line set aside");
+    until(&h, &bearer(&other), Reason::Revoked, Duration::from_secs(5)).await;
+    assert_eq!(metric("portcullis_revocations_stale").await, 0.0);
     h.shutdown().await;
 }
 
