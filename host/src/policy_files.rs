@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use portcullis_core::{Policy, PolicyError};
 
 /// Largest referenced file read (keys, secrets, API key lists).
@@ -48,12 +48,9 @@ fn io(error: anyhow::Error) -> LoadError {
     LoadError { code: "policy_io", error }
 }
 
-fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > MAX_FILE_BYTES {
-        bail!("{} is larger than {MAX_FILE_BYTES} bytes", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+/// Reads a policy or a file it references: regular files only, at most [`MAX_FILE_BYTES`].
+pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    crate::files::read_regular(path, MAX_FILE_BYTES).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Files read on demand from a directory (the policy's), with the same size limit.
