@@ -58,6 +58,7 @@ fn config(policy: &Path, isolation: Isolation) -> Config {
         revocations: Arc::new(portcullis_core::NoRevocations),
         revocation: None,
         clock: portcullis_host::serve::authz::system_clock(),
+        ..Config::local(policy.to_owned())
     }
 }
 

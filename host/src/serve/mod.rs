@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authz;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod reload;
 
@@ -41,7 +42,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Audit events as JSON lines (`-` for stdout); `None`: off.
     pub audit_log: Option<PathBuf>,
-    /// How often the policy is re-read; `None`: only on SIGHUP... and not even then.
+    /// How often the policy is re-read; `None`: only on SIGHUP.
     pub reload_interval: Option<Duration>,
     /// Decision service settings.
     pub settings: Settings,
@@ -56,6 +57,10 @@ pub struct Config {
     pub revocation: Option<RevocationConfig>,
     /// The time of each decision ([`authz::system_clock`] outside tests).
     pub clock: authz::Clock,
+    /// Connection limits of the gRPC and HTTP check listeners (each).
+    pub check_limits: listen::ConnectionLimits,
+    /// Connection limits of the admin listener.
+    pub admin_limits: listen::ConnectionLimits,
 }
 
 /// The sidecar's revocation subsystem.
@@ -96,6 +101,8 @@ impl Config {
             revocations: Arc::new(portcullis_core::NoRevocations),
             revocation: None,
             clock: authz::system_clock(),
+            check_limits: listen::ConnectionLimits::CHECKS,
+            admin_limits: listen::ConnectionLimits::ADMIN,
         }
     }
 }
@@ -114,6 +121,7 @@ impl std::fmt::Debug for Config {
 /// A sidecar ready to serve: policy loaded, instances warm, sockets bound.
 pub struct Sidecar {
     config: Config,
+    hangups: reload::Hangups,
     authz: Arc<Authorizer>,
     grpc: TcpListener,
     http: Option<TcpListener>,
@@ -129,6 +137,8 @@ impl std::fmt::Debug for Sidecar {
 impl Sidecar {
     /// Loads the policy, compiles the component, warms instances and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
+        // First, so a SIGHUP during a slow start reloads rather than terminates.
+        let hangups = reload::hangups();
         let bundle = PolicyBundle::read(&config.policy).map_err(|e| anyhow::anyhow!("[{}] {e}", e.code))?;
         let mut metrics = metrics::Metrics::new();
         if let Some(r) = &config.revocation {
@@ -148,10 +158,16 @@ impl Sidecar {
         };
         let (settings, clock) = (config.settings.clone(), Arc::clone(&config.clock));
         let m = Arc::clone(&metrics);
-        let authz =
-            tokio::task::spawn_blocking(move || Authorizer::new(bundle, settings, revocations, m, audit, clock))
-                .await
-                .context("the loader panicked")??;
+        let gate = config.revocation.as_ref().map(|r| Arc::clone(&r.live));
+        let authz = tokio::task::spawn_blocking(move || {
+            let authz = Authorizer::new(bundle, settings, revocations, m, audit, clock)?;
+            anyhow::Ok(match gate {
+                Some(live) => authz.gated_on(live),
+                None => authz,
+            })
+        })
+        .await
+        .context("the loader panicked")??;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
         };
@@ -161,7 +177,7 @@ impl Sidecar {
             None => None,
         };
         let admin = bind(config.admin_listen, "admin").await?;
-        Ok(Sidecar { config, authz: Arc::new(authz), grpc, http, admin })
+        Ok(Sidecar { config, hangups, authz: Arc::new(authz), grpc, http, admin })
     }
 
     /// The decision service (for tests and the revocation subsystem).
@@ -178,14 +194,15 @@ impl Sidecar {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
         let service = AuthorizationServer::new(grpc::GrpcService::new(Arc::clone(&self.authz)));
-        // Nagle plus delayed ACKs put ~40 ms on small responses; tonic only sets TCP_NODELAY on
-        // listeners it binds itself.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(self.grpc), |s| {
-            s.and_then(|s| s.set_nodelay(true).map(|()| s))
-        });
+        // Envoy keeps one HTTP/2 connection open between bursts: no idle cut-off here (a close
+        // racing a check would fail that check); dead peers are found by keepalive pings.
+        let grpc_limits = listen::ConnectionLimits { idle_timeout: None, ..self.config.check_limits };
+        let incoming = listen::incoming(self.grpc, grpc_limits);
         let stop = stopped(rx.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
@@ -206,7 +223,18 @@ impl Sidecar {
                 authz: Arc::clone(&self.authz),
                 client_address_header: header,
             }));
-            tasks.push(spawn_http(listener, app, rx.clone(), "HTTP ext_authz"));
+            let authz = Arc::clone(&self.authz);
+            // Headers past the policy's limit get the policy's own answer (`malformed`); the
+            // server's cap is only a backstop above it (Host and transport headers come on top).
+            let max_headers = Arc::new(move || authz.generation().limits.max_headers.saturating_add(32));
+            tasks.push(listen::spawn_http(
+                listener,
+                app,
+                self.config.check_limits,
+                max_headers,
+                rx.clone(),
+                "HTTP ext_authz",
+            ));
         }
         let revocation_admin = self.config.revocation.as_ref().map(|r| admin::RevocationAdmin {
             store: r.store.clone(),
@@ -214,9 +242,12 @@ impl Sidecar {
             read_scope: r.scopes.0.clone(),
             write_scope: r.scopes.1.clone(),
         });
-        tasks.push(spawn_http(
+        let authz = Arc::clone(&self.authz);
+        tasks.push(listen::spawn_http(
             self.admin,
             admin::admin_app(Arc::clone(&self.authz), revocation_admin),
+            self.config.admin_limits,
+            Arc::new(move || authz.generation().limits.max_headers.saturating_add(32)),
             rx.clone(),
             "admin",
         ));
@@ -236,14 +267,15 @@ impl Sidecar {
             )));
         }
 
-        if let Some(interval) = self.config.reload_interval {
-            tasks.push(tokio::spawn(reload::watch_policy(
-                Arc::clone(&self.authz),
-                self.config.policy.clone(),
-                interval,
-                rx,
-            )));
-        }
+        // Always: with no interval the policy still reloads on SIGHUP, and a SIGHUP must
+        // never stop the service.
+        tasks.push(tokio::spawn(reload::watch_policy(
+            Arc::clone(&self.authz),
+            self.config.policy.clone(),
+            self.config.reload_interval,
+            self.hangups,
+            rx,
+        )));
         tracing::info!(%grpc_addr, http = ?http_addr, %admin_addr, generation = self.authz.generation().id, "serving");
         Ok(Handle {
             grpc_addr,
@@ -257,29 +289,12 @@ impl Sidecar {
     }
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
             return;
         }
     }
-}
-
-fn spawn_http(
-    listener: TcpListener,
-    app: axum::Router,
-    rx: watch::Receiver<bool>,
-    what: &'static str,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
-            tracing::error!(error = %e, server = what, "HTTP server failed");
-        }
-    })
 }
 
 /// A running sidecar.

@@ -33,6 +33,7 @@ async fn sidecar(policy: &Path, clock: Clock) -> Handle {
         revocations: Arc::new(portcullis_core::NoRevocations),
         revocation: None,
         clock,
+        ..Config::local(policy.to_owned())
     };
     Sidecar::build(config).await.unwrap().serve().unwrap()
 }
