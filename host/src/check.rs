@@ -28,22 +28,75 @@ pub struct BatchStats {
     pub invalid: u64,
 }
 
+/// Longest batch line read; a longer one is answered with an error and skipped.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Reads one line (without its newline) into `buf`, at most [`MAX_LINE_BYTES`]; the rest of
+/// a longer line is skipped. Returns `None` at the end of input, else whether it fit.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    use std::io::Read as _;
+    buf.clear();
+    let limit = u64::try_from(MAX_LINE_BYTES).unwrap_or(u64::MAX);
+    let n = input.by_ref().take(limit).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Some(true));
+    }
+    if buf.len() < MAX_LINE_BYTES {
+        return Ok(Some(true)); // the last line, without a newline
+    }
+    // Too long: discard up to the next newline.
+    let mut skipped = Vec::new();
+    loop {
+        skipped.clear();
+        let m = input.by_ref().take(limit).read_until(b'\n', &mut skipped)?;
+        if m == 0 || skipped.last() == Some(&b'\n') {
+            return Ok(Some(false));
+        }
+    }
+}
+
 /// Decides each JSON line of `input`, writing one line per input line, in order. Blank lines
-/// are skipped. An invalid line produces an error object instead of a decision, so output
-/// lines always pair with input lines.
+/// are skipped. An invalid line (not UTF-8, too long, not a request) produces an error object
+/// with its line number instead of a decision, and the batch goes on, so output lines always
+/// pair with input lines.
 pub fn batch(
     decider: &mut dyn Decider,
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut out: impl Write,
     now: impl Fn() -> i64,
 ) -> std::io::Result<BatchStats> {
     let mut stats = BatchStats::default();
-    for (n, line) in input.lines().enumerate() {
-        let line = line?;
+    let mut buf = Vec::new();
+    let mut n = 0usize;
+    while let Some(fits) = read_line(&mut input, &mut buf)? {
+        n += 1;
+        let line = match (fits, std::str::from_utf8(&buf)) {
+            (true, Ok(line)) => line,
+            (fits, _) => {
+                stats.invalid += 1;
+                let message = if fits {
+                    "the line is not valid UTF-8".to_owned()
+                } else {
+                    format!("the line is longer than {MAX_LINE_BYTES} bytes")
+                };
+                let err = serde_json::json!({
+                    "id": null,
+                    "line": n,
+                    "error": {"code": "bad_request", "message": message},
+                });
+                serde_json::to_writer(&mut out, &err)?;
+                out.write_all(b"\n")?;
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<RequestSpec>(&line) {
+        match serde_json::from_str::<RequestSpec>(line) {
             Ok(spec) => {
                 let decision = decider.decide(&spec.to_owned_request(now()));
                 stats.decided += 1;
@@ -52,10 +105,10 @@ pub fn batch(
             }
             Err(e) => {
                 stats.invalid += 1;
-                let id = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("id").cloned());
+                let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("id").cloned());
                 let err = serde_json::json!({
                     "id": id,
-                    "line": n + 1,
+                    "line": n,
                     "error": {"code": "bad_request", "message": e.to_string()},
                 });
                 serde_json::to_writer(&mut out, &err)?;
@@ -92,6 +145,28 @@ mod tests {
         assert_eq!(lines[2]["line"], 4);
         assert_eq!(lines[2]["error"]["code"], "bad_request");
         assert_eq!(lines[3]["id"], 4, "the id of an invalid line is still echoed");
+        assert_eq!(stats, BatchStats { decided: 2, allowed: 0, invalid: 2 });
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_or_too_long_gets_its_own_error_and_the_batch_goes_on() {
+        let p = policy();
+        let mut input = b"{\"id\":1}\n\xff\xfe{\"id\":2}\n".to_vec();
+        input.extend(vec![b' '; MAX_LINE_BYTES + 5]);
+        input.extend(b"\n{\"id\":3}");
+        let mut out = Vec::new();
+        let stats = batch(&mut &p, input.as_slice(), &mut out, || 0).unwrap();
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0]["id"], 1);
+        assert_eq!(
+            (lines[1]["line"].as_u64(), lines[1]["error"]["message"].as_str()),
+            (Some(2), Some("the line is not valid UTF-8"))
+        );
+        assert_eq!(lines[2]["line"], 3);
+        assert!(lines[2]["error"]["message"].as_str().unwrap().contains("longer than"));
+        assert_eq!((lines[3]["id"].as_u64(), lines[3]["reason"].as_str()), (Some(3), Some("missing_credential")));
         assert_eq!(stats, BatchStats { decided: 2, allowed: 0, invalid: 2 });
     }
 

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod files;
 pub mod policy_files;
 pub mod preinit;
 pub mod revocation;

@@ -10,6 +10,16 @@ use clap::{Args, Parser, Subcommand};
 use portcullis_core::OwnedRequest;
 use portcullis_core::request::split_path_and_query;
 
+/// Writes to stdout; a closed or failing stdout is an `io` failure (exit 2), never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { crate::cli::write_stdout(format_args!($($arg)*), false) };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => { crate::cli::write_stdout(format_args!($($arg)*), true) };
+}
+
 mod revocations;
 
 use crate::check::{self, Decider};
@@ -165,6 +175,21 @@ struct ServeArgs {
     /// Longest wait for in-flight checks at shutdown, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_timeout_secs: u64,
+    /// Open connections at most, per check listener (gRPC, HTTP). Past it a listener stops
+    /// accepting until a connection closes. Keep `ulimit -n` above twice this plus the admin cap.
+    #[arg(long, default_value_t = crate::serve::listen::ConnectionLimits::CHECKS.max_connections)]
+    max_connections: usize,
+    /// Open connections at most on the admin listener (kept apart, so a flood on the check
+    /// listeners leaves health, metrics and revocation reachable).
+    #[arg(long, default_value_t = crate::serve::listen::ConnectionLimits::ADMIN.max_connections)]
+    admin_max_connections: usize,
+    /// HTTP listeners: longest time to receive a request's headers, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// HTTP listeners: close a connection idle this long, in seconds (set Envoy's
+    /// `idle_timeout` for the ext_authz cluster below it). 0: never.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
     #[command(flatten)]
     revocation_store: revocations::StoreArgs,
     /// Seconds without a confirmed sync before revocations count as stale.
@@ -425,6 +450,14 @@ impl From<policy_files::LoadError> for Failure {
     }
 }
 
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure { code: "io", error: anyhow::anyhow!("cannot write to standard output: {e}") })
+}
+
 fn usage(error: anyhow::Error) -> Failure {
     Failure { code: "usage", error }
 }
@@ -460,7 +493,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let schema = serde_json::to_string_pretty(&portcullis_core::policy::json_schema())
                 .context("cannot render the schema")
                 .map_err(usage)?;
-            println!("{schema}");
+            outln!("{schema}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -553,7 +586,7 @@ fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Fa
     };
     let decision = decider.decide(&request);
     let line = serde_json::to_string(&decision).context("cannot render the decision").map_err(usage)?;
-    println!("{line}");
+    outln!("{line}")?;
     Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -569,6 +602,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     };
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let revocation = revocation_config(&args)?;
+    let check_limits = listen_limits(&args, args.max_connections);
+    let admin_limits = listen_limits(&args, args.admin_max_connections);
     let config = crate::serve::Config {
         policy: args.policy,
         grpc_listen: args.grpc_listen,
@@ -592,6 +627,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         revocations: std::sync::Arc::new(portcullis_core::NoRevocations),
         revocation: Some(revocation),
         clock: crate::serve::authz::system_clock(),
+        check_limits,
+        admin_limits,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -606,6 +643,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         handle.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn listen_limits(args: &ServeArgs, max_connections: usize) -> crate::serve::listen::ConnectionLimits {
+    use std::time::Duration;
+    crate::serve::listen::ConnectionLimits {
+        max_connections: max_connections.max(1),
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        idle_timeout: (args.idle_timeout_secs > 0).then(|| Duration::from_secs(args.idle_timeout_secs)),
+    }
 }
 
 fn revocation_config(args: &ServeArgs) -> Result<crate::serve::RevocationConfig, Failure> {
@@ -650,8 +696,8 @@ async fn wait_for_stop_signal() {
 }
 
 fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<ExitCode, Failure> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))
+    let text = policy_files::read_limited(file)
+        .and_then(|b| String::from_utf8(b).map_err(|_| anyhow::anyhow!("{} is not UTF-8", file.display())))
         .map_err(|error| Failure { code: "policy_io", error })?;
     let files = policy_files::DirFiles(policy_files::policy_dir(file));
     let findings = portcullis_core::lint::lint(&text, &files, production);
@@ -659,14 +705,14 @@ fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<Exit
     match format {
         Format::Json => {
             let v = serde_json::json!({ "file": file, "errors": errors, "findings": findings });
-            println!("{v}");
+            outln!("{v}")?;
         }
         Format::Text => {
             for f in &findings {
-                println!("{f}");
+                outln!("{f}")?;
             }
             let warnings = findings.len() - errors;
-            println!("{}: {errors} error(s), {warnings} warning(s)", file.display());
+            outln!("{}: {errors} error(s), {warnings} warning(s)", file.display())?;
         }
     }
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -683,7 +729,9 @@ fn explain(
     let request = match request {
         Some(json) => {
             let text = match json.strip_prefix('@') {
-                Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}")).map_err(usage)?,
+                Some(f) => policy_files::read_limited(std::path::Path::new(f))
+                    .and_then(|b| String::from_utf8(b).context("not UTF-8"))
+                    .map_err(usage)?,
                 None => json,
             };
             serde_json::from_str::<portcullis_core::RequestSpec>(&text)
@@ -697,9 +745,9 @@ fn explain(
     match format {
         Format::Json => {
             let v = serde_json::json!({ "decision": decision, "explanation": x });
-            println!("{v}");
+            outln!("{v}")?;
         }
-        Format::Text => print!("{}", render_explanation(&request, &decision, &x)),
+        Format::Text => out!("{}", render_explanation(&request, &decision, &x))?,
     }
     Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -805,7 +853,7 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
             token::inspect(&token).map_err(usage)?.to_string()
         }
     };
-    println!("{out}");
+    outln!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -325,8 +325,7 @@ fn api_keys(d: &ApiKeysDoc, files: &dyn FileSource) -> Result<ApiKeyPolicy> {
 }
 
 fn document_from_value_as<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
-    serde_path_to_error::deserialize(v)
-        .map_err(|e| PolicyError::invalid(e.path().to_string(), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(v).map_err(|e| super::typed_error(&e))
 }
 
 fn time(path: &str, t: &TimeDoc) -> Result<i64> {

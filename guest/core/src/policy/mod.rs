@@ -138,8 +138,22 @@ pub fn parse_text(text: &str) -> Result<serde_json::Value, PolicyError> {
 /// The first line of a YAML error: its message and location, without the quoted source line
 /// (which could hold a secret).
 fn yaml_error(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    if let serde_saphyr::Error::Budget { breach, .. } = e.without_snippet() {
+        let limits = serde_saphyr::Budget::default();
+        return match breach {
+            BudgetBreach::Nodes { .. } => format!(
+                "the policy has more than {} YAML nodes (mappings, lists and values), the most a policy may have",
+                limits.max_nodes
+            ),
+            BudgetBreach::Depth { .. } => format!("the policy nests deeper than {} levels", limits.max_depth),
+            other => format!("the policy exceeds a YAML parser limit ({other:?})"),
+        };
+    }
     let full = e.to_string();
-    full.lines().next().unwrap_or("invalid YAML").to_owned()
+    let first = full.lines().next().unwrap_or("invalid YAML");
+    // The parser's hint names an option of its own API, which a policy author cannot set.
+    first.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 /// Reads the typed document from a parsed value, with the path of any error.
@@ -147,10 +161,70 @@ pub fn document_from_value(value: serde_json::Value) -> Result<PolicyDocument, P
     if !value.is_object() {
         return Err(PolicyError::invalid("$", "a policy is a mapping with at least `version: 1`"));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        PolicyError::invalid(if path == "." { "$".to_string() } else { path }, e.into_inner().to_string())
-    })
+    serde_path_to_error::deserialize(value).map_err(|e| typed_error(&e))
+}
+
+/// A typed-document error with its path, and without the offending value: serde's messages
+/// quote it (``invalid type: integer `1234`, expected a string``), and the field may be a
+/// secret written as a number. The path says where to look.
+pub(crate) fn typed_error(e: &serde_path_to_error::Error<serde_json::Error>) -> PolicyError {
+    let path = e.path().to_string();
+    let path = if path == "." { "$".to_string() } else { path };
+    PolicyError::invalid(path, without_values(&e.inner().to_string()))
+}
+
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (unexpected, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+            // `integer `5``, `string "x"`, `floating point `1.5``: keep the kind only.
+            let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim_end();
+            return if expected.is_empty() {
+                format!("{prefix}{kind}")
+            } else {
+                format!("{prefix}{kind}, expected {expected}")
+            };
+        }
+    }
+    message.to_owned()
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_written_as_a_number_is_not_echoed() {
+        let text =
+            "version: 1\nservice_tokens:\n  audiences: [a]\n  keys:\n    - id: k\n      secret: 1234567890123456789\n";
+        let e = Policy::load(text, &crate::NoFiles).unwrap_err().to_string();
+        assert!(!e.contains("1234567890123456789"), "{e}");
+        assert!(e.contains("invalid type: integer, expected a string"), "{e}");
+        assert!(e.contains("service_tokens.keys[0].secret"), "{e}");
+    }
+
+    #[test]
+    fn yaml_limits_and_duplicate_keys_are_said_in_the_policy_authors_terms() {
+        let dup = Policy::load("version: 1\nversion: 1\n", &crate::NoFiles).unwrap_err().to_string();
+        assert!(dup.contains("duplicate") && !dup.contains("DuplicateKeyPolicy"), "{dup}");
+        let mut big = String::from("version: 1\nx:\n");
+        for i in 0..130_000 {
+            big.push_str(&format!("  k{i}: v\n"));
+        }
+        let e = Policy::load(&big, &crate::NoFiles).unwrap_err().to_string();
+        assert!(e.contains("more than 250000 YAML nodes"), "{e}");
+    }
+
+    #[test]
+    fn values_are_cut_from_type_errors_but_the_rest_stays() {
+        assert_eq!(without_values("invalid type: string \"abc\", expected u32"), "invalid type: string, expected u32");
+        assert_eq!(
+            without_values("invalid value: floating point `1.5`, expected x"),
+            "invalid value: floating point, expected x"
+        );
+        assert_eq!(without_values("invalid type: map, expected a string"), "invalid type: map, expected a string");
+        assert_eq!(without_values("unknown field `x`, expected `y`"), "unknown field `x`, expected `y`");
+    }
 }
 
 impl Policy {
