@@ -93,7 +93,8 @@ async fn postgres_migrate_revoke_list_prune() {
         let before = portcullis(&["revoke", "jti", "x"], &d, u);
         assert!(String::from_utf8_lossy(&before.stderr).contains("portcullis db migrate"), "unmigrated is refused");
         let m = json(&portcullis(&["db", "migrate"], &d, u));
-        assert_eq!(m["applied"].as_array().unwrap().len(), 1, "{m}");
+        let all = usize::try_from(m["version"].as_u64().unwrap()).unwrap();
+        assert_eq!(m["applied"].as_array().unwrap().len(), all, "every migration on a fresh database: {m}");
         assert!(json(&portcullis(&["db", "migrate"], &d, u))["applied"].as_array().unwrap().is_empty());
 
         assert_eq!(json(&portcullis(&["revoke", "subject", "alice", "--tenant", "acme"], &d, u))["changed"], true);

@@ -58,6 +58,7 @@ pub mod policy;
 pub mod reason;
 pub mod request;
 pub mod revocation;
+pub mod revocation_log;
 pub mod service_token;
 #[cfg(feature = "testkit")]
 pub mod testkit;

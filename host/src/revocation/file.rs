@@ -26,15 +26,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_core::RevocationKind;
-use serde::{Deserialize, Serialize};
+use portcullis_core::revocation_log::parse_file_line as parse_line;
+use portcullis_core::revocation_log::{FileHeader as Header, FileLine as Line, MAX_FILE_LINE_BYTES};
 use tokio::sync::watch;
 
 use super::{Change, ListFilter, LiveRevocations, Op, Record, StoreError};
 
 /// Largest revocations file read (about ten million entries).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
-/// Longest line read: a record's fields are bounded well below this.
-pub const MAX_LINE_BYTES: usize = 16 << 10;
+/// Longest line read.
+pub const MAX_LINE_BYTES: usize = MAX_FILE_LINE_BYTES;
 
 /// A revocations file.
 #[derive(Clone, Debug)]
@@ -45,34 +46,20 @@ pub struct FileStore {
     index: Arc<Mutex<Option<WriterIndex>>>,
 }
 
-/// The header line: which lineage the file belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Header {
-    /// Format version (1).
-    pub portcullis_revocations: u32,
-    /// This lineage.
-    pub log: String,
-    /// The lineage this file was rewritten from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<String>,
+/// A new lineage's header, continuing `previous` when there is one.
+fn new_header(previous: Option<String>) -> Header {
+    let mut rng = [0u8; 12];
+    // Without randomness two lineages may share an id; the clock still tells them apart.
+    let _ = getrandom::fill(&mut rng);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let log = format!("{nanos:x}-{}", rng.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    Header { portcullis_revocations: 1, log, previous }
 }
 
-impl Header {
-    fn new(previous: Option<String>) -> Header {
-        let mut rng = [0u8; 12];
-        // Without randomness two lineages may share an id; the clock still tells them apart.
-        let _ = getrandom::fill(&mut rng);
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let log = format!("{nanos:x}-{}", rng.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        Header { portcullis_revocations: 1, log, previous }
-    }
-
-    fn line(&self) -> Result<String, StoreError> {
-        let mut s = serde_json::to_string(self).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        s.push('\n');
-        Ok(s)
-    }
+fn header_line(h: &Header) -> Result<String, StoreError> {
+    let mut s = serde_json::to_string(h).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    s.push('\n');
+    Ok(s)
 }
 
 /// What a file holds.
@@ -172,24 +159,6 @@ fn read_lines(
     }
 }
 
-enum Line {
-    Blank,
-    Header(Header),
-    Record(Record),
-}
-
-fn parse_line(first: bool, line: &str) -> Result<Line, String> {
-    if line.trim().is_empty() {
-        return Ok(Line::Blank);
-    }
-    if first && line.contains("\"portcullis_revocations\"") {
-        return serde_json::from_str(line).map(Line::Header).map_err(|e| format!("invalid header: {e}"));
-    }
-    let r: Record = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    r.validate().map_err(|e| e.to_string())?;
-    Ok(Line::Record(r))
-}
-
 /// Reads `path`: `None` when it does not exist. Strict: the first bad line is an error.
 /// Tolerant: bad lines are collected in [`Contents::rejected`] and reading goes on.
 pub fn read_file(path: &Path, tolerant: bool) -> Result<Option<Contents>, StoreError> {
@@ -282,7 +251,7 @@ impl FileStore {
             }
             let mut text = String::new();
             if index.offset == 0 {
-                text.push_str(&Header::new(None).line()?);
+                text.push_str(&header_line(&new_header(None))?);
             }
             text.push_str(&serde_json::to_string(&record).map_err(|e| StoreError::Unavailable(e.to_string()))?);
             text.push('\n');
@@ -411,7 +380,7 @@ impl FileStore {
 
     /// Replaces the file with `records` under a new lineage continuing the current one.
     fn write_all(&self, contents: &Contents, records: &[&Record]) -> Result<(), StoreError> {
-        let mut text = Header::new(Some(contents.lineage().to_owned())).line()?;
+        let mut text = header_line(&new_header(Some(contents.lineage().to_owned())))?;
         for r in records {
             text.push_str(&serde_json::to_string(r).map_err(|e| StoreError::Unavailable(e.to_string()))?);
             text.push('\n');
