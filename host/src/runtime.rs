@@ -354,12 +354,25 @@ fn engine_config(c: &RuntimeConfig) -> anyhow::Result<Config> {
     if std::env::var_os("PORTCULLIS_PERF_MAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
+    let plan = AddressPlan::new(c, address_space_limit());
+    if let Some(limit) = plan.limited_by {
+        tracing::warn!(
+            limit_mib = limit >> 20,
+            slots = plan.slots,
+            slot_mib = plan.slot_bytes >> 20,
+            "address space is limited (ulimit -v): linear memories are bounds-checked and sized by the memory limit"
+        );
+        config.memory_reservation(plan.slot_bytes.saturating_sub(BOUNDED_GUARD));
+        config.memory_guard_size(BOUNDED_GUARD);
+        config.memory_reservation_for_growth(0);
+    }
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(c.max_instances);
-    pool.total_core_instances(c.max_instances.saturating_mul(8));
-    pool.total_memories(c.max_instances.saturating_mul(2));
-    pool.total_tables(c.max_instances.saturating_mul(8));
-    pool.max_memories_per_component(2);
+    pool.total_component_instances(plan.slots);
+    pool.total_core_instances(plan.slots.saturating_mul(8));
+    // One linear memory per instance: the component has a single core module with memory.
+    pool.total_memories(plan.slots);
+    pool.total_tables(plan.slots.saturating_mul(8));
+    pool.max_memories_per_component(1);
     pool.max_tables_per_component(8);
     pool.max_core_instances_per_component(16);
     pool.max_memory_size(c.memory_limit);
@@ -369,6 +382,50 @@ fn engine_config(c: &RuntimeConfig) -> anyhow::Result<Config> {
     pool.pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(config)
+}
+
+/// Address space a linear-memory slot takes by default on 64-bit hosts: wasmtime reserves 4 GiB
+/// plus a 32 MiB guard so that no bounds check is needed. Virtual, not resident.
+pub const UNBOUNDED_SLOT_BYTES: u64 = (4 << 30) + (32 << 20);
+/// Guard after a bounds-checked memory.
+const BOUNDED_GUARD: u64 = 2 << 20;
+
+/// How the pool's slots fit the address space the process may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressPlan {
+    /// Instance slots (each with one linear memory).
+    pub slots: u32,
+    /// Address space per memory slot.
+    pub slot_bytes: u64,
+    /// `Some(limit)` when the process's address-space limit forced bounds-checked memories.
+    pub limited_by: Option<u64>,
+}
+
+impl AddressPlan {
+    /// The default (guard-page) layout when it fits in half of `limit` (the rest is for the
+    /// process itself: code, heaps, thread stacks, the compiler); otherwise memories sized by
+    /// the memory limit with explicit bounds checks, and as many slots as fit.
+    pub fn new(c: &RuntimeConfig, limit: Option<u64>) -> AddressPlan {
+        let wanted = c.max_instances.max(1);
+        let budget = limit.map(|l| l / 2);
+        if budget.is_none_or(|b| u64::from(wanted).saturating_mul(UNBOUNDED_SLOT_BYTES) <= b) {
+            return AddressPlan { slots: wanted, slot_bytes: UNBOUNDED_SLOT_BYTES, limited_by: None };
+        }
+        let page = 64u64 << 10;
+        let memory = u64::try_from(c.memory_limit).unwrap_or(u64::MAX).div_ceil(page).saturating_mul(page);
+        let slot_bytes = memory.saturating_add(BOUNDED_GUARD);
+        let fit = budget.unwrap_or(u64::MAX) / slot_bytes.max(1);
+        let slots = u32::try_from(fit).unwrap_or(u32::MAX).clamp(1, wanted);
+        AddressPlan { slots, slot_bytes, limited_by: limit }
+    }
+}
+
+/// The soft address-space limit (`ulimit -v`) of this process, when there is one.
+pub fn address_space_limit() -> Option<u64> {
+    // Linux reports it here; elsewhere (or unreadable) the limit is treated as absent.
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The bundle's referenced files, as the guest receives them.
@@ -592,6 +649,23 @@ impl crate::check::Decider for Worker {
 
 #[cfg(test)]
 mod tests {
+    use super::{AddressPlan, RuntimeConfig, UNBOUNDED_SLOT_BYTES};
+
+    #[test]
+    fn the_pool_fits_the_address_space_it_may_use() {
+        let c = RuntimeConfig { max_instances: 24, memory_limit: 128 << 20, ..RuntimeConfig::default() };
+        let free = AddressPlan::new(&c, None);
+        assert_eq!((free.slots, free.slot_bytes, free.limited_by), (24, UNBOUNDED_SLOT_BYTES, None));
+        assert_eq!(AddressPlan::new(&c, Some(1 << 50)), free, "a generous limit changes nothing");
+        let tight = AddressPlan::new(&c, Some(4_000_000 << 10));
+        assert_eq!(tight.limited_by, Some(4_000_000 << 10));
+        assert!(tight.slot_bytes < 256 << 20 && tight.slot_bytes >= 128 << 20, "{tight:?}");
+        assert!(u64::from(tight.slots) * tight.slot_bytes <= 2_000_000 << 10, "{tight:?}");
+        assert_eq!(tight.slots, 15, "{tight:?}");
+        let tiny = AddressPlan::new(&c, Some(64 << 20));
+        assert_eq!(tiny.slots, 1, "always at least one slot; instantiation then reports what fails");
+    }
+
     use super::*;
 
     fn request(headers: &[(&str, &str)], client_ip: Option<&str>, path: &str) -> OwnedRequest {

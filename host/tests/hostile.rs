@@ -77,6 +77,24 @@ fn a_policy_referencing_a_device_or_a_fifo_is_refused_at_once() {
 }
 
 #[test]
+fn the_component_runs_under_a_4_gb_address_space_limit() {
+    let token = std::fs::read_to_string(root().join("policies/demo.jwt")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 4000000 && exec {bin} check --policy policies/example.yaml --now 1800000000 --token {}",
+            token.trim()
+        ))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"allow\":true"));
+}
+
+#[test]
 fn an_inline_secret_written_as_a_number_never_appears_in_a_message() {
     let dir = TempDir::new("hostile-secret");
     let p = dir.path().join("policy.yaml");

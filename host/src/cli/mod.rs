@@ -532,7 +532,9 @@ fn component_worker(
     bundle: &policy_files::PolicyBundle,
 ) -> Result<(crate::runtime::Runtime, crate::runtime::Worker), Failure> {
     use crate::runtime::{Runtime, RuntimeConfig, WorkerError};
-    let runtime = Runtime::embedded(RuntimeConfig::default()).map_err(|error| Failure { code: "runtime", error })?;
+    // One worker: two slots are plenty, and keep the address space small.
+    let config = RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() };
+    let runtime = Runtime::embedded(config).map_err(|error| Failure { code: "runtime", error })?;
     let worker = runtime.worker(bundle, std::sync::Arc::new(portcullis_core::NoRevocations)).map_err(|e| match e {
         WorkerError::Policy { code, message } => {
             Failure { code: code_str(&code), error: anyhow::anyhow!("{message} (in {})", bundle.path.display()) }
