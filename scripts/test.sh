@@ -30,6 +30,21 @@ PG_BIN="$(scripts/install-postgres.sh)"
 export PG_BIN
 "$PG_BIN/postgres" --version
 
+step "supply chain: secrets, licenses, bans, sources, SBOM"
+python3 scripts/secret-scan.py --self-test
+python3 scripts/secret-scan.py
+TOOLS_BIN="$(scripts/install-tools.sh deny cyclonedx fuzz)"
+export PATH="$TOOLS_BIN:$PATH"
+cargo deny --locked check licenses bans sources
+# The advisory database comes from the network; check it wherever it can be fetched.
+if timeout 60 cargo deny --locked fetch db >/dev/null 2>&1; then
+  cargo deny --locked check advisories
+else
+  echo "    advisories: the RustSec database cannot be fetched here; run \`cargo deny check advisories\` where it can (docs/supply-chain.md)"
+fi
+scripts/release.sh --sbom-only
+elapsed
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
@@ -43,6 +58,10 @@ elapsed
 
 step "benchmarks compile and run once, asserting both sides agree (not timed)"
 cargo test -p portcullis-benches --benches --locked
+elapsed
+
+step "fuzz targets: a short coverage-guided run of each (scripts/fuzz.sh 600 by hand)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 elapsed
 
 step "the core builds for every wasm target"
