@@ -35,7 +35,7 @@ python3 scripts/secret-scan.py --self-test
 python3 scripts/secret-scan.py
 TOOLS_BIN="$(scripts/install-tools.sh deny cyclonedx fuzz)"
 export PATH="$TOOLS_BIN:$PATH"
-cargo deny --locked check licenses bans sources
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
 # The advisory database comes from the network; check it wherever it can be fetched.
 if timeout 60 cargo deny --locked fetch db >/dev/null 2>&1; then
   cargo deny --locked check advisories
