@@ -41,6 +41,9 @@ impl fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        if self.path.is_empty() {
+            return write!(f, "{sev}[{}]: {}", self.code, self.message);
+        }
         write!(f, "{sev}[{}]: {}: {}", self.code, self.path, self.message)
     }
 }
@@ -64,7 +67,9 @@ impl Out {
 fn from_error(e: &PolicyError) -> Finding {
     let path = match e {
         PolicyError::Invalid { path, .. } | PolicyError::File { path, .. } => path.clone(),
-        PolicyError::Syntax(_) => "$".into(),
+        // The message says the line and column; a path into a document that did not parse
+        // would say nothing.
+        PolicyError::Syntax(_) => String::new(),
     };
     let message = match e {
         PolicyError::Invalid { message, .. } => message.clone(),

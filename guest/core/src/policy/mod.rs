@@ -152,6 +152,7 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
     }
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid YAML");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
     // The parser's hint names an option of its own API, which a policy author cannot set.
     first.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
