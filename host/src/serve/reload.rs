@@ -70,8 +70,9 @@ pub async fn watch_policy(
             tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
         }
         if stuck.as_ref().is_some_and(|t| !t.is_finished()) {
-            tracing::error!(path = %path.display(), "the previous policy read has not returned; the current policy stays in force");
-            authz.metrics().reload_failures.inc();
+            if forced {
+                tracing::error!(path = %path.display(), "the previous policy read has not returned; the current policy stays in force");
+            }
             continue;
         }
         stuck = None;
