@@ -3,10 +3,11 @@
 //! Everything that touches the outside world: files, the clock, the command line (and, in the
 //! sidecar, sockets, wasmtime and Postgres). Decisions themselves come from
 //! [`portcullis_core`]; this crate only gathers their inputs and delivers their outputs.
-#![deny(unsafe_code)] // allowed only in `runtime::bindings`, which wasmtime generates
+#![deny(unsafe_code)] // allowed only in `runtime::bindings` (generated) and `compile_cache::deserialize`
 
 pub mod check;
 pub mod cli;
+pub mod compile_cache;
 pub mod files;
 pub mod policy_files;
 pub mod preinit;

@@ -59,6 +59,9 @@ pub struct RuntimeConfig {
     /// `PAGEMAP_SCAN` where the kernel has it) instead of being unmapped, so the next instance
     /// in that slot takes no page faults. Costs up to this much resident memory per used slot.
     pub keep_resident: usize,
+    /// Where compiled components are kept between runs (`None`: compile every time). Default:
+    /// [`compile_cache::default_dir`](crate::compile_cache::default_dir).
+    pub compile_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +71,7 @@ impl Default for RuntimeConfig {
             memory_limit: 128 << 20,
             max_instances: 64,
             keep_resident: 4 << 20,
+            compile_cache: crate::compile_cache::default_dir(),
         }
     }
 }
@@ -254,7 +258,9 @@ impl Runtime {
     /// Compiles `wasm` (a Portcullis component) and links its imports.
     pub fn new(wasm: &[u8], config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let engine = Engine::new(&engine_config(&config)?).context("cannot configure wasmtime")?;
-        let component = Component::new(&engine, wasm).context("cannot compile the Portcullis component")?;
+        let (component, cached) = crate::compile_cache::load(&engine, wasm, config.compile_cache.as_deref())
+            .context("cannot compile the Portcullis component")?;
+        tracing::debug!(?cached, "component ready");
         let linker = linker(&engine, &component)?;
         let pre = bindings::AuthzPre::new(
             linker.instantiate_pre(&component).context("the component's imports do not match")?,

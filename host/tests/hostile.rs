@@ -95,6 +95,43 @@ fn the_component_runs_under_a_4_gb_address_space_limit() {
 }
 
 #[test]
+fn check_keeps_its_compiled_component_and_rebuilds_a_damaged_one() {
+    let dir = TempDir::new("compile-cache");
+    let cache = dir.path().join("cache");
+    let token = std::fs::read_to_string(root().join("policies/demo.jwt")).unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check", "--policy", "policies/example.yaml", "--now", "1800000000", "--token", token.trim()])
+            .env("PORTCULLIS_CACHE_DIR", &cache)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let artifacts = || -> Vec<PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
+    };
+    run();
+    let stored = artifacts();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let good = std::fs::read(&stored[0]).unwrap();
+    run();
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), good, "reused as it was");
+    // Damaged: the run still decides, and leaves a good artifact again.
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&stored[0], &bad).unwrap();
+    run();
+    assert_eq!(std::fs::read(&stored[0]).unwrap().len(), good.len());
+    assert_ne!(std::fs::read(&stored[0]).unwrap(), bad, "rebuilt, not trusted");
+}
+
+#[test]
 fn an_inline_secret_written_as_a_number_never_appears_in_a_message() {
     let dir = TempDir::new("hostile-secret");
     let p = dir.path().join("policy.yaml");

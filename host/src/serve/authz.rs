@@ -41,7 +41,7 @@ pub struct Settings {
 
 enum Mode {
     Warm { pool: Mutex<Vec<Worker>> },
-    Fresh { runtime: Runtime },
+    Fresh { runtime: Box<Runtime> },
 }
 
 /// One loaded policy and its instances.
@@ -310,7 +310,7 @@ fn build(
                 .map_err(|e| Rejected { code: "runtime".into(), message: format!("{e:#}") })?;
             let runtime = Runtime::new(&snapshot, settings.runtime.clone())
                 .map_err(|e| Rejected { code: "runtime".into(), message: format!("{e:#}") })?;
-            Mode::Fresh { runtime }
+            Mode::Fresh { runtime: Box::new(runtime) }
         }
     };
     Ok(Generation { id, bundle, limits, mode })
