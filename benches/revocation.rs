@@ -24,7 +24,7 @@ fn live_with(n: u64) -> LiveRevocations {
         set.insert(RevocationKind::TokenId, &jti(i), 0);
     }
     let live = LiveRevocations::new(StaleMode::Serve);
-    live.replace(set, "bench", 0);
+    live.replace(set, "bench", 0).unwrap();
     live
 }
 

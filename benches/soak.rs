@@ -164,6 +164,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+#[allow(clippy::large_enum_variant)] // one value per run
 enum Server {
     Process(std::process::Child),
     InProcess(tokio::runtime::Runtime, Option<portcullis_host::serve::Handle>),

@@ -452,7 +452,8 @@ async fn a_damaged_revocations_file_never_unrevokes_and_never_counts_as_fresh() 
 
     // Emptied, then missing, then truncated and appended to (a new lineage): each time the
     // revoked token stays revoked, and the set goes stale (fail-closed: 503 for the others).
-    let damage: [(&str, Box<dyn Fn()>); 3] = [
+    type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let damage: [Damage<'_>; 3] = [
         ("emptied", Box::new(|| std::fs::write(&path, b"").unwrap())),
         ("moved away", Box::new(|| std::fs::rename(&path, dir.path().join("elsewhere")).unwrap())),
         (
