@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
-use portcullis_benches::{hs256_request, percentile, root, unix_now};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use portcullis_benches::{BenchSidecar, free_port, hs256_request, percentile, root, unix_now};
 
 fn check_request(headers: &[(String, String)]) -> CheckRequest {
     CheckRequest {
@@ -36,33 +32,8 @@ fn check_request(headers: &[(String, String)]) -> CheckRequest {
     }
 }
 
-#[allow(clippy::large_enum_variant)] // one value per run
-enum Server {
-    Process(std::process::Child),
-    InProcess(tokio::runtime::Runtime, Option<portcullis_host::serve::Handle>),
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        match self {
-            Server::Process(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Server::InProcess(rt, handle) => {
-                if let Some(h) = handle.take() {
-                    rt.block_on(h.shutdown());
-                }
-            }
-        }
-    }
-}
-
-/// When `cargo test` only checks that the bench works: the same sidecar, in this process, on a
-/// runtime of its own (building the binary from here would rebuild wasmtime with other
-/// features).
-fn start_in_process(grpc: u16, admin: u16) -> Server {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+/// When `cargo test` only checks that the bench works: the same sidecar, in this process.
+fn start_in_process(grpc: u16, admin: u16) -> BenchSidecar {
     let config = portcullis_host::serve::Config {
         grpc_listen: ([127, 0, 0, 1], grpc).into(),
         admin_listen: ([127, 0, 0, 1], admin).into(),
@@ -73,24 +44,18 @@ fn start_in_process(grpc: u16, admin: u16) -> Server {
         },
         ..portcullis_host::serve::Config::local(root().join("policies/example.yaml"))
     };
-    let handle = rt.block_on(async { portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap() });
-    Server::InProcess(rt, Some(handle))
+    BenchSidecar::in_process(config)
 }
 
 /// Builds and starts the release sidecar as its own process.
-fn start_server(grpc: u16, admin: u16, release: bool) -> Server {
+fn start_server(grpc: u16, admin: u16, release: bool) -> BenchSidecar {
     if !release {
         return start_in_process(grpc, admin);
     }
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args(["build", "--release", "-p", "portcullis", "--bin", "portcullis"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let child = std::process::Command::new(root().join("target/release/portcullis"))
-        .current_dir(root())
-        .args([
+    let (grpc_listen, admin_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"));
+    let server = BenchSidecar::release(
+        &root(),
+        &[
             "serve",
             "--policy",
             "policies/example.yaml",
@@ -99,18 +64,14 @@ fn start_server(grpc: u16, admin: u16, release: bool) -> Server {
             "2",
             "--reload-interval-ms",
             "0",
-        ])
-        .args([
             "--log-level",
             "warn",
             "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
+            &grpc_listen,
             "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .spawn()
-        .unwrap();
-    let server = Server::Process(child);
+            &admin_listen,
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
         assert!(Instant::now() < deadline, "the sidecar did not start");

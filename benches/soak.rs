@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
-use portcullis_benches::root;
+use portcullis_benches::{BenchSidecar, free_port, root};
 use portcullis_core::RevocationKind;
 use portcullis_e2e::{TempDir, hs256};
 use portcullis_host::revocation::Record;
@@ -27,10 +27,6 @@ const TOKENS: usize = 2000;
 const REVOKED: usize = 1000;
 /// Longest a revocation may take to reach every decision before an allow counts as a breach.
 const PROPAGATION: Duration = Duration::from_secs(2);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[derive(Default)]
 struct Tally {
@@ -164,41 +160,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[allow(clippy::large_enum_variant)] // one value per run
-enum Server {
-    Process(std::process::Child),
-    InProcess(tokio::runtime::Runtime, Option<portcullis_host::serve::Handle>),
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        match self {
-            Server::Process(c) => c.id(),
-            Server::InProcess(..) => std::process::id(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        match self {
-            Server::Process(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Server::InProcess(rt, handle) => {
-                if let Some(h) = handle.take() {
-                    rt.block_on(h.shutdown());
-                }
-            }
-        }
-    }
-}
-
-fn start(dir: &Path, ports: (u16, u16, u16), release: bool) -> Server {
+fn start(dir: &Path, ports: (u16, u16, u16), release: bool) -> BenchSidecar {
     let (grpc, http, admin) = ports;
     if !release {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mode = portcullis_host::revocation::StaleMode::Serve;
         let config = portcullis_host::serve::Config {
             grpc_listen: ([127, 0, 0, 1], grpc).into(),
@@ -217,23 +181,16 @@ fn start(dir: &Path, ports: (u16, u16, u16), release: bool) -> Server {
             }),
             ..portcullis_host::serve::Config::local(dir.join("policy.yaml"))
         };
-        let h = rt.block_on(async { portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap() });
-        return Server::InProcess(rt, Some(h));
+        return BenchSidecar::in_process(config);
     }
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args(["build", "--release", "-p", "portcullis", "--bin", "portcullis"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let child = std::process::Command::new(root().join("target/release/portcullis"))
-        .current_dir(dir)
-        .args(["serve", "--policy", "policy.yaml", "--workers", "2", "--log-level", "warn"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--revocation-poll-ms", "100"])
-        .spawn()
-        .unwrap();
-    Server::Process(child)
+    let (g, h, a) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"), format!("127.0.0.1:{admin}"));
+    BenchSidecar::release(
+        dir,
+        &["serve", "--policy", "policy.yaml", "--workers", "2", "--log-level", "warn", "--grpc-listen", &g]
+            .into_iter()
+            .chain(["--http-listen", &h, "--admin-listen", &a, "--revocation-poll-ms", "100"])
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn copy_policy(dir: &Path) -> PathBuf {

@@ -261,3 +261,67 @@ pub fn example_bundle() -> portcullis_host::policy_files::PolicyBundle {
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// A free loopback port (the OS picks; the listener is closed at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The sidecar a load bench drives: the release binary as its own process, or, when `cargo
+/// test` only checks that the bench works, the same sidecar in this process on a runtime of its
+/// own (building the binary from a test would rebuild wasmtime with other features). Stopped
+/// when dropped.
+#[allow(clippy::large_enum_variant)] // one value per run
+#[derive(Debug)]
+pub enum BenchSidecar {
+    /// `target/release/portcullis serve ...`.
+    Process(std::process::Child),
+    /// In this process.
+    InProcess(tokio::runtime::Runtime, Option<portcullis_host::serve::Handle>),
+}
+
+impl BenchSidecar {
+    /// Builds `target/release/portcullis` and runs `portcullis <args>` in `cwd`.
+    pub fn release(cwd: &std::path::Path, args: &[&str]) -> BenchSidecar {
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(["build", "--release", "-p", "portcullis", "--bin", "portcullis"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let child =
+            std::process::Command::new(root().join("target/release/portcullis")).current_dir(cwd).args(args).spawn();
+        BenchSidecar::Process(child.unwrap())
+    }
+
+    /// Serves `config` in this process (two runtime threads).
+    pub fn in_process(config: portcullis_host::serve::Config) -> BenchSidecar {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let h = rt.block_on(async { portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap() });
+        BenchSidecar::InProcess(rt, Some(h))
+    }
+
+    /// The process serving (this one when in process).
+    pub fn pid(&self) -> u32 {
+        match self {
+            BenchSidecar::Process(c) => c.id(),
+            BenchSidecar::InProcess(..) => std::process::id(),
+        }
+    }
+}
+
+impl Drop for BenchSidecar {
+    fn drop(&mut self) {
+        match self {
+            BenchSidecar::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            BenchSidecar::InProcess(rt, handle) => {
+                if let Some(h) = handle.take() {
+                    rt.block_on(h.shutdown());
+                }
+            }
+        }
+    }
+}
