@@ -11,26 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
-use portcullis_benches::{BenchSidecar, free_port, hs256_request, percentile, root, unix_now};
-
-fn check_request(headers: &[(String, String)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders".into(),
-                    host: "api.example.com".into(),
-                    headers: headers.iter().cloned().collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
+use portcullis_benches::{BenchSidecar, check_request, free_port, hs256_request, percentile, root, unix_now};
 
 /// When `cargo test` only checks that the bench works: the same sidecar, in this process.
 fn start_in_process(grpc: u16, admin: u16) -> BenchSidecar {
@@ -84,7 +65,7 @@ fn start_server(grpc: u16, admin: u16, release: bool) -> BenchSidecar {
 /// (checks per second, sorted latencies in ns).
 async fn drive(
     addr: SocketAddr,
-    req: CheckRequest,
+    req: envoy_types::pb::envoy::service::auth::v3::CheckRequest,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
-use portcullis_benches::{BenchSidecar, free_port, root};
+use portcullis_benches::{BenchSidecar, check_request, free_port, root};
 use portcullis_core::RevocationKind;
 use portcullis_e2e::{TempDir, hs256};
 use portcullis_host::revocation::Record;
@@ -64,31 +63,13 @@ impl Shared {
     }
 }
 
-fn check_request(token: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders".into(),
-                    host: "api.example.com".into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into_iter().collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 async fn grpc_loop(addr: SocketAddr, s: Arc<Shared>, offset: usize) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut client = AuthorizationClient::new(channel);
     let mut i = offset;
     while !s.stop.load(Ordering::Relaxed) {
         i = (i + 7) % TOKENS;
-        match client.check(check_request(&s.tokens[i])).await {
+        match client.check(check_request(&[("authorization".to_owned(), format!("Bearer {}", s.tokens[i]))])).await {
             Ok(r) => {
                 let code = r.into_inner().status.map_or(-1, |st| st.code);
                 // 0 allowed; 16 (unauthenticated: revoked) is an expected deny; anything else is not.

@@ -325,3 +325,23 @@ impl Drop for BenchSidecar {
         }
     }
 }
+
+/// Envoy's `CheckRequest` for `GET api.example.com/v1/orders` with `headers`.
+pub fn check_request(headers: &[(String, String)]) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/v1/orders".into(),
+                    host: "api.example.com".into(),
+                    headers: headers.iter().cloned().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
