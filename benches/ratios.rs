@@ -74,6 +74,47 @@ fn main() {
         1.0 / p.ratio_iqr.0
     );
 
+    // RS256 (asymmetric, what most identity providers sign with): the warm component with the
+    // host verifying the signature natively (the `signatures` import), and without it (the
+    // guest's own RustCrypto in wasm), each paired with the native core.
+    let rs = jwt_cases(now).into_iter().find(|c| c.name == "rs256").unwrap();
+    let mut rs_req = req.clone();
+    rs_req.headers[0].1 = format!("Bearer {}", rs.token);
+    let no_host = portcullis_host::runtime::Runtime::embedded(portcullis_host::runtime::RuntimeConfig {
+        signatures: None,
+        ..portcullis_host::runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    let mut guest_only = no_host.worker(&bundle, Arc::new(NoRevocations)).unwrap();
+    let expected = rs_req.with_request(|r| native.decide(r, &NoRevocations));
+    assert!(expected.allowed());
+    assert_eq!(worker.decide(&rs_req, false).unwrap().0, expected);
+    assert_eq!(guest_only.decide(&rs_req, false).unwrap().0, expected);
+    println!();
+    println!("| RS256 decision | native core | component, warm instance | component ÷ native (median) | IQR |");
+    println!("| --- | --- | --- | --- | --- |");
+    let (rs_rounds, rs_batch) = (rounds.min(101), batch / 10 + 1);
+    for (label, w) in [("host verifies (signatures import)", &mut worker), ("guest verifies (wasm)", &mut guest_only)] {
+        let p = paired(
+            || {
+                black_box(rs_req.with_request(|r| native.decide(black_box(r), &NoRevocations)));
+            },
+            || {
+                black_box(w.decide(black_box(&rs_req), false).unwrap());
+            },
+            rs_rounds,
+            rs_batch,
+        );
+        println!(
+            "| {label} | {:.2} µs | {:.2} µs | {:.2}x | {:.2}–{:.2} |",
+            p.subject_ns / 1e3,
+            p.peer_ns / 1e3,
+            1.0 / p.ratio,
+            1.0 / p.ratio_iqr.1,
+            1.0 / p.ratio_iqr.0
+        );
+    }
+
     // A fresh instance per request from the pre-initialised component: latency distribution.
     let mut api = req.clone();
     let keys: serde_json::Value = serde_json::from_slice(

@@ -35,7 +35,7 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
     let engine = Engine::new(&config).context("cannot configure wasmtime")?;
     let compiled = Component::new(&engine, &instrumented).context("cannot compile the instrumented component")?;
     let linker = crate::runtime::linker(&engine, &compiled)?;
-    let state = HostState::new(StoreLimitsBuilder::new().build(), Arc::new(NoRevocations));
+    let state = HostState::new(StoreLimitsBuilder::new().build(), Arc::new(NoRevocations), None);
     let mut store = Store::new(&engine, state);
     let instance = linker.instantiate(&mut store, &compiled).context("cannot instantiate the component")?;
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use portcullis_core::decision::Shadow;
 use portcullis_core::identity::{CredentialKind, Identity, Names};
+use portcullis_core::revocation::SignatureVerdict;
 use portcullis_core::{Decision, OwnedRequest, Reason, RevocationQuery, RevocationStatus, Revocations};
 use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Lift, Linker, ResourceAny, TypedFunc};
 use wasmtime::error::Context as _;
@@ -32,11 +33,14 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "authz",
         path: "../wit",
+        // A host signature check that fails traps the guest's call (a 503, never an allow).
+        imports: { "portcullis:authz/signatures.verify": trappable },
     });
 }
 
 use bindings::Authz;
 use bindings::portcullis::authz::revocations as rv;
+use bindings::portcullis::authz::signatures as sg;
 pub use bindings::portcullis::authz::types as wit;
 
 /// The component every host binary carries (built by `build.rs` from `guest/component`).
@@ -62,6 +66,9 @@ pub struct RuntimeConfig {
     /// Where compiled components are kept between runs (`None`: compile every time). Default:
     /// [`compile_cache::default_dir`](crate::compile_cache::default_dir).
     pub compile_cache: Option<std::path::PathBuf>,
+    /// The `signatures` import: verify natively for the guest (default [`native_signatures`]),
+    /// or `None` to answer `unsupported` so the guest verifies in wasm.
+    pub signatures: Option<HostSignatures>,
 }
 
 impl Default for RuntimeConfig {
@@ -72,6 +79,7 @@ impl Default for RuntimeConfig {
             max_instances: 64,
             keep_resident: 4 << 20,
             compile_cache: crate::compile_cache::default_dir(),
+            signatures: Some(native_signatures()),
         }
     }
 }
@@ -104,10 +112,31 @@ pub enum WorkerError {
     Fault(#[from] Fault),
 }
 
-/// Store data: limits and the revocation source.
+/// How a host answers its guest's signature checks: [`native_signatures`] in the sidecar, or
+/// a test double. An `Err` traps the guest's call (a 503 `internal_error`, never an allow).
+#[derive(Clone)]
+pub struct HostSignatures(pub Arc<SignatureFn>);
+
+/// See [`HostSignatures`].
+pub type SignatureFn =
+    dyn Fn(&portcullis_core::revocation::SignatureCheck<'_>) -> Result<SignatureVerdict, String> + Send + Sync;
+
+impl std::fmt::Debug for HostSignatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostSignatures")
+    }
+}
+
+/// Native verification (ring, through the core's own native backend).
+pub fn native_signatures() -> HostSignatures {
+    HostSignatures(Arc::new(|check| Ok(portcullis_core::keys::verify_natively(check))))
+}
+
+/// Store data: limits, the revocation source and the signature capability.
 pub struct HostState {
     limits: StoreLimits,
     revocations: SharedRevocations,
+    signatures: Option<HostSignatures>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -117,9 +146,10 @@ impl std::fmt::Debug for HostState {
 }
 
 impl HostState {
-    /// Store data from its parts.
-    pub fn new(limits: StoreLimits, revocations: SharedRevocations) -> HostState {
-        HostState { limits, revocations }
+    /// Store data from its parts; `signatures: None` answers every signature check
+    /// `unsupported` (the guest then verifies itself).
+    pub fn new(limits: StoreLimits, revocations: SharedRevocations, signatures: Option<HostSignatures>) -> HostState {
+        HostState { limits, revocations, signatures }
     }
 }
 
@@ -154,6 +184,40 @@ pub(crate) fn bindings_for(
 
 /// The `types` interface has no functions; its host side is empty.
 impl wit::Host for HostState {}
+
+impl sg::Host for HostState {
+    fn verify(
+        &mut self,
+        alg: sg::Algorithm,
+        key: sg::PublicKey,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> wasmtime::Result<sg::Verdict> {
+        use portcullis_core::keys::Alg;
+        use portcullis_core::revocation::{PublicKeyRef, SignatureCheck};
+        let Some(signatures) = &self.signatures else { return Ok(sg::Verdict::Unsupported) };
+        let alg = match alg {
+            sg::Algorithm::Rs256 => Alg::RS256,
+            sg::Algorithm::Rs384 => Alg::RS384,
+            sg::Algorithm::Rs512 => Alg::RS512,
+            sg::Algorithm::Ps256 => Alg::PS256,
+            sg::Algorithm::Ps384 => Alg::PS384,
+            sg::Algorithm::Ps512 => Alg::PS512,
+            sg::Algorithm::Es256 => Alg::ES256,
+            sg::Algorithm::Es384 => Alg::ES384,
+        };
+        let key = match &key {
+            sg::PublicKey::Rsa((n, e)) => PublicKeyRef::Rsa { n, e },
+            sg::PublicKey::Ec(point) => PublicKeyRef::Ec { point },
+        };
+        let check = SignatureCheck { alg, key, message: &message, signature: &signature };
+        Ok(match (signatures.0)(&check).map_err(|e| wasmtime::Error::msg(format!("signature check failed: {e}")))? {
+            SignatureVerdict::Valid => sg::Verdict::Valid,
+            SignatureVerdict::Invalid => sg::Verdict::Invalid,
+            SignatureVerdict::Unsupported => sg::Verdict::Unsupported,
+        })
+    }
+}
 
 impl rv::Host for HostState {
     fn check(&mut self, kind: rv::Kind, id: String, issued_at: Option<f64>) -> rv::Status {
@@ -279,7 +343,7 @@ impl Runtime {
     fn store(&self, revocations: SharedRevocations) -> Store<HostState> {
         let limits =
             StoreLimitsBuilder::new().memory_size(self.config.memory_limit).instances(8).tables(16).memories(2).build();
-        let state = HostState { limits, revocations };
+        let state = HostState { limits, revocations, signatures: self.config.signatures.clone() };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
+use portcullis_core::revocation::SignatureVerdict;
 use portcullis_core::testkit::{Case, check, parse_corpus};
 use portcullis_core::{NoRevocations, Reason, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use portcullis_host::policy_files::PolicyBundle;
-use portcullis_host::runtime::{Runtime, RuntimeConfig, WorkerError};
+use portcullis_host::runtime::{HostSignatures, Runtime, RuntimeConfig, WorkerError};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -34,14 +35,14 @@ fn suites() -> Vec<(&'static str, String)> {
     v
 }
 
-#[test]
-fn the_component_and_the_native_core_decide_every_corpus_identically() {
+/// Every corpus case through `runtime`'s component, compared with the native core.
+fn corpus_matches_native(runtime: &Runtime) {
     let mut failures = Vec::new();
     let mut total = 0;
     for (policy, corpus) in suites() {
         let b = bundle(policy);
         let native = b.compile().unwrap();
-        let mut worker = RUNTIME.worker(&b, Arc::new(NoRevocations)).unwrap();
+        let mut worker = runtime.worker(&b, Arc::new(NoRevocations)).unwrap();
         for c in cases(&corpus) {
             total += 1;
             let n = serde_json::to_value(c.request.with_request(|r| native.decide(r, &NoRevocations))).unwrap();
@@ -56,6 +57,64 @@ fn the_component_and_the_native_core_decide_every_corpus_identically() {
     }
     assert!(total > 180, "only {total} cases");
     assert!(failures.is_empty(), "{} of {total}:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn the_component_and_the_native_core_decide_every_corpus_identically() {
+    // With the host verifying signatures natively (the default)...
+    corpus_matches_native(&RUNTIME);
+}
+
+#[test]
+fn without_the_host_signature_capability_the_guest_verifies_itself_and_decides_the_same() {
+    let config = RuntimeConfig { signatures: None, ..RuntimeConfig::default() };
+    corpus_matches_native(&Runtime::embedded(config).unwrap());
+}
+
+/// A runtime whose host answers every signature check with `answer`, counting the checks.
+fn runtime_answering(
+    answer: fn() -> Result<SignatureVerdict, String>,
+) -> (Runtime, Arc<std::sync::atomic::AtomicUsize>) {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let signatures = HostSignatures(Arc::new(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        answer()
+    }));
+    (Runtime::embedded(RuntimeConfig { signatures: Some(signatures), ..RuntimeConfig::default() }).unwrap(), asked)
+}
+
+fn valid_rs256_case() -> Case {
+    cases("tests/fixtures/corpus.jsonl").into_iter().find(|c| c.id == "jwt-rs256-valid").unwrap()
+}
+
+#[test]
+fn a_host_saying_invalid_to_a_valid_signature_yields_bad_signature() {
+    let b = bundle("example.yaml");
+    let c = valid_rs256_case();
+    let (runtime, asked) = runtime_answering(|| Ok(SignatureVerdict::Invalid));
+    let (d, _) = runtime.worker(&b, Arc::new(NoRevocations)).unwrap().decide(&c.request, false).unwrap();
+    assert_eq!((d.reason, d.status()), (Reason::BadSignature, 401));
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the host was asked");
+    // And `unsupported` leaves it to the guest, which finds the signature valid.
+    let (runtime, asked) = runtime_answering(|| Ok(SignatureVerdict::Unsupported));
+    let (d, _) = runtime.worker(&b, Arc::new(NoRevocations)).unwrap().decide(&c.request, false).unwrap();
+    assert_eq!(d.reason, Reason::Allowed);
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn a_host_whose_signature_check_fails_traps_the_call_never_allowing() {
+    let b = bundle("example.yaml");
+    let c = valid_rs256_case();
+    let (runtime, _) = runtime_answering(|| Err("the crypto backend is gone".into()));
+    let mut worker = runtime.worker(&b, Arc::new(NoRevocations)).unwrap();
+    let e = worker.decide(&c.request, false).unwrap_err();
+    assert!(e.to_string().contains("trapped"), "{e}");
+    // HMAC never reaches the host: an HS256 token still decides on a fresh worker.
+    let hs = cases("tests/fixtures/corpus.jsonl").into_iter().find(|c| c.id.starts_with("jwt-hs256")).unwrap();
+    let mut worker = runtime.worker(&b, Arc::new(NoRevocations)).unwrap();
+    assert!(worker.decide(&hs.request, false).is_ok());
 }
 
 #[test]

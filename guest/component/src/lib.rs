@@ -10,6 +10,8 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use portcullis_core::keys::Alg;
+use portcullis_core::revocation::{PublicKeyRef, SignatureCheck, SignatureVerdict};
 use portcullis_core::{
     CredentialKind, Decision as CoreDecision, FileSource, Policy as CorePolicy, PolicyError, Reason,
     Request as CoreRequest, RevocationQuery, RevocationStatus, Revocations, UnixTime,
@@ -28,6 +30,7 @@ mod bindings {
 
 use bindings::exports::portcullis::authz::authorizer::{self as wit, Guest, GuestPolicy};
 use bindings::portcullis::authz::revocations as host;
+use bindings::portcullis::authz::signatures as sig;
 use bindings::portcullis::authz::types as t;
 
 struct Component;
@@ -75,6 +78,30 @@ impl Revocations for HostRevocations {
             host::Status::Active => RevocationStatus::Active,
             host::Status::Revoked => RevocationStatus::Revoked,
             host::Status::Unavailable => RevocationStatus::Unavailable,
+        }
+    }
+
+    /// Asks the host to verify an asymmetric signature (natively, where it can).
+    fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
+        let alg = match check.alg {
+            Alg::RS256 => sig::Algorithm::Rs256,
+            Alg::RS384 => sig::Algorithm::Rs384,
+            Alg::RS512 => sig::Algorithm::Rs512,
+            Alg::PS256 => sig::Algorithm::Ps256,
+            Alg::PS384 => sig::Algorithm::Ps384,
+            Alg::PS512 => sig::Algorithm::Ps512,
+            Alg::ES256 => sig::Algorithm::Es256,
+            Alg::ES384 => sig::Algorithm::Es384,
+            _ => return SignatureVerdict::Unsupported,
+        };
+        let key = match check.key {
+            PublicKeyRef::Rsa { n, e } => sig::PublicKey::Rsa((n.to_vec(), e.to_vec())),
+            PublicKeyRef::Ec { point } => sig::PublicKey::Ec(point.to_vec()),
+        };
+        match sig::verify(alg, &key, check.message, check.signature) {
+            sig::Verdict::Valid => SignatureVerdict::Valid,
+            sig::Verdict::Invalid => SignatureVerdict::Invalid,
+            sig::Verdict::Unsupported => SignatureVerdict::Unsupported,
         }
     }
 }

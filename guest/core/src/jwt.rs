@@ -146,8 +146,10 @@ pub(crate) fn verify(
 
     let alg = Alg::from_name(alg).filter(|a| issuer.algorithms.contains(*a)).ok_or(Reason::AlgNotAllowed)?;
     let key = match issuer.keys.choose(alg, kid) {
-        KeyChoice::One(k) => k.verify(alg, parts.signing_input.as_bytes(), signature).then_some(k),
-        KeyChoice::AnyOf(keys) => keys.into_iter().find(|k| k.verify(alg, parts.signing_input.as_bytes(), signature)),
+        KeyChoice::One(k) => k.verify_with(revocations, alg, parts.signing_input.as_bytes(), signature).then_some(k),
+        KeyChoice::AnyOf(keys) => {
+            keys.into_iter().find(|k| k.verify_with(revocations, alg, parts.signing_input.as_bytes(), signature))
+        }
         KeyChoice::WrongAlg => return Err(Reason::AlgNotAllowed),
         KeyChoice::Unknown => return Err(Reason::UnknownKid),
     }

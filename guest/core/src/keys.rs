@@ -190,9 +190,7 @@ enum Material {
 struct RsaKey {
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     key: rsa::RsaPublicKey,
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     n: Vec<u8>,
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     e: Vec<u8>,
 }
 
@@ -201,8 +199,50 @@ struct RsaKey {
 struct EcKey<K> {
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     key: K,
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     point: Vec<u8>,
+}
+
+/// A public key as the core holds it, for a host asked to verify a signature with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicKeyRef<'a> {
+    /// RSA: big-endian modulus and public exponent, without leading zeros.
+    Rsa {
+        /// Modulus.
+        n: &'a [u8],
+        /// Exponent.
+        e: &'a [u8],
+    },
+    /// ECDSA (P-256, P-384): the uncompressed SEC1 point, `0x04 || x || y`.
+    Ec {
+        /// The point.
+        point: &'a [u8],
+    },
+}
+
+/// One signature a host may verify for the core (see
+/// [`Revocations::verify_signature`](crate::Revocations::verify_signature)).
+#[derive(Clone, Copy, Debug)]
+pub struct SignatureCheck<'a> {
+    /// RS256/384/512, PS256/384/512, ES256 or ES384 (RFC 7518 rules: PSS salt of the hash
+    /// length, fixed-size `r || s` ECDSA signatures).
+    pub alg: Alg,
+    /// The key the core chose.
+    pub key: PublicKeyRef<'a>,
+    /// The signed bytes (a JWT's signing input).
+    pub message: &'a [u8],
+    /// The signature, decoded.
+    pub signature: &'a [u8],
+}
+
+/// A host's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureVerdict {
+    /// The signature is valid for that key, algorithm and message.
+    Valid,
+    /// It is not.
+    Invalid,
+    /// The host cannot tell (no such capability, or not for this algorithm): the core verifies.
+    Unsupported,
 }
 
 impl Material {
@@ -245,7 +285,31 @@ impl TrustedKey {
         self.algs
     }
 
-    /// Verifies `sig` over `message` with `alg`. False when the key does not support `alg`.
+    /// Verifies `sig` over `message` with `alg`, asking `host` first for asymmetric keys (see
+    /// [`Revocations::verify_signature`](crate::Revocations::verify_signature)); the core's own
+    /// code answers when the host cannot. False when the key does not support `alg`.
+    pub fn verify_with(&self, host: &dyn crate::Revocations, alg: Alg, message: &[u8], sig: &[u8]) -> bool {
+        if !self.algs.contains(alg) {
+            return false;
+        }
+        let key = match (&self.material, alg) {
+            (Material::Rsa(k), _) => Some(PublicKeyRef::Rsa { n: &k.n, e: &k.e }),
+            (Material::P256(k), Alg::ES256) => Some(PublicKeyRef::Ec { point: &k.point }),
+            (Material::P384(k), Alg::ES384) => Some(PublicKeyRef::Ec { point: &k.point }),
+            _ => None,
+        };
+        if let Some(key) = key {
+            match host.verify_signature(&SignatureCheck { alg, key, message, signature: sig }) {
+                SignatureVerdict::Valid => return true,
+                SignatureVerdict::Invalid => return false,
+                SignatureVerdict::Unsupported => {}
+            }
+        }
+        self.verify(alg, message, sig)
+    }
+
+    /// Verifies `sig` over `message` with `alg` with the core's own code. False when the key
+    /// does not support `alg`.
     pub fn verify(&self, alg: Alg, message: &[u8], sig: &[u8]) -> bool {
         if !self.algs.contains(alg) {
             return false;
@@ -313,28 +377,56 @@ mod portable {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use super::{Alg, EcKey, RsaKey};
+    use super::{Alg, EcKey, PublicKeyRef, RsaKey};
     use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey};
 
+    /// Verifies with raw key parts; `None` when `alg` does not fit the key.
+    pub(super) fn verify(alg: Alg, key: PublicKeyRef<'_>, message: &[u8], signature: &[u8]) -> Option<bool> {
+        Some(match (key, alg) {
+            (PublicKeyRef::Rsa { n, e }, _) => {
+                let params = match alg {
+                    Alg::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    Alg::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    Alg::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    Alg::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                    Alg::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                    Alg::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                    _ => return None,
+                };
+                RsaPublicKeyComponents { n, e }.verify(params, message, signature).is_ok()
+            }
+            (PublicKeyRef::Ec { point }, Alg::ES256) => {
+                UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point).verify(message, signature).is_ok()
+            }
+            (PublicKeyRef::Ec { point }, Alg::ES384) => {
+                UnparsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, point).verify(message, signature).is_ok()
+            }
+            _ => return None,
+        })
+    }
+
     pub(super) fn rsa(k: &RsaKey, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
-        let params = match alg {
-            Alg::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            Alg::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-            Alg::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-            Alg::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-            Alg::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-            Alg::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-            _ => return false,
-        };
-        RsaPublicKeyComponents { n: &k.n, e: &k.e }.verify(params, message, signature).is_ok()
+        verify(alg, PublicKeyRef::Rsa { n: &k.n, e: &k.e }, message, signature).unwrap_or(false)
     }
 
     pub(super) fn p256(k: &EcKey<p256::ecdsa::VerifyingKey>, message: &[u8], signature: &[u8]) -> bool {
-        UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &k.point).verify(message, signature).is_ok()
+        verify(Alg::ES256, PublicKeyRef::Ec { point: &k.point }, message, signature).unwrap_or(false)
     }
 
     pub(super) fn p384(k: &EcKey<p384::ecdsa::VerifyingKey>, message: &[u8], signature: &[u8]) -> bool {
-        UnparsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, &k.point).verify(message, signature).is_ok()
+        verify(Alg::ES384, PublicKeyRef::Ec { point: &k.point }, message, signature).unwrap_or(false)
+    }
+}
+
+/// Verifies a signature check natively (ring), as a host answering a wasm guest does;
+/// [`SignatureVerdict::Unsupported`] for an algorithm that does not fit the key. A key the
+/// core would not have loaded (an RSA modulus under 2048 bits) is [`SignatureVerdict::Invalid`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn verify_natively(check: &SignatureCheck<'_>) -> SignatureVerdict {
+    match native::verify(check.alg, check.key, check.message, check.signature) {
+        Some(true) => SignatureVerdict::Valid,
+        Some(false) => SignatureVerdict::Invalid,
+        None => SignatureVerdict::Unsupported,
     }
 }
 

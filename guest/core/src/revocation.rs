@@ -96,7 +96,18 @@ pub enum RevocationStatus {
 pub trait Revocations {
     /// Looks up one identifier. Must be cheap: it runs on every request.
     fn status(&self, query: RevocationQuery<'_>) -> RevocationStatus;
+
+    /// Verifies one asymmetric signature for the core, when the host can do it faster than
+    /// the core's own code (the sidecar, natively, for the wasm guest). The core chose the key,
+    /// the algorithm and the bytes; the host computes one primitive. The default,
+    /// [`SignatureVerdict::Unsupported`], makes the core verify it itself.
+    fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
+        let _ = check;
+        SignatureVerdict::Unsupported
+    }
 }
+
+pub use crate::keys::{PublicKeyRef, SignatureCheck, SignatureVerdict};
 
 /// No dynamic revocations (tools, tests, a policy whose static lists are enough).
 #[derive(Clone, Copy, Debug, Default)]
