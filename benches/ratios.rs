@@ -86,15 +86,31 @@ fn main() {
     })
     .unwrap();
     let mut guest_only = no_host.worker(&bundle, Arc::new(NoRevocations)).unwrap();
+    // And with the sidecar's verified-signature cache in front of the host's check.
+    let cache = Arc::new(portcullis_host::signature_cache::SignatureCache::new(1024));
+    let cached_runtime = portcullis_host::runtime::Runtime::embedded(portcullis_host::runtime::RuntimeConfig {
+        signatures: Some(portcullis_host::signature_cache::cached(
+            portcullis_host::runtime::native_signatures(),
+            cache,
+        )),
+        ..portcullis_host::runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    let mut with_cache = cached_runtime.worker(&bundle, Arc::new(NoRevocations)).unwrap();
     let expected = rs_req.with_request(|r| native.decide(r, &NoRevocations));
     assert!(expected.allowed());
     assert_eq!(worker.decide(&rs_req, false).unwrap().0, expected);
     assert_eq!(guest_only.decide(&rs_req, false).unwrap().0, expected);
+    assert_eq!(with_cache.decide(&rs_req, false).unwrap().0, expected);
     println!();
     println!("| RS256 decision | native core | component, warm instance | component ÷ native (median) | IQR |");
     println!("| --- | --- | --- | --- | --- |");
     let (rs_rounds, rs_batch) = (rounds.min(101), batch / 10 + 1);
-    for (label, w) in [("host verifies (signatures import)", &mut worker), ("guest verifies (wasm)", &mut guest_only)] {
+    for (label, w) in [
+        ("host verifies (signatures import)", &mut worker),
+        ("host verifies, signature cache on", &mut with_cache),
+        ("guest verifies (wasm)", &mut guest_only),
+    ] {
         let p = paired(
             || {
                 black_box(rs_req.with_request(|r| native.decide(black_box(r), &NoRevocations)));

@@ -14,6 +14,7 @@ pub mod preinit;
 pub mod revocation;
 pub mod runtime;
 pub mod serve;
+pub mod signature_cache;
 pub mod token;
 
 /// The current time in Unix seconds.

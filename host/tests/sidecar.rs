@@ -224,3 +224,73 @@ async fn a_policy_that_does_not_load_stops_startup_with_its_error() {
     let err = Sidecar::build(config(&dir.join("policy.yaml"), Isolation::Warm)).await.unwrap_err();
     assert!(format!("{err:#}").contains("routes[0].roles[0]"), "{err:#}");
 }
+
+/// Revocations a test flips at will.
+#[derive(Debug, Default)]
+struct Switch(std::sync::atomic::AtomicBool);
+
+impl portcullis_core::Revocations for Switch {
+    fn status(&self, _: portcullis_core::RevocationQuery<'_>) -> portcullis_core::RevocationStatus {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            portcullis_core::RevocationStatus::Revoked
+        } else {
+            portcullis_core::RevocationStatus::Active
+        }
+    }
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_signature_never_spares_the_claim_checks() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap();
+    let case = portcullis_core::testkit::parse_corpus(&corpus)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == "jwt-rs256-valid")
+        .unwrap();
+    let now = Arc::new(AtomicI64::new(1_800_000_000));
+    let clock_now = Arc::clone(&now);
+    let revoked = Arc::new(Switch(AtomicBool::new(false)));
+    for isolation in [Isolation::Warm, Isolation::Fresh] {
+        revoked.0.store(false, Ordering::Relaxed);
+        now.store(1_800_000_000, Ordering::Relaxed);
+        let clock = Arc::clone(&clock_now);
+        let config = Config {
+            settings: Settings { workers: 1, isolation, runtime: RuntimeConfig::default() },
+            revocations: Arc::clone(&revoked) as portcullis_host::runtime::SharedRevocations,
+            clock: Arc::new(move || clock.load(Ordering::Relaxed)),
+            ..Config::local(root().join("policies/example.yaml"))
+        };
+        let h = Sidecar::build(config).await.unwrap().serve().unwrap();
+        let decide = |h: &Handle| {
+            let authz = Arc::clone(h.authorizer());
+            let mut req = case.request.clone();
+            req.now = authz.now();
+            async move { tokio::task::spawn_blocking(move || authz.check(&req, "grpc").reason).await.unwrap() }
+        };
+        assert_eq!(decide(&h).await, portcullis_core::Reason::Allowed, "{isolation:?}");
+        assert_eq!(decide(&h).await, portcullis_core::Reason::Allowed, "{isolation:?}");
+        let (_, m) = get(h.admin_addr, "/metrics").await;
+        assert!(metric(&m, "portcullis_signature_cache_hits_total") >= 1.0, "{isolation:?}: the second check hit: {m}");
+        // The same token, its signature cached: expired is expired, revoked is revoked.
+        now.store(1_800_003_600 + 3600, Ordering::Relaxed);
+        assert_eq!(decide(&h).await, portcullis_core::Reason::Expired, "{isolation:?}");
+        now.store(1_800_000_000, Ordering::Relaxed);
+        revoked.0.store(true, Ordering::Relaxed);
+        assert_eq!(decide(&h).await, portcullis_core::Reason::Revoked, "{isolation:?}");
+        let (_, m) = get(h.admin_addr, "/metrics").await;
+        assert!(metric(&m, "portcullis_signature_cache_hits_total") >= 3.0, "{isolation:?}: {m}");
+        assert!(metric(&m, "portcullis_signature_cache_entries") >= 1.0, "{isolation:?}: {m}");
+        // A new generation (keys may have changed) starts with an empty cache.
+        let authz = Arc::clone(h.authorizer());
+        let bundle = portcullis_host::policy_files::PolicyBundle::read(&root().join("policies/example.yaml")).unwrap();
+        tokio::task::spawn_blocking(move || authz.reload(bundle).unwrap()).await.unwrap();
+        let (_, m) = get(h.admin_addr, "/metrics").await;
+        assert_eq!(metric(&m, "portcullis_signature_cache_entries"), 0.0, "{isolation:?}: {m}");
+        h.shutdown().await;
+    }
+}

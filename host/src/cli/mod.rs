@@ -186,6 +186,10 @@ struct ServeArgs {
     /// HTTP listeners: longest time to receive a request's headers, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// Verified signatures remembered (RSA/ECDSA, shared by every instance, emptied on reload;
+    /// every claim is still checked on every request). 0 turns the cache off.
+    #[arg(long, default_value_t = crate::serve::DEFAULT_SIGNATURE_CACHE_ENTRIES)]
+    signature_cache_entries: usize,
     /// HTTP listeners: close a connection idle this long, in seconds (set Envoy's
     /// `idle_timeout` for the ext_authz cluster below it). 0: never.
     #[arg(long, default_value_t = 60)]
@@ -631,6 +635,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         clock: crate::serve::authz::system_clock(),
         check_limits,
         admin_limits,
+        signature_cache_entries: args.signature_cache_entries,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -82,6 +82,8 @@ pub struct Authorizer {
     clock: Clock,
     /// Checks wait for this set's first load: until then every check is a 503.
     gate: Option<Arc<crate::revocation::LiveRevocations>>,
+    /// Verified signatures, emptied when a new generation (new keys) comes in.
+    signature_cache: Option<Arc<crate::signature_cache::SignatureCache>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -137,7 +139,15 @@ impl Authorizer {
             draining: AtomicBool::new(false),
             clock,
             gate: None,
+            signature_cache: None,
         })
+    }
+
+    /// Empties `cache` whenever a new generation is swapped in.
+    #[must_use]
+    pub fn with_signature_cache(mut self, cache: Arc<crate::signature_cache::SignatureCache>) -> Authorizer {
+        self.signature_cache = Some(cache);
+        self
     }
 
     /// Answers every check with 503 `revocation_stale` until `live` has loaded, whatever its
@@ -170,6 +180,9 @@ impl Authorizer {
         match build(&self.runtime, &self.settings, &self.revocations, Arc::new(bundle), id) {
             Ok(g) => {
                 self.current.store(Arc::new(g));
+                if let Some(cache) = &self.signature_cache {
+                    cache.clear();
+                }
                 self.metrics.policy_generation.set(i64::try_from(id).unwrap_or(i64::MAX));
                 self.metrics.policy_loaded_at.set(crate::unix_now());
                 self.metrics.reloads.inc();

@@ -29,6 +29,9 @@ use crate::policy_files::PolicyBundle;
 use crate::runtime::SharedRevocations;
 use authz::{Authorizer, Settings};
 
+/// Verified signatures the sidecar keeps by default (about 100 bytes each with the index).
+pub const DEFAULT_SIGNATURE_CACHE_ENTRIES: usize = 16_384;
+
 /// Everything the sidecar needs to start.
 #[derive(Clone)]
 pub struct Config {
@@ -61,6 +64,8 @@ pub struct Config {
     pub check_limits: listen::ConnectionLimits,
     /// Connection limits of the admin listener.
     pub admin_limits: listen::ConnectionLimits,
+    /// Verified signatures kept (0: none), shared by every instance; emptied on reload.
+    pub signature_cache_entries: usize,
 }
 
 /// The sidecar's revocation subsystem.
@@ -103,6 +108,7 @@ impl Config {
             clock: authz::system_clock(),
             check_limits: listen::ConnectionLimits::CHECKS,
             admin_limits: listen::ConnectionLimits::ADMIN,
+            signature_cache_entries: DEFAULT_SIGNATURE_CACHE_ENTRIES,
         }
     }
 }
@@ -144,6 +150,8 @@ impl Sidecar {
         if let Some(r) = &config.revocation {
             r.live.metrics.register(metrics.registry_mut());
         }
+        let cache = Arc::new(crate::signature_cache::SignatureCache::new(config.signature_cache_entries));
+        cache.metrics.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
         let audit = match &config.audit_log {
             Some(p) => Some(
@@ -156,11 +164,14 @@ impl Sidecar {
             Some(r) => Arc::clone(&r.live) as SharedRevocations,
             None => Arc::clone(&config.revocations),
         };
-        let (settings, clock) = (config.settings.clone(), Arc::clone(&config.clock));
+        let (mut settings, clock) = (config.settings.clone(), Arc::clone(&config.clock));
+        if let Some(inner) = settings.runtime.signatures.take() {
+            settings.runtime.signatures = Some(crate::signature_cache::cached(inner, Arc::clone(&cache)));
+        }
         let m = Arc::clone(&metrics);
         let gate = config.revocation.as_ref().map(|r| Arc::clone(&r.live));
         let authz = tokio::task::spawn_blocking(move || {
-            let authz = Authorizer::new(bundle, settings, revocations, m, audit, clock)?;
+            let authz = Authorizer::new(bundle, settings, revocations, m, audit, clock)?.with_signature_cache(cache);
             anyhow::Ok(match gate {
                 Some(live) => authz.gated_on(live),
                 None => authz,
