@@ -16,6 +16,8 @@ target=$(rustc -vV | awk '/^host:/ { print $2 }')
 cargo cyclonedx --manifest-path host/Cargo.toml --format json --spec-version 1.5 \
   --target "$target" --override-filename "portcullis-$version.cdx" >/dev/null
 mv "host/portcullis-$version.cdx.json" "dist/portcullis-$version-$target.cdx.json"
+# cargo-cyclonedx writes one file per workspace member; only the binary's is wanted.
+find . -name "portcullis-$version.cdx.json" -not -path "./dist/*" -not -path "./target/*" -delete
 python3 - "dist/portcullis-$version-$target.cdx.json" <<'PY'
 import json, sys
 bom = json.load(open(sys.argv[1]))
