@@ -91,13 +91,16 @@ pub struct ParseError {
 
 type Key = (RevocationKind, String);
 
-/// A writer's view of the file: the effective entries up to `offset` of the file `inode`.
+/// A writer's view of the file: the effective entries up to `offset`.
 #[derive(Debug)]
 struct WriterIndex {
-    inode: u64,
     offset: u64,
     lines: usize,
     entries: HashMap<Key, i64>,
+    /// The file as this process last left it (after its own read or append). Anything else
+    /// (another process's append, an edit in place) changes it, and the next call re-reads
+    /// the whole file rather than trusting entries that may have been edited away.
+    stamp: Option<Fingerprint>,
 }
 
 fn inode(m: &std::fs::Metadata) -> u64 {
@@ -261,22 +264,26 @@ impl FileStore {
                 .open(&s.path)
                 .map_err(|e| unavailable(&s.path, &e))?;
             f.write_all(text.as_bytes()).and_then(|()| f.sync_data()).map_err(|e| unavailable(&s.path, &e))?;
-            // The next call reads from where this one stopped, this line included.
+            // The next call reads from where this one stopped, this line included, unless
+            // someone else has touched the file by then.
+            let mut index = index;
+            index.stamp = f.metadata().ok().map(|m| Fingerprint::of(&m));
             *guard = Some(index);
             Ok(true)
         })
         .await
     }
 
-    /// Brings a writer's index up to the file's end, reading only the part not yet read when
-    /// the file is the same one and has only grown.
+    /// Brings a writer's index up to the file's end: only the lines this process appended
+    /// itself when nobody else has touched the file since, else the whole file again.
     fn catch_up(&self, index: Option<WriterIndex>) -> Result<WriterIndex, StoreError> {
         let Some((file, meta)) = open_regular(&self.path).map_err(|e| unavailable(&self.path, &e))? else {
-            return Ok(WriterIndex { inode: 0, offset: 0, lines: 1, entries: HashMap::new() });
+            return Ok(WriterIndex { offset: 0, lines: 1, entries: HashMap::new(), stamp: None });
         };
+        let now = Fingerprint::of(&meta);
         let mut index = match index {
-            Some(i) if i.inode == inode(&meta) && i.offset <= meta.len() => i,
-            _ => WriterIndex { inode: inode(&meta), offset: 0, lines: 1, entries: HashMap::new() },
+            Some(i) if i.stamp == Some(now) && i.offset <= meta.len() => i,
+            _ => WriterIndex { offset: 0, lines: 1, entries: HashMap::new(), stamp: None },
         };
         let first = index.offset == 0;
         let entries = &mut index.entries;
@@ -292,6 +299,7 @@ impl FileStore {
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         index.offset = offset;
         index.lines = lines;
+        index.stamp = Some(now);
         // A writer's view always ends at a line boundary; a file without a trailing newline
         // (edited by hand) gets one before the next append.
         if offset < meta.len() {
@@ -464,9 +472,15 @@ struct Fingerprint {
     inode: u64,
 }
 
+impl Fingerprint {
+    fn of(m: &std::fs::Metadata) -> Fingerprint {
+        Fingerprint { len: m.len(), modified: m.modified().ok(), inode: inode(m) }
+    }
+}
+
 fn fingerprint(path: &Path) -> std::io::Result<Option<Fingerprint>> {
     match std::fs::metadata(path) {
-        Ok(m) => Ok(Some(Fingerprint { len: m.len(), modified: m.modified().ok(), inode: inode(&m) })),
+        Ok(m) => Ok(Some(Fingerprint::of(&m))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -703,6 +717,24 @@ mod tests {
         // After a rewrite (new inode) a writer re-reads rather than trusting its old offset.
         assert!(!store.revoke(&Record::new(RevocationKind::Subject, "alice", "ops", 110)).await.unwrap());
         assert!(store.revoke(&Record::new(RevocationKind::TokenId, "j1", "ops", 300)).await.unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_writer_never_trusts_what_it_read_once_the_file_changed_behind_it() {
+        let dir = scratch("edited");
+        let store = FileStore::new(dir.join("revocations.jsonl"));
+        let r = Record::new(RevocationKind::TokenId, "x", "ops", 1);
+        assert!(store.revoke(&r).await.unwrap());
+        assert!(!store.revoke(&r).await.unwrap(), "covered, from what this writer knows");
+        // Edited in place (same file, longer, the line for x gone): x must be written again.
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        let header = text.lines().next().unwrap();
+        let other =
+            serde_json::to_string(&Record::new(RevocationKind::TokenId, "a-much-longer-id-than-x", "ops", 1)).unwrap();
+        std::fs::write(store.path(), format!("{header}\n{other}\n")).unwrap();
+        assert!(store.revoke(&r).await.unwrap(), "re-read, not trusted");
+        assert!(store.read().unwrap().iter().any(|l| l.id == "x"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
