@@ -297,11 +297,7 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
-    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    portcullis_e2e::request(addr, "GET", path, "x", &[]).await.unwrap().status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

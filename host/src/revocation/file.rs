@@ -34,8 +34,6 @@ use super::{Change, ListFilter, LiveRevocations, Op, Record, StoreError};
 
 /// Largest revocations file read (about ten million entries).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
-/// Longest line read.
-pub const MAX_LINE_BYTES: usize = MAX_FILE_LINE_BYTES;
 
 /// A revocations file.
 #[derive(Clone, Debug)]
@@ -95,7 +93,6 @@ type Key = (RevocationKind, String);
 #[derive(Debug)]
 struct WriterIndex {
     offset: u64,
-    lines: usize,
     entries: HashMap<Key, i64>,
     /// The file as this process last left it (after its own read or append). Anything else
     /// (another process's append, an edit in place) changes it, and the next call re-reads
@@ -139,14 +136,14 @@ fn read_lines(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let limit = u64::try_from(MAX_LINE_BYTES + 1).unwrap_or(u64::MAX);
+        let limit = u64::try_from(MAX_FILE_LINE_BYTES + 1).unwrap_or(u64::MAX);
         let read = (&mut reader).take(limit).read_until(b'\n', &mut buf).map_err(|e| err(n, e.to_string()))?;
         if read == 0 {
             return Ok((pos, n));
         }
         if buf.last() != Some(&b'\n') {
-            if buf.len() > MAX_LINE_BYTES {
-                return Err(err(n, format!("line longer than {MAX_LINE_BYTES} bytes")));
+            if buf.len() > MAX_FILE_LINE_BYTES {
+                return Err(err(n, format!("line longer than {MAX_FILE_LINE_BYTES} bytes")));
             }
             if !unfinished {
                 return Ok((pos, n));
@@ -278,17 +275,17 @@ impl FileStore {
     /// itself when nobody else has touched the file since, else the whole file again.
     fn catch_up(&self, index: Option<WriterIndex>) -> Result<WriterIndex, StoreError> {
         let Some((file, meta)) = open_regular(&self.path).map_err(|e| unavailable(&self.path, &e))? else {
-            return Ok(WriterIndex { offset: 0, lines: 1, entries: HashMap::new(), stamp: None });
+            return Ok(WriterIndex { offset: 0, entries: HashMap::new(), stamp: None });
         };
         let now = Fingerprint::of(&meta);
         let mut index = match index {
             Some(i) if i.stamp == Some(now) && i.offset <= meta.len() => i,
-            _ => WriterIndex { offset: 0, lines: 1, entries: HashMap::new(), stamp: None },
+            _ => WriterIndex { offset: 0, entries: HashMap::new(), stamp: None },
         };
         let first = index.offset == 0;
         let entries = &mut index.entries;
         let mut seen_content = !first;
-        let (offset, lines) = read_lines(&self.path, file, index.offset, index.lines, false, |_, text| {
+        let (offset, _) = read_lines(&self.path, file, index.offset, 1, false, |_, text| {
             if let Ok(Line::Record(r)) = parse_line(!seen_content, text) {
                 let e = entries.entry((r.kind, r.id)).or_insert(r.issued_before.unwrap_or(0));
                 *e = (*e).max(r.issued_before.unwrap_or(0));
@@ -298,7 +295,6 @@ impl FileStore {
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         index.offset = offset;
-        index.lines = lines;
         index.stamp = Some(now);
         // A writer's view always ends at a line boundary; a file without a trailing newline
         // (edited by hand) gets one before the next append.
@@ -411,26 +407,6 @@ impl FileStore {
 
 fn unavailable(path: &Path, e: &std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
-}
-
-/// Parses a revocations file's text: an optional header, then one [`Record`] per non-empty
-/// line, each valid.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Record>, ParseError> {
-    let mut out = Vec::new();
-    let mut first = true;
-    for (i, line) in text.lines().enumerate() {
-        let err = |message: String| ParseError { path: path.display().to_string(), line: i + 1, message };
-        if line.len() > MAX_LINE_BYTES {
-            return Err(err(format!("line longer than {MAX_LINE_BYTES} bytes")));
-        }
-        match parse_line(first, line).map_err(err)? {
-            Line::Blank => continue,
-            Line::Header(_) => {}
-            Line::Record(r) => out.push(r),
-        }
-        first = false;
-    }
-    Ok(out)
 }
 
 /// The effective entries of a file: a key revoked twice keeps its latest cut-off.
@@ -627,16 +603,22 @@ mod tests {
     }
 
     #[test]
-    fn parse_reports_the_line() {
+    fn a_strict_read_reports_the_line_and_a_header_only_comes_first() {
+        let dir = scratch("strict");
+        let f = dir.join("r.jsonl");
         let ok = r#"{"kind":"jti","id":"a","actor":"ops","created_at":1}"#;
-        let text = format!("{ok}\n\n{{\"kind\":\"nope\",\"id\":\"b\"}}\n");
-        let e = parse(Path::new("r.jsonl"), &text).unwrap_err();
-        assert_eq!(e.line, 3);
-        assert!(e.message.contains("unknown revocation kind"), "{e}");
-        assert_eq!(parse(Path::new("r.jsonl"), ok).unwrap().len(), 1);
+        std::fs::write(&f, format!("{ok}\n\n{{\"kind\":\"nope\",\"id\":\"b\"}}\n")).unwrap();
+        let e = read_file(&f, false).unwrap_err().to_string();
+        assert!(e.contains("r.jsonl:3:") && e.contains("unknown revocation kind"), "{e}");
+        let tolerant = read_file(&f, true).unwrap().unwrap();
+        assert_eq!((tolerant.records.len(), tolerant.rejected.len()), (1, 1));
         let header = r#"{"portcullis_revocations":1,"log":"x"}"#;
-        assert_eq!(parse(Path::new("r.jsonl"), &format!("{header}\n{ok}\n")).unwrap().len(), 1);
-        assert!(parse(Path::new("r.jsonl"), &format!("{ok}\n{header}\n")).is_err(), "a header only comes first");
+        std::fs::write(&f, format!("{header}\n{ok}\n")).unwrap();
+        let c = read_file(&f, false).unwrap().unwrap();
+        assert_eq!((c.lineage(), c.records.len()), ("x", 1));
+        std::fs::write(&f, format!("{ok}\n{header}\n")).unwrap();
+        assert!(read_file(&f, false).is_err(), "a header only comes first");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -764,7 +746,7 @@ mod tests {
     fn reads_are_bounded_and_refuse_what_is_not_a_regular_file() {
         let dir = scratch("bounds");
         let long = dir.join("long.jsonl");
-        std::fs::write(&long, "x".repeat(MAX_LINE_BYTES + 10) + "\n").unwrap();
+        std::fs::write(&long, "x".repeat(MAX_FILE_LINE_BYTES + 10) + "\n").unwrap();
         let e = read_file(&long, false).unwrap_err().to_string();
         assert!(e.contains("longer than"), "{e}");
         let e = read_file(&dir, false).unwrap_err().to_string();
