@@ -21,6 +21,10 @@ export ENVOY_BIN
 # awk reads all input: `head` would close the pipe early and SIGPIPE Envoy under pipefail.
 "$ENVOY_BIN" --version | awk 'NF { print; exit_ok = 1 } END { exit !exit_ok }'
 
+step "wrk (Debian wrk) for the Envoy side-by-side smoke run"
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+command -v wrk
+
 step "Postgres (Debian postgresql) for the revocation tests"
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "    using DATABASE_URL (each test creates and drops its own database)"
@@ -56,7 +60,7 @@ step "unit, property, corpus, CLI, component, sidecar, Envoy and Postgres end-to
 cargo test --workspace --exclude portcullis-component --exclude portcullis-faulty-guest --all-features --locked
 elapsed
 
-step "benchmarks compile and run once, asserting both sides agree (not timed)"
+step "benchmarks compile and run once, asserting both sides agree (not timed; Envoy side by side included)"
 cargo test -p portcullis-benches --benches --locked
 elapsed
 

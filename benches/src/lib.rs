@@ -74,10 +74,12 @@ fn jwk(kid: &str) -> serde_json::Value {
     set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().clone()
 }
 
-/// Tokens for HS256, RS256, ES256 and EdDSA against `policies/example.yaml`, valid at `now`.
-pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
+type SigningSpec = (&'static str, Algorithm, &'static str, &'static str, EncodingKey, DecodingKey);
+
+/// The demo signing keys: (name, algorithm, kid, issuer, private key, public key).
+fn signing_specs() -> Vec<SigningSpec> {
     let hmac_secret = hex(&String::from_utf8(fixture("hmac-2026.secret")).unwrap());
-    let specs: Vec<(&str, Algorithm, &str, &str, EncodingKey, DecodingKey)> = vec![
+    vec![
         (
             "hs256",
             Algorithm::HS256,
@@ -116,25 +118,39 @@ pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
             EncodingKey::from_ed_pem(&fixture("ed25519.pem")).unwrap(),
             DecodingKey::from_ed_components(jwk("ed25519")["x"].as_str().unwrap()).unwrap(),
         ),
-    ];
-    specs
+    ]
+}
+
+fn claims(iss: &str, now: i64, scope: &str) -> Claims {
+    Claims {
+        iss: iss.into(),
+        sub: "alice".into(),
+        aud: "edge-api".into(),
+        iat: now - 60,
+        exp: now + 3000,
+        jti: "0b3f6c2e-7d1a-4d1e-9a55-1c0e8a3f9b21".into(),
+        scope: scope.into(),
+        roles: vec!["admin".into()],
+        tenant: "acme".into(),
+        email: "alice@example.com".into(),
+    }
+}
+
+/// A token signed with the demo key `name` (`hs256`, `rs256`, `es256` or `eddsa`), valid at
+/// `now` for 50 minutes, granting `scope`.
+pub fn mint(name: &str, now: i64, scope: &str) -> String {
+    let (_, alg, kid, iss, enc, _) = signing_specs().into_iter().find(|s| s.0 == name).unwrap();
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims(iss, now, scope), &enc).unwrap()
+}
+
+/// Tokens for HS256, RS256, ES256 and EdDSA against `policies/example.yaml`, valid at `now`.
+pub fn jwt_cases(now: i64) -> Vec<JwtCase> {
+    signing_specs()
         .into_iter()
-        .map(|(name, alg, kid, iss, enc, dec)| {
-            let mut header = Header::new(alg);
-            header.kid = Some(kid.into());
-            let claims = Claims {
-                iss: iss.into(),
-                sub: "alice".into(),
-                aud: "edge-api".into(),
-                iat: now - 60,
-                exp: now + 3000,
-                jti: "0b3f6c2e-7d1a-4d1e-9a55-1c0e8a3f9b21".into(),
-                scope: "orders:read orders:write".into(),
-                roles: vec!["admin".into()],
-                tenant: "acme".into(),
-                email: "alice@example.com".into(),
-            };
-            let token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+        .map(|(name, alg, _, iss, _, dec)| {
+            let token = mint(name, now, "orders:read orders:write");
             // The peer configured to check what Portcullis checks: algorithm, issuer, audience,
             // exp and nbf with the same leeway, and the same required claims.
             let mut validation = Validation::new(alg);
@@ -283,7 +299,16 @@ pub enum BenchSidecar {
 impl BenchSidecar {
     /// Builds `target/release/portcullis` and runs `portcullis <args>` in `cwd`.
     pub fn release(cwd: &std::path::Path, args: &[&str]) -> BenchSidecar {
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // The variables cargo sets for this bench (CARGO_MANIFEST_DIR among them) would make
+        // build scripts that watch them (ring's) rebuild on every switch between shell and bench.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+                build.env_remove(&*name);
+            }
+        }
+        let status = build
             .current_dir(root())
             .args(["build", "--release", "-p", "portcullis", "--bin", "portcullis"])
             .status()

@@ -276,6 +276,11 @@ impl Envoy {
         Envoy { child, listener, admin, _dir: dir }
     }
 
+    /// Envoy's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Envoy's log so far (for assertion messages).
     pub fn log(&self) -> String {
         read_log(self._dir.path())
