@@ -29,6 +29,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target").join("guest");
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -49,6 +50,34 @@ fn main() {
         ),
     }
     copy(&target_dir.join("wasm32-wasip2/guest/portcullis_component.wasm"), &out);
+}
+
+/// Installs the `wasm32-wasip2` standard library through rustup when it is missing, so the first
+/// `cargo run` on a machine with only the default toolchain works. A `rust-toolchain.toml`
+/// listing the target is not enough: rustup skips installing it when `RUSTUP_AUTO_INSTALL=0`
+/// (checked), and an explicit `rustup target add` is what every setting allows.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc).args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
+    let installed = match libdir {
+        Ok(o) if o.status.success() => {
+            let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            std::fs::read_dir(&dir).is_ok_and(|mut entries| {
+                entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+            })
+        }
+        _ => false,
+    };
+    if installed {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (the guest component needs it)");
+    match Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            println!("cargo:warning=`rustup target add wasm32-wasip2` failed ({other:?}); install the target by hand")
+        }
+    }
 }
 
 fn copy(from: &Path, to: &Path) {
