@@ -14,7 +14,8 @@
 //! check (same component, same credentials, same revocations), as a request to the pseudo-host
 //! `portcullis-admin` with the real method and path, and the identity it yields must also hold
 //! the endpoint's scope (default `portcullis:revocations:read` / `:write`; `portcullis:*`
-//! covers both). The client cannot choose the host, so routes written for other hosts do not
+//! covers both), directly or through a role, as the core answers it (`Policy::grants`). Handlers
+//! get their caller only through the authorizing extractor `Caller<Read>` / `Caller<Write>`. The client cannot choose the host, so routes written for other hosts do not
 //! apply. An identity bound to a tenant manages only its tenant's entries and cannot read the
 //! feed (which spans every tenant) or delete entries.
 
@@ -24,10 +25,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use portcullis_core::engine::roles::grant_covers;
 use portcullis_core::{Identity, Reason, RevocationKind};
 use serde::Deserialize;
 
@@ -124,12 +124,37 @@ impl IntoResponse for Reject {
 
 type Answer = Result<Response, Reject>;
 
-/// A caller that passed the policy and holds the scope.
-struct Caller {
-    identity: Arc<Identity>,
+/// The scope an endpoint needs.
+trait Need: Send + Sync + 'static {
+    fn scope(r: &RevocationAdmin) -> &str;
 }
 
-impl Caller {
+/// Reading: list and feed.
+struct Read;
+/// Writing: revoke and unrevoke.
+struct Write;
+
+impl Need for Read {
+    fn scope(r: &RevocationAdmin) -> &str {
+        &r.read_scope
+    }
+}
+
+impl Need for Write {
+    fn scope(r: &RevocationAdmin) -> &str {
+        &r.write_scope
+    }
+}
+
+/// A caller the policy allowed and the core found granted the endpoint's scope (directly or
+/// through a role). The only way a handler gets one is by extracting it, which authorizes: a
+/// revocation handler without this argument has no caller to act for.
+struct Caller<N> {
+    identity: Arc<Identity>,
+    need: std::marker::PhantomData<N>,
+}
+
+impl<N> Caller<N> {
     fn actor(&self) -> String {
         let i = &self.identity;
         match (&i.subject, &i.token_id) {
@@ -144,31 +169,31 @@ impl Caller {
     }
 }
 
-/// Decides the admin call through the policy, then checks the scope.
-async fn authorize(
-    s: &AdminState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    scope: &str,
-) -> Result<Caller, Reject> {
-    let mut req = super::http::to_request(method.as_str(), uri, headers, None, s.authz.now());
-    req.host = ADMIN_HOST.into();
-    req.scheme = "http".into();
-    req.client_ip = Some(peer.ip());
-    let authz = Arc::clone(&s.authz);
-    let d = tokio::task::spawn_blocking(move || authz.check(&req, "admin"))
-        .await
-        .map_err(|_| denied(Reason::InternalError))?;
-    if !d.allowed() {
-        return Err(denied(d.reason).into());
+impl<N: Need> axum::extract::FromRequestParts<Arc<AdminState>> for Caller<N> {
+    type Rejection = Reject;
+
+    /// Decides the admin call through the policy (as a request to [`ADMIN_HOST`]), then asks
+    /// the core whether the identity is granted the endpoint's scope.
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &Arc<AdminState>) -> Result<Self, Reject> {
+        let r = revocations(s)?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let mut req = super::http::to_request(parts.method.as_str(), &parts.uri, &parts.headers, None, s.authz.now());
+        req.host = ADMIN_HOST.into();
+        req.scheme = "http".into();
+        req.client_ip = peer;
+        let authz = Arc::clone(&s.authz);
+        let d = tokio::task::spawn_blocking(move || authz.check(&req, "admin"))
+            .await
+            .map_err(|_| denied(Reason::InternalError))?;
+        if !d.allowed() {
+            return Err(denied(d.reason).into());
+        }
+        let Some(identity) = d.identity else { return Err(denied(Reason::MissingCredential).into()) };
+        if !s.authz.generation().policy.grants(&identity, N::scope(r)) {
+            return Err(denied(Reason::InsufficientScope).into());
+        }
+        Ok(Caller { identity, need: std::marker::PhantomData })
     }
-    let Some(identity) = d.identity else { return Err(denied(Reason::MissingCredential).into()) };
-    if !identity.scopes.iter().any(|g| grant_covers(g, scope, false)) {
-        return Err(denied(Reason::InsufficientScope).into());
-    }
-    Ok(Caller { identity })
 }
 
 fn revocations(s: &AdminState) -> Result<&RevocationAdmin, Reject> {
@@ -187,14 +212,10 @@ struct ListQuery {
 
 async fn list(
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller<Read>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let r = revocations(&s)?;
-    let caller = authorize(&s, &method, &uri, &headers, peer, &r.read_scope).await?;
     let Ok(Query(q)) = q else {
         return Err(error(StatusCode::BAD_REQUEST, "revocation_invalid", "bad query string").into());
     };
@@ -225,14 +246,10 @@ struct RevokeBody {
 
 async fn revoke(
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller<Write>,
     body: Result<Json<RevokeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
     let r = revocations(&s)?;
-    let caller = authorize(&s, &method, &uri, &headers, peer, &r.write_scope).await?;
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => return Err(error(StatusCode::BAD_REQUEST, "revocation_invalid", &e.body_text()).into()),
@@ -266,14 +283,10 @@ async fn revoke(
 
 async fn unrevoke(
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller<Write>,
     Path((kind, id)): Path<(String, String)>,
 ) -> Answer {
     let r = revocations(&s)?;
-    let caller = authorize(&s, &method, &uri, &headers, peer, &r.write_scope).await?;
     if caller.tenant().is_some() {
         return Err(denied(Reason::TenantMismatch).into());
     }
@@ -306,14 +319,10 @@ struct FeedQuery {
 
 async fn feed(
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller<Read>,
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let r = revocations(&s)?;
-    let caller = authorize(&s, &method, &uri, &headers, peer, &r.read_scope).await?;
     if caller.tenant().is_some() {
         return Err(denied(Reason::TenantMismatch).into());
     }

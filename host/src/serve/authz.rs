@@ -52,6 +52,9 @@ pub struct Generation {
     pub bundle: Arc<PolicyBundle>,
     /// The policy's request limits (the HTTP listener sizes its header cap from them).
     pub limits: portcullis_core::policy::Limits,
+    /// The same policy compiled natively: the host asks it questions the WIT contract does not
+    /// carry (whether an identity is granted a scope of the host's own).
+    pub policy: portcullis_core::Policy,
     mode: Mode,
 }
 
@@ -305,7 +308,8 @@ fn build(
     bundle: Arc<PolicyBundle>,
     id: u64,
 ) -> Result<Generation, Rejected> {
-    let limits = bundle.compile()?.limits();
+    let policy = bundle.compile()?;
+    let limits = policy.limits();
     let mode = match settings.isolation {
         Isolation::Warm => {
             let mut workers = Vec::with_capacity(settings.workers);
@@ -326,7 +330,7 @@ fn build(
             Mode::Fresh { runtime: Box::new(runtime) }
         }
     };
-    Ok(Generation { id, bundle, limits, mode })
+    Ok(Generation { id, bundle, limits, policy, mode })
 }
 
 /// The audit record of a check that faulted (the guest produced none).

@@ -529,6 +529,11 @@ async fn the_admin_api_is_guarded_audited_and_feeds_changes() {
     let r = request_with_body(a, "POST", "/v1/revocations", "x", &auth(&forged), Some(body)).await.unwrap();
     assert_eq!(r.status, 401, "a token the policy rejects gets nothing: {r:?}");
 
+    // A scope granted through a role counts, as it does on routes: the core answers.
+    let operator = hs256(now, serde_json::json!({ "sub": "on-call", "roles": ["revocation-operator"] }));
+    let r = request(a, "GET", "/v1/revocations", "x", &auth(&operator)).await.unwrap();
+    assert_eq!(r.status, 200, "a role's grant is a grant: {r:?}");
+
     let r = request_with_body(a, "POST", "/v1/revocations", "x", &auth(&writer), Some(body)).await.unwrap();
     assert_eq!(r.status, 201, "{r:?}");
     let r = request_with_body(a, "POST", "/v1/revocations", "x", &auth(&writer), Some(body)).await.unwrap();

@@ -466,6 +466,13 @@ impl Policy {
         first_failure.map_or(Ok(()), Err)
     }
 
+    /// Whether the identity is granted `scope`, directly or through its roles, by the same rule
+    /// routes apply. Hosts ask this for scopes of their own (the sidecar's admin API) instead of
+    /// matching the identity's scopes themselves, which would miss role grants.
+    pub fn grants(&self, id: &Identity, scope: &str) -> bool {
+        self.granted(id, scope)
+    }
+
     /// Whether the identity (directly or through its roles) is granted `scope`.
     fn granted(&self, id: &Identity, scope: &str) -> bool {
         let star = self.engine.allow_global_wildcard;
