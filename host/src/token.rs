@@ -53,6 +53,141 @@ pub fn mint_service(policy: &Policy, req: &ServiceTokenRequest) -> anyhow::Resul
     svc.sign(&serde_json::Value::Object(payload).to_string()).context("the policy has no service token key")
 }
 
+/// What a development JWT should say.
+#[derive(Debug, Clone)]
+pub struct JwtRequest {
+    /// `iss`: one of the policy's issuers.
+    pub issuer: String,
+    /// `kid` of the signing key.
+    pub kid: String,
+    /// A PEM private key (RSA, EC or Ed25519); without one, the HMAC secret the policy's JWKS
+    /// holds under `kid`.
+    pub private_key: Option<Vec<u8>>,
+    /// `alg`; by default HS256 with an HMAC secret, RS256 with a private key.
+    pub alg: Option<jsonwebtoken::Algorithm>,
+    /// `sub`.
+    pub subject: String,
+    /// `aud`.
+    pub audience: String,
+    /// Granted scopes, joined into `scope`.
+    pub scopes: Vec<String>,
+    /// `roles`.
+    pub roles: Vec<String>,
+    /// `tenant`, if any.
+    pub tenant: Option<String>,
+    /// `email`, if any.
+    pub email: Option<String>,
+    /// Lifetime in seconds.
+    pub ttl: u32,
+    /// `jti`; random when absent.
+    pub jti: Option<String>,
+    /// `iat`.
+    pub now: i64,
+}
+
+/// Signs a JWT for development with a key the policy trusts, then decides a request carrying it
+/// and refuses to hand it out if the policy denies it as a credential (401). A route may still
+/// deny it with a 403. Only for development: it signs with whatever key it is given, and an HMAC
+/// secret in a policy's key set is a demo arrangement.
+pub fn mint_jwt(
+    bundle: &crate::policy_files::PolicyBundle,
+    policy: &Policy,
+    req: &JwtRequest,
+) -> anyhow::Result<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let (alg, key) = match &req.private_key {
+        Some(pem) => {
+            let alg = req.alg.unwrap_or(Algorithm::RS256);
+            let key = match alg {
+                Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512 => EncodingKey::from_rsa_pem(pem),
+                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+                _ => bail!("--alg {alg:?} needs an HMAC secret, not --key"),
+            }
+            .map_err(|e| anyhow::anyhow!("the private key is not a usable PEM key for {alg:?}: {e}"))?;
+            (alg, key)
+        }
+        None => {
+            let alg = req.alg.unwrap_or(Algorithm::HS256);
+            if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                bail!("--alg {alg:?} needs --key (a PEM private key)");
+            }
+            (alg, EncodingKey::from_secret(&hmac_secret(bundle, &req.kid)?))
+        }
+    };
+    let jti = match &req.jti {
+        Some(j) => j.clone(),
+        None => random_id(16)?,
+    };
+    let mut claims = serde_json::json!({
+        "iss": req.issuer,
+        "sub": req.subject,
+        "aud": req.audience,
+        "iat": req.now,
+        "exp": req.now + i64::from(req.ttl),
+        "jti": jti,
+    });
+    if !req.scopes.is_empty() {
+        claims["scope"] = req.scopes.join(" ").into();
+    }
+    if !req.roles.is_empty() {
+        claims["roles"] = req.roles.clone().into();
+    }
+    if let Some(t) = &req.tenant {
+        claims["tenant"] = t.clone().into();
+    }
+    if let Some(e) = &req.email {
+        claims["email"] = e.clone().into();
+    }
+    let mut header = Header::new(alg);
+    header.kid = Some(req.kid.clone());
+    let token = jsonwebtoken::encode(&header, &claims, &key).context("cannot sign the token")?;
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let request = portcullis_core::Request {
+        method: "GET",
+        scheme: "https",
+        host: "localhost",
+        path: "/",
+        query: "",
+        headers: &headers,
+        client_ip: None,
+        now: portcullis_core::UnixTime(req.now),
+    };
+    let decision = policy.decide(&request, &portcullis_core::NoRevocations);
+    // 401s are the credential's own faults; a 403 (no route for `/`, a missing scope) is the
+    // route's business, not the token's.
+    if decision.reason.status() == 401 {
+        bail!(
+            "the policy would refuse this token ({}): check --issuer, --kid, --aud and the key",
+            decision.reason.code()
+        );
+    }
+    Ok(token)
+}
+
+/// The HMAC secret stored under `kid` in one of the policy's key files (an `oct` JWK).
+fn hmac_secret(bundle: &crate::policy_files::PolicyBundle, kid: &str) -> anyhow::Result<Vec<u8>> {
+    for bytes in bundle.files.values() {
+        let Ok(set) = serde_json::from_slice::<serde_json::Value>(bytes) else { continue };
+        let keys = set.get("keys").and_then(serde_json::Value::as_array).into_iter().flatten();
+        for k in keys {
+            if k["kid"] == kid && k["kty"] == "oct" {
+                let secret = k["k"].as_str().context("the oct key has no `k`")?;
+                return URL_SAFE_STRICT.decode(secret).context("the oct key's `k` is not base64url");
+            }
+        }
+    }
+    bail!(
+        "no HMAC (oct) key `{kid}` in the policy's key files; pass --key with a PEM private key for asymmetric issuers"
+    )
+}
+
 /// A newly created API key: the plaintext (shown once) and what the policy stores.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NewApiKey {

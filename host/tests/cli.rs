@@ -247,3 +247,107 @@ fn component_writes_the_embedded_component_or_a_preinitialised_one_that_decides_
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn token_jwt_mints_development_tokens_the_policy_accepts_and_refuses_the_rest() {
+    let now = "1800000000";
+    let hs = portcullis(
+        &[
+            "token",
+            "jwt",
+            "--policy",
+            "policies/example.yaml",
+            "--issuer",
+            "https://hmac.example",
+            "--kid",
+            "hmac-2026",
+            "--aud",
+            "edge-api",
+            "--scope",
+            "orders:read",
+            "--role",
+            "admin",
+            "--tenant",
+            "acme",
+            "--jti",
+            "dev-1",
+            "--now",
+            now,
+        ],
+        None,
+    );
+    assert_eq!(hs.status.code(), Some(0), "{}", String::from_utf8_lossy(&hs.stderr));
+    let rsa = portcullis(
+        &[
+            "token",
+            "jwt",
+            "--policy",
+            "policies/example.yaml",
+            "--issuer",
+            "https://issuer.example",
+            "--kid",
+            "rsa-2026",
+            "--key",
+            "tests/fixtures/keys/rsa-2026.pem",
+            "--aud",
+            "edge-api",
+            "--sub",
+            "alice",
+            "--now",
+            now,
+        ],
+        None,
+    );
+    assert_eq!(rsa.status.code(), Some(0), "{}", String::from_utf8_lossy(&rsa.stderr));
+    for (out, alg, sub) in [(&hs, "HS256", "dev-user"), (&rsa, "RS256", "alice")] {
+        let token = String::from_utf8(out.stdout.clone()).unwrap();
+        let token = token.trim();
+        let v = portcullis(&["check", "--policy", "policies/example.yaml", "--token", token, "--now", now], None);
+        let d: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!((d["allow"].as_bool(), d["subject"].as_str()), (Some(true), Some(sub)), "{alg}: {d}");
+        let seen = portcullis(&["token", "inspect", token], None);
+        let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+        assert_eq!(seen["header"]["alg"], alg);
+    }
+    let d: serde_json::Value = serde_json::from_slice(
+        &portcullis(
+            &[
+                "check",
+                "--policy",
+                "policies/example.yaml",
+                "--token",
+                String::from_utf8_lossy(&hs.stdout).trim(),
+                "--now",
+                now,
+            ],
+            None,
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!((d["token_id"].as_str(), d["tenant"].as_str()), (Some("dev-1"), Some("acme")), "{d}");
+
+    // What the policy would refuse is never printed: an unknown key, a wrong audience, a
+    // private key the issuer does not trust.
+    for args in [
+        &["--issuer", "https://hmac.example", "--kid", "nope", "--aud", "edge-api"][..],
+        &["--issuer", "https://hmac.example", "--kid", "hmac-2026", "--aud", "someone-else"],
+        &[
+            "--issuer",
+            "https://issuer.example",
+            "--kid",
+            "rsa-2026",
+            "--key",
+            "tests/fixtures/keys/attacker-rsa.pem",
+            "--aud",
+            "edge-api",
+        ],
+    ] {
+        let mut all = vec!["token", "jwt", "--policy", "policies/example.yaml", "--now", now];
+        all.extend_from_slice(args);
+        let out = portcullis(&all, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error[usage]"), "{args:?}");
+    }
+}

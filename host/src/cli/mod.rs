@@ -407,6 +407,53 @@ enum TokenCommand {
         #[arg(long)]
         not_before: Option<i64>,
     },
+    /// Mint a JWT for development with a key the policy trusts: an HMAC secret from the policy's
+    /// key files (by `--kid`), or a PEM private key (`--key`). Refused unless the policy accepts
+    /// it as a credential. Never for production: real tokens come from your identity provider.
+    Jwt {
+        /// Policy file naming the issuer.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// `iss`: one of the policy's issuers.
+        #[arg(long)]
+        issuer: String,
+        /// `kid` of the signing key (an `oct` key in the policy's key files unless `--key`).
+        #[arg(long)]
+        kid: String,
+        /// PEM private key (RSA, EC or Ed25519) for asymmetric issuers.
+        #[arg(long, value_name = "PEM")]
+        key: Option<PathBuf>,
+        /// `alg`. Default: HS256 for an HMAC secret, RS256 for `--key`.
+        #[arg(long, value_parser = parse_alg)]
+        alg: Option<jsonwebtoken::Algorithm>,
+        /// `sub`.
+        #[arg(long = "sub", default_value = "dev-user")]
+        subject: String,
+        /// `aud`: one of the issuer's audiences.
+        #[arg(long = "aud")]
+        audience: String,
+        /// A scope to grant (joined into `scope`). Repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role (into `roles`). Repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// `tenant`.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `email`.
+        #[arg(long)]
+        email: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+        /// `jti` (what `portcullis revoke jti` names). Default: 128 random bits.
+        #[arg(long)]
+        jti: Option<String>,
+        /// `iat`, in Unix seconds. Default: the system clock.
+        #[arg(long)]
+        now: Option<i64>,
+    },
     /// Create a random API key; prints {key, prefix, sha256}. Store only prefix and sha256.
     ApiKey {
         /// Type prefix (the policy's `api_keys.prefix`).
@@ -431,6 +478,10 @@ enum TokenCommand {
         /// The token.
         token: String,
     },
+}
+
+fn parse_alg(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    s.parse().map_err(|_| format!("unknown algorithm `{s}` (HS256, RS256, ES256, EdDSA, ...)"))
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -842,6 +893,49 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
                 not_before,
             };
             token::mint_service(&policy, &req).map_err(usage)?
+        }
+        TokenCommand::Jwt {
+            policy,
+            issuer,
+            kid,
+            key,
+            alg,
+            subject,
+            audience,
+            scopes,
+            roles,
+            tenant,
+            email,
+            ttl,
+            jti,
+            now,
+        } => {
+            let bundle = policy_files::PolicyBundle::read(&policy)?;
+            let compiled = bundle.compile()?;
+            let private_key = match key {
+                Some(path) => Some(
+                    crate::files::read_regular(&path, 1 << 20)
+                        .with_context(|| format!("cannot read the private key {}", path.display()))
+                        .map_err(usage)?,
+                ),
+                None => None,
+            };
+            let req = token::JwtRequest {
+                issuer,
+                kid,
+                private_key,
+                alg,
+                subject,
+                audience,
+                scopes,
+                roles,
+                tenant,
+                email,
+                ttl,
+                jti,
+                now: now.unwrap_or_else(crate::unix_now),
+            };
+            token::mint_jwt(&bundle, &compiled, &req).map_err(usage)?
         }
         TokenCommand::ApiKey { prefix, prefix_length, length } => {
             let k = token::new_api_key(&prefix, prefix_length, length).map_err(usage)?;
