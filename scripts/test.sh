@@ -68,9 +68,9 @@ step "fuzz targets: a short coverage-guided run of each (scripts/fuzz.sh 600 by 
 scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 elapsed
 
-step "the core builds for every wasm target"
+step "the core and the shared adapter kit build for every wasm target"
 for t in wasm32-unknown-unknown wasm32-wasip1 wasm32-wasip2; do
-  cargo build -p portcullis-core --target "$t" --locked
+  cargo build -p portcullis-core -p portcullis-adapter --target "$t" --locked
 done
 elapsed
 

@@ -1,24 +1,31 @@
-//! Reading a policy and the files it references from disk.
+//! Reading a policy and the files it references from disk; assembling and compiling the bundle
+//! is the shared adapter's (`portcullis_adapter::bundle`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use portcullis_adapter::bundle::{Bundle, BundleError};
 use portcullis_core::{Policy, PolicyError};
 
 /// Largest referenced file read (keys, secrets, API key lists).
 const MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// A policy's text and every file it references, read once. This is what a runtime without
-/// file access (the component, the Envoy filter) is handed.
+/// A policy's text and every file it references, read once from disk: the shared
+/// [`Bundle`] (what a runtime without file access is handed) and the path it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyBundle {
     /// Where the policy came from (for messages).
     pub path: PathBuf,
-    /// The policy text.
-    pub text: String,
-    /// Referenced files, keyed as written in the policy.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// The text and the files.
+    pub bundle: Bundle,
+}
+
+impl std::ops::Deref for PolicyBundle {
+    type Target = Bundle;
+
+    fn deref(&self) -> &Bundle {
+        &self.bundle
+    }
 }
 
 /// A load failure with the stable code to report.
@@ -40,6 +47,12 @@ impl std::error::Error for LoadError {}
 
 impl From<PolicyError> for LoadError {
     fn from(e: PolicyError) -> Self {
+        LoadError { code: e.code(), error: e.into() }
+    }
+}
+
+impl From<BundleError> for LoadError {
+    fn from(e: BundleError) -> Self {
         LoadError { code: e.code(), error: e.into() }
     }
 }
@@ -74,24 +87,15 @@ impl PolicyBundle {
         let bytes = read_limited(path).map_err(io)?;
         let text = String::from_utf8(bytes).map_err(|_| io(anyhow::anyhow!("{} is not UTF-8", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut files = BTreeMap::new();
-        for name in Policy::referenced_files(&text)? {
-            let full = dir.join(&name);
-            let content = read_limited(&full).map_err(|e| LoadError {
-                code: "policy_file",
-                error: e.context(format!("referenced by {}", path.display())),
-            })?;
-            files.insert(name, content);
-        }
-        Ok(PolicyBundle { path: path.to_owned(), text, files })
+        let name = path.display().to_string();
+        let bundle =
+            Bundle::assemble(&name, &text, |file| read_limited(&dir.join(file)).map_err(|e| format!("{e:#}")))?;
+        Ok(PolicyBundle { path: path.to_owned(), bundle })
     }
 
     /// Compiles the bundle natively.
     pub fn compile(&self) -> Result<Policy, LoadError> {
-        Policy::load(&self.text, &self.files).map_err(|e| LoadError {
-            code: e.code(),
-            error: anyhow::Error::new(e).context(format!("in {}", self.path.display())),
-        })
+        Ok(self.bundle.compile()?)
     }
 }
 

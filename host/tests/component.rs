@@ -136,7 +136,7 @@ fn audit_events_come_back_from_the_component() {
 #[test]
 fn policy_errors_from_the_guest_match_the_native_loader() {
     let mut b = bundle("api-gateway.yaml");
-    b.text = b.text.replace("roles: [admin]", "roles: [adminn]");
+    b.bundle.text = b.text.replace("roles: [admin]", "roles: [adminn]");
     let native = b.compile().unwrap_err();
     match RUNTIME.worker(&b, Arc::new(NoRevocations)) {
         Err(WorkerError::Policy { code, message }) => {

@@ -35,7 +35,14 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 });
 
 fn bundle() -> PolicyBundle {
-    PolicyBundle { path: "faulty.yaml".into(), text: String::new(), files: Default::default() }
+    PolicyBundle {
+        path: "faulty.yaml".into(),
+        bundle: portcullis_adapter::bundle::Bundle {
+            name: "faulty.yaml".into(),
+            text: String::new(),
+            files: Default::default(),
+        },
+    }
 }
 
 fn request(path: &str) -> OwnedRequest {

@@ -32,7 +32,6 @@ use portcullis_core::{Identity, Reason, RevocationKind};
 use serde::Deserialize;
 
 use super::authz::Authorizer;
-use super::grpc::deny_body;
 use crate::revocation::{ListFilter, LiveRevocations, Record, Store, StoreError};
 
 /// The pseudo-host admin calls are decided for.
@@ -104,7 +103,7 @@ fn store_error(e: &StoreError) -> Response {
 
 fn denied(reason: Reason) -> Response {
     let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
-    (status, [(header::CONTENT_TYPE, "application/json")], deny_body(reason)).into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], portcullis_adapter::deny::body(reason)).into_response()
 }
 
 /// An early answer (boxed: a `Response` is large).

@@ -11,8 +11,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use envoy_types::pb::google::rpc;
-use portcullis_core::request::split_path_and_query;
-use portcullis_core::{Decision, OwnedRequest, Reason};
+use portcullis_adapter::deny::{Denial, Forward};
+use portcullis_adapter::request::RequestParts;
+use portcullis_core::{Decision, OwnedRequest};
 
 use super::authz::Authorizer;
 
@@ -63,34 +64,16 @@ pub fn from_check_request(c: &CheckRequest, now: i64) -> OwnedRequest {
     let Some(http) = http else {
         return OwnedRequest { client_ip, now, ..OwnedRequest::default() };
     };
+    let parts = RequestParts::new(&http.method, &http.path, &http.host).scheme(&http.scheme).query(&http.query);
     // `header_map` (Envoy's encode_raw_headers) keeps repeated headers apart; `headers` joins them.
-    let headers: Vec<(String, String)> = match &http.header_map {
-        Some(map) if !map.headers.is_empty() => map
-            .headers
-            .iter()
-            .map(|h| {
-                let v = if h.value.is_empty() {
-                    String::from_utf8_lossy(&h.raw_value).into_owned()
-                } else {
-                    h.value.clone()
-                };
-                (h.key.clone(), v)
-            })
-            .collect(),
-        _ => http.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    let parts = match &http.header_map {
+        Some(map) if !map.headers.is_empty() => parts.headers(map.headers.iter().map(|h| {
+            let value: &[u8] = if h.value.is_empty() { &h.raw_value } else { h.value.as_bytes() };
+            (h.key.as_str(), value)
+        })),
+        _ => parts.headers(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
     };
-    let headers = headers.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
-    let (path, query) = split_path_and_query(&http.path);
-    OwnedRequest {
-        method: http.method.clone(),
-        scheme: http.scheme.clone(),
-        host: http.host.clone(),
-        path: path.to_owned(),
-        query: if query.is_empty() { http.query.clone() } else { query.to_owned() },
-        headers,
-        client_ip,
-        now,
-    }
+    parts.peer(client_ip).build(now)
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
@@ -99,21 +82,6 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
         ..HeaderValueOption::default()
     }
-}
-
-/// `WWW-Authenticate` for a denial (RFC 6750 §3), when one applies.
-pub fn www_authenticate(reason: Reason) -> Option<&'static str> {
-    match reason {
-        Reason::MissingCredential => Some(r#"Bearer realm="portcullis""#),
-        Reason::InsufficientScope => Some(r#"Bearer realm="portcullis", error="insufficient_scope""#),
-        r if r.status() == 401 => Some(r#"Bearer realm="portcullis", error="invalid_token""#),
-        _ => None,
-    }
-}
-
-/// The small JSON body of a denial: the stable reason and the status, nothing else.
-pub fn deny_body(reason: Reason) -> String {
-    format!(r#"{{"error":"{}","status":{}}}"#, reason.code(), reason.status())
 }
 
 fn string(s: &str) -> Value {
@@ -144,14 +112,13 @@ fn metadata(d: &Decision) -> Struct {
 
 /// The answer Envoy acts on.
 pub fn to_check_response(d: &Decision) -> CheckResponse {
-    let remove: Vec<String> =
-        d.headers_to_remove.as_deref().map(|h| h.iter().map(|s| s.to_string()).collect()).unwrap_or_default();
     if d.allowed() {
+        let forward = Forward::of(d);
         return CheckResponse {
             status: Some(rpc::Status { code: OK, ..rpc::Status::default() }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: d.headers_to_set.iter().map(|(k, v)| header(k, v)).collect(),
-                headers_to_remove: remove,
+                headers: forward.set.iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: forward.remove.iter().map(|h| (*h).to_owned()).collect(),
                 ..OkHttpResponse::default()
             })),
             dynamic_metadata: Some(metadata(d)),
@@ -162,16 +129,17 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
         503 => UNAVAILABLE,
         _ => PERMISSION_DENIED,
     };
-    let mut headers = vec![header("content-type", "application/json"), header("x-portcullis-reason", d.reason.code())];
-    if let Some(w) = www_authenticate(d.reason) {
-        headers.push(header("www-authenticate", w));
-    }
+    let denial = Denial::of(d.reason);
+    let (status, body, headers) = match denial {
+        Some(Denial { status, body, headers }) => (status, body, headers),
+        None => (d.status(), String::new(), Vec::new()),
+    };
     CheckResponse {
         status: Some(rpc::Status { code, message: d.reason.code().into(), ..rpc::Status::default() }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: i32::from(d.status()) }),
-            headers,
-            body: deny_body(d.reason),
+            status: Some(HttpStatus { code: i32::from(status) }),
+            headers: headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+            body,
         })),
         dynamic_metadata: Some(metadata(d)),
     }
@@ -184,6 +152,8 @@ mod tests {
     use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+
+    use portcullis_core::Reason;
 
     use super::*;
 
@@ -242,6 +212,6 @@ mod tests {
         assert_eq!(names, ["content-type", "x-portcullis-reason", "www-authenticate"]);
         let resp = to_check_response(&Decision::deny(Reason::InternalError));
         assert_eq!(resp.status.unwrap().code, UNAVAILABLE);
-        assert_eq!(www_authenticate(Reason::TenantMismatch), None);
+        assert_eq!(portcullis_adapter::deny::www_authenticate(Reason::TenantMismatch), None);
     }
 }

@@ -1,0 +1,117 @@
+//! A policy bundle: the policy text and every file it references, as bytes. This is what a
+//! runtime without file access is handed (the component through the WIT, the Envoy filter in
+//! its plugin configuration, the Spin component in its image); the sidecar builds one from
+//! disk. Assembling asks the runtime's reader for exactly the files the text names, once each.
+
+use std::collections::BTreeMap;
+
+use portcullis_core::{Policy, PolicyError};
+
+/// A policy's text and the files it references, keyed as written in the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    /// Where the policy came from, for messages (a path, `inline`, a URL).
+    pub name: String,
+    /// The policy text (YAML or JSON).
+    pub text: String,
+    /// Referenced files.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a bundle could not be assembled or compiled. Messages never carry file contents.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The policy is invalid: [`PolicyError::code`] names how.
+    #[error("in {name}: {error}")]
+    Policy {
+        /// The bundle's name.
+        name: String,
+        /// What the core found.
+        error: PolicyError,
+    },
+    /// A referenced file could not be read.
+    #[error("{file} (referenced by {name}): {message}")]
+    File {
+        /// The bundle's name.
+        name: String,
+        /// The file, as the policy names it.
+        file: String,
+        /// What the reader said.
+        message: String,
+    },
+}
+
+impl BundleError {
+    /// The stable code: `policy_syntax`, `policy_invalid` or `policy_file`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BundleError::Policy { error, .. } => error.code(),
+            BundleError::File { .. } => "policy_file",
+        }
+    }
+}
+
+impl Bundle {
+    /// The bundle of `text`, reading each file it references through `read` (relative names,
+    /// as written in the policy).
+    pub fn assemble(
+        name: &str,
+        text: &str,
+        mut read: impl FnMut(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Bundle, BundleError> {
+        let names =
+            Policy::referenced_files(text).map_err(|error| BundleError::Policy { name: name.to_owned(), error })?;
+        let mut files = BTreeMap::new();
+        for file in names {
+            let bytes = read(&file).map_err(|message| BundleError::File {
+                name: name.to_owned(),
+                file: file.clone(),
+                message,
+            })?;
+            files.insert(file, bytes);
+        }
+        Ok(Bundle { name: name.to_owned(), text: text.to_owned(), files })
+    }
+
+    /// Compiles the bundle.
+    pub fn compile(&self) -> Result<Policy, BundleError> {
+        Policy::load(&self.text, &self.files).map_err(|error| BundleError::Policy { name: self.name.clone(), error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    const POLICY: &str = "version: 1\nissuers:\n  - issuer: https://i.example\n    audiences: [api]\n    algorithms: [HS256]\n    jwks_file: keys/set.json\n";
+    const JWKS: &[u8] = br#"{"keys":[{"kty":"oct","kid":"k","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+
+    #[test]
+    fn assembling_reads_each_referenced_file_once_and_compiles() {
+        let mut asked = Vec::new();
+        let b = Bundle::assemble("inline", POLICY, |f| {
+            asked.push(f.to_owned());
+            Ok(JWKS.to_vec())
+        })
+        .unwrap();
+        assert_eq!(asked, ["keys/set.json"]);
+        assert_eq!(b.files["keys/set.json"], JWKS);
+        b.compile().unwrap();
+    }
+
+    #[test]
+    fn failures_carry_their_stable_code_and_no_contents() {
+        let e = Bundle::assemble("p.yaml", POLICY, |_| Err("gone".into())).unwrap_err();
+        assert_eq!((e.code(), e.to_string().as_str()), ("policy_file", "keys/set.json (referenced by p.yaml): gone"));
+        let e = Bundle::assemble("p.yaml", "version: [", |_| Ok(Vec::new())).unwrap_err();
+        assert_eq!(e.code(), "policy_syntax");
+        let b = Bundle::assemble("p.yaml", POLICY, |_| {
+            Ok(b"{\"keys\":[{\"kty\":\"oct\",\"k\":\"c2VjcmV0LXRvby1zaG9ydA\"}]}".to_vec())
+        })
+        .unwrap();
+        let e = b.compile().unwrap_err();
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        assert!(e.to_string().starts_with("in p.yaml: "), "{e}");
+    }
+}

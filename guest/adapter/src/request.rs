@@ -1,0 +1,158 @@
+//! A core request from what every runtime has: a method, a request target, the authority, a
+//! header list and the peer address it observed itself.
+//!
+//! The rules live here once: pseudo-headers (`:path`, `:authority`, ...) are dropped (the
+//! runtime passes them as fields), `Host` is taken as the authority when the runtime has none
+//! and never passed on as a header, the query is split off the target, header values that are
+//! not UTF-8 are kept lossily (so a credential with a stray byte fails verification rather
+//! than vanishing), and the client address is only ever the peer the runtime saw, or the last
+//! entry of a header the runtime is configured to trust.
+
+use std::net::IpAddr;
+
+use portcullis_core::OwnedRequest;
+use portcullis_core::request::split_path_and_query;
+
+/// The parts of one request, as a runtime received it.
+#[derive(Clone, Debug, Default)]
+pub struct RequestParts {
+    method: String,
+    scheme: String,
+    target: String,
+    authority: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    client_ip: Option<IpAddr>,
+}
+
+impl RequestParts {
+    /// `method` and `target` (path, optionally with `?query`) as received; `authority` the
+    /// `:authority` or `Host` (empty when unknown: a `Host` header then fills it).
+    pub fn new(method: &str, target: &str, authority: &str) -> RequestParts {
+        RequestParts {
+            method: method.to_owned(),
+            scheme: "https".to_owned(),
+            target: target.to_owned(),
+            authority: authority.to_owned(),
+            ..RequestParts::default()
+        }
+    }
+
+    /// `http` or `https` (default `https`; empty keeps the default).
+    #[must_use]
+    pub fn scheme(mut self, scheme: &str) -> RequestParts {
+        if !scheme.is_empty() {
+            scheme.clone_into(&mut self.scheme);
+        }
+        self
+    }
+
+    /// A query the runtime received apart from the target (Envoy's `CheckRequest.query`); the
+    /// target's own `?query` wins when both are present.
+    #[must_use]
+    pub fn query(mut self, query: &str) -> RequestParts {
+        self.query = Some(query.to_owned());
+        self
+    }
+
+    /// The request's headers, in order, repeats kept apart.
+    #[must_use]
+    pub fn headers<'a, V: AsRef<[u8]> + ?Sized + 'a>(
+        mut self,
+        headers: impl IntoIterator<Item = (&'a str, &'a V)>,
+    ) -> RequestParts {
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_ref());
+            if name.starts_with(':') {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("host") {
+                if self.authority.is_empty() {
+                    value.as_ref().clone_into(&mut self.authority);
+                }
+                continue;
+            }
+            self.headers.push((name.to_owned(), value.into_owned()));
+        }
+        self
+    }
+
+    /// The peer address the runtime observed (never read from a header a client could send).
+    #[must_use]
+    pub fn peer(mut self, ip: Option<IpAddr>) -> RequestParts {
+        self.client_ip = ip;
+        self
+    }
+
+    /// Takes the client address from the last entry of `header` (for example `x-forwarded-for`
+    /// when the proxy in front appends the peer it saw). Only for a listener reachable solely
+    /// from that proxy: anyone else could write the header. Unparsable: unknown.
+    #[must_use]
+    pub fn client_address_from(mut self, header: &str) -> RequestParts {
+        let last = self.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(header));
+        self.client_ip = last.and_then(|(_, v)| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok());
+        self
+    }
+
+    /// The request at `now` (Unix seconds, the runtime's clock).
+    pub fn build(self, now: i64) -> OwnedRequest {
+        let (path, query) = split_path_and_query(&self.target);
+        let query = match (query, self.query) {
+            ("", Some(q)) => q,
+            (q, _) => q.to_owned(),
+        };
+        OwnedRequest {
+            method: self.method,
+            scheme: self.scheme,
+            host: self.authority,
+            path: path.to_owned(),
+            query,
+            headers: self.headers,
+            client_ip: self.client_ip,
+            now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pseudo_headers_and_host_become_fields_and_the_query_is_split() {
+        let r = RequestParts::new("GET", "/v1/orders?page=2", "")
+            .headers([(":path", "/x".as_bytes()), ("Host", b"api.example.com"), ("authorization", b"Bearer t")])
+            .peer(Some("203.0.113.9".parse().unwrap()))
+            .build(7);
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_str()), ("GET", "/v1/orders", "page=2"));
+        assert_eq!((r.host.as_str(), r.scheme.as_str(), r.now), ("api.example.com", "https", 7));
+        assert_eq!(r.headers, vec![("authorization".to_owned(), "Bearer t".to_owned())]);
+        assert_eq!(r.client_ip, Some("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_authority_given_wins_over_a_host_header_and_a_separate_query_fills_in() {
+        let r = RequestParts::new("POST", "/p", "a.example").query("x=1").headers([("host", b"b.example")]).build(0);
+        assert_eq!((r.host.as_str(), r.query.as_str()), ("a.example", "x=1"));
+        let r = RequestParts::new("POST", "/p?y=2", "").query("x=1").build(0);
+        assert_eq!(r.query, "y=2");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_kept_lossily_not_dropped() {
+        let r = RequestParts::new("GET", "/", "").headers([("authorization", b"Bearer \xff".as_slice())]).build(0);
+        assert_eq!(r.headers[0].1, "Bearer \u{fffd}");
+    }
+
+    #[test]
+    fn the_client_address_comes_from_the_last_entry_of_a_trusted_header_only() {
+        let hs = [("x-forwarded-for", b"198.51.100.1, 10.0.0.1".as_slice()), ("x-forwarded-for", b"192.0.2.7")];
+        let r = RequestParts::new("GET", "/", "").headers(hs).client_address_from("X-Forwarded-For").build(0);
+        assert_eq!(r.client_ip, Some("192.0.2.7".parse().unwrap()));
+        let r = RequestParts::new("GET", "/", "").headers([("x-forwarded-for", b"nonsense".as_slice())]);
+        assert_eq!(r.client_address_from("x-forwarded-for").build(0).client_ip, None);
+        let r = RequestParts::new("GET", "/", "").headers([("x-forwarded-for", b"192.0.2.7".as_slice())]).build(0);
+        assert_eq!(r.client_ip, None, "never from a header unless asked");
+    }
+}
