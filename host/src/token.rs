@@ -218,6 +218,53 @@ pub fn hash_api_key(key: &str, prefix_length: usize) -> anyhow::Result<(String, 
     Ok((prefix.to_owned(), digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
+/// Verifies `token` against `policy` as the credential of a `GET path` at `now`, and reports
+/// each of the core's JWT checks ([`portcullis_core::jwt::CHECKS`], in the core's order):
+/// `passed`, `failed` (with the reason) or `not reached`. Revocations are the policy's static
+/// lists only (a running sidecar's store is not consulted).
+pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> serde_json::Value {
+    let bearer = format!("Bearer {}", token.trim());
+    let headers = [("authorization", bearer.as_str())];
+    let request = portcullis_core::Request {
+        headers: &headers,
+        ..portcullis_core::Request::new("GET", path, portcullis_core::UnixTime(now))
+    };
+    let (decision, x) = policy.explain(&request, &portcullis_core::NoRevocations);
+    let outcome = x.authentication.as_deref().and_then(portcullis_core::Reason::from_code);
+    let failed_at = outcome.and_then(|r| portcullis_core::jwt::CHECKS.iter().position(|(_, rs)| rs.contains(&r)));
+    let checks: Vec<serde_json::Value> = portcullis_core::jwt::CHECKS
+        .iter()
+        .enumerate()
+        .map(|(i, (check, _))| {
+            let result = match (outcome, failed_at) {
+                (Some(portcullis_core::Reason::Allowed), _) => "passed",
+                (_, Some(f)) if i < f => "passed",
+                (Some(r), Some(f)) if i == f => {
+                    return serde_json::json!({ "check": check, "result": "failed", "reason": r.code() });
+                }
+                _ => "not reached",
+            };
+            serde_json::json!({ "check": check, "result": result })
+        })
+        .collect();
+    let accepted = outcome == Some(portcullis_core::Reason::Allowed);
+    let mut report = serde_json::json!({
+        "accepted": accepted,
+        "credential": x.authentication,
+        "checks": checks,
+        "decoded": inspect(token).unwrap_or(serde_json::Value::Null),
+    });
+    if outcome.is_none() {
+        report["note"] = format!("the credential was not examined: {} for {path}", decision.reason.code()).into();
+    } else if failed_at.is_none() && !accepted {
+        report["note"] = "the token is not a JWT this policy verifies (another credential kind)".into();
+    }
+    if accepted {
+        report["decision_for_path"] = serde_json::to_value(&decision).unwrap_or(serde_json::Value::Null);
+    }
+    report
+}
+
 /// Decodes a JWT's header and payload WITHOUT verifying anything.
 pub fn inspect(token: &str) -> anyhow::Result<serde_json::Value> {
     let mut parts = token.trim().split('.');

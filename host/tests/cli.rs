@@ -351,3 +351,42 @@ fn token_jwt_mints_development_tokens_the_policy_accepts_and_refuses_the_rest() 
         assert!(String::from_utf8_lossy(&out.stderr).contains("error[usage]"), "{args:?}");
     }
 }
+
+#[test]
+fn token_verify_shows_each_check_in_the_cores_order() {
+    let t = demo_token();
+    let ok = portcullis(&["token", "verify", "--policy", "policies/example.yaml", "--now", "1800000000", &t], None);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["accepted"], true);
+    let results: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["result"].as_str().unwrap()).collect();
+    assert!(results.len() >= 6 && results.iter().all(|r| *r == "passed"), "{v}");
+    assert_eq!(v["decision_for_path"]["subject"], "demo-user");
+
+    // Expired: everything before the times passed, the times failed, the rest was not reached.
+    let late = portcullis(&["token", "verify", "--policy", "policies/example.yaml", "--now", "1900000000", &t], None);
+    assert_eq!(late.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&late.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    let failed = checks.iter().position(|c| c["result"] == "failed").unwrap();
+    assert_eq!(checks[failed]["reason"], "expired");
+    assert!(checks[..failed].iter().all(|c| c["result"] == "passed"), "{v}");
+    assert!(checks[failed + 1..].iter().all(|c| c["result"] == "not reached"), "{v}");
+    assert!(checks[..failed].iter().any(|c| c["check"] == "signature"));
+
+    // A forged signature fails at the signature, and nothing after it is claimed to pass.
+    let (signing, _) = t.rsplit_once('.').unwrap();
+    let forged = format!("{signing}.{}", "A".repeat(342));
+    let v: serde_json::Value = serde_json::from_slice(
+        &portcullis(&["token", "verify", "--policy", "policies/example.yaml", "--now", "1800000000", &forged], None)
+            .stdout,
+    )
+    .unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    let failed = checks.iter().find(|c| c["result"] == "failed").unwrap();
+    assert_eq!(
+        (failed["check"].as_str(), failed["reason"].as_str()),
+        (Some("signature"), Some("bad_signature")),
+        "{v}"
+    );
+}

@@ -105,6 +105,30 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, Reason> {
     Ok(Parts { signing_input, signature, header, payload })
 }
 
+/// The checks [`verify`] makes, in the order it makes them, with the reasons each can end in.
+/// Verification stops at the first failure, so a failure also says which checks passed (those
+/// before it) and which were never reached (those after). Tooling (`portcullis token verify`)
+/// reads this list instead of restating the order.
+pub const CHECKS: &[(&str, &[Reason])] = &[
+    ("structure: three canonical base64url parts, JSON objects, no duplicate members", &[Reason::Malformed]),
+    (
+        "issuer: `iss` names a configured issuer the route accepts",
+        &[Reason::WrongIssuer, Reason::CredentialNotAccepted],
+    ),
+    (
+        "algorithm and key: `alg` is allowed for the issuer and for the trusted key `kid` names",
+        &[Reason::AlgNotAllowed, Reason::UnknownKid],
+    ),
+    ("signature", &[Reason::BadSignature]),
+    ("required claims", &[Reason::MissingClaim]),
+    (
+        "times: exp, nbf, iat (with leeway), maximum lifetime",
+        &[Reason::Expired, Reason::NotYetValid, Reason::IssuedInFuture, Reason::LifetimeTooLong],
+    ),
+    ("audience: `aud` names an accepted audience", &[Reason::WrongAudience]),
+    ("revocation: `jti` and subject", &[Reason::Revoked, Reason::RevocationStale]),
+];
+
 /// Verifies a JWT and builds its identity.
 pub(crate) fn verify(
     token: &str,
@@ -539,5 +563,16 @@ mod tests {
             decide_token(&hs_policy(""), &hs256(SECRET, H, &claims(r#""aud":"nope""#).replace(r#""aud":"api","#, "")));
         assert_eq!(d.reason, Reason::WrongAudience);
         assert!(d.identity.is_none());
+    }
+
+    #[test]
+    fn each_reason_belongs_to_one_check() {
+        let mut seen: Vec<Reason> = Vec::new();
+        for (_, reasons) in CHECKS {
+            for r in *reasons {
+                assert!(!seen.contains(r), "{r:?} is listed twice");
+                seen.push(*r);
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use portcullis_adapter::request::RequestParts;
 use portcullis_core::OwnedRequest;
-use portcullis_core::request::split_path_and_query;
 
 /// Writes to stdout; a closed or failing stdout is an `io` failure (exit 2), never a panic.
 macro_rules! out {
@@ -316,21 +316,14 @@ struct RequestArgs {
 
 impl RequestArgs {
     fn into_request(self, now: i64) -> OwnedRequest {
-        let (path, query) = split_path_and_query(&self.path);
         let mut headers = self.headers;
         if let Some(t) = self.token {
             headers.push(("Authorization".into(), format!("Bearer {t}")));
         }
-        OwnedRequest {
-            method: self.method,
-            scheme: "https".into(),
-            host: self.host,
-            path: path.to_owned(),
-            query: query.to_owned(),
-            headers,
-            client_ip: self.client_ip,
-            now: self.now.unwrap_or(now),
-        }
+        RequestParts::new(&self.method, &self.path, &self.host)
+            .headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+            .peer(self.client_ip)
+            .build(self.now.unwrap_or(now))
     }
 }
 
@@ -472,6 +465,21 @@ enum TokenCommand {
         /// The policy's `api_keys.prefix_length`.
         #[arg(long, default_value_t = 12)]
         prefix_length: usize,
+    },
+    /// Verify a JWT against a policy and show each check: passed, failed (with its reason), or
+    /// not reached. Exits 0 when the token is accepted as a credential, 1 when not.
+    Verify {
+        /// Policy file naming the issuer and its keys.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The time to verify at, in Unix seconds. Default: the system clock.
+        #[arg(long)]
+        now: Option<i64>,
+        /// The request path (a route may accept only some issuers). Default `/`.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The token.
+        token: String,
     },
     /// Show a JWT's header and payload. Nothing is verified.
     Inspect {
@@ -626,21 +634,14 @@ fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Fa
         return Ok(if stats.invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
 
-    let (path, query) = split_path_and_query(&args.path);
     let mut headers = args.headers;
     if let Some(t) = args.token {
         headers.push(("Authorization".into(), format!("Bearer {t}")));
     }
-    let request = OwnedRequest {
-        method: args.method,
-        scheme: "https".into(),
-        host: args.host,
-        path: path.to_owned(),
-        query: query.to_owned(),
-        headers,
-        client_ip: args.client_ip,
-        now: clock(),
-    };
+    let request = RequestParts::new(&args.method, &args.path, &args.host)
+        .headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+        .peer(args.client_ip)
+        .build(clock());
     let decision = decider.decide(&request);
     let line = serde_json::to_string(&decision).context("cannot render the decision").map_err(usage)?;
     outln!("{line}")?;
@@ -947,6 +948,13 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
             let (prefix, sha256) =
                 token::hash_api_key(key.trim_end_matches(['\r', '\n']), prefix_length).map_err(usage)?;
             serde_json::json!({ "prefix": prefix, "sha256": sha256 }).to_string()
+        }
+        TokenCommand::Verify { policy, now, path, token } => {
+            let policy = policy_files::load(&policy)?;
+            let report = token::verify(&policy, &token, &path, now.unwrap_or_else(crate::unix_now));
+            let accepted = report["accepted"] == true;
+            outln!("{report}")?;
+            return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         TokenCommand::Inspect { token } => {
             let mut stderr = std::io::stderr().lock();
