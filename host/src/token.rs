@@ -265,6 +265,65 @@ pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> serde_json:
     report
 }
 
+/// A key rotation plan for one issuer (or the service token keys, with `issuer: None`): which
+/// key signs, which verify, and the earliest time each other key may be removed.
+///
+/// A token signed by an outgoing key before `since` (when `signing` took over) stays valid
+/// until at most `since + max_lifetime + leeway`; removing the key earlier turns valid tokens
+/// into `bad_signature` / `unknown_kid` denials. Without a maximum lifetime no safe time
+/// exists (a token may carry any `exp`), and the plan says so instead of guessing.
+pub fn rotation_plan(
+    policy: &Policy,
+    issuer: Option<&str>,
+    signing: &str,
+    since: i64,
+) -> anyhow::Result<serde_json::Value> {
+    let (name, kids, lifetime, leeway): (String, Vec<String>, Option<f64>, f64) = match issuer {
+        Some(iss) => {
+            let i = policy
+                .issuers()
+                .iter()
+                .find(|i| i.issuer.as_str() == iss)
+                .with_context(|| format!("the policy has no issuer `{iss}`"))?;
+            let kids = i.keys.keys().iter().filter_map(|k| k.kid().map(|k| k.as_str().to_owned())).collect();
+            (iss.to_owned(), kids, i.max_lifetime, i.leeway)
+        }
+        None => {
+            let svc = policy.service_tokens().context("the policy has no service_tokens section")?;
+            let kids = svc.keys.iter().map(|k| k.id.to_string()).collect();
+            ("service_tokens".to_owned(), kids, Some(svc.max_lifetime), svc.leeway)
+        }
+    };
+    if !kids.iter().any(|k| k == signing) {
+        bail!("`{signing}` is not one of {name}'s keys ({})", kids.join(", "));
+    }
+    let remove: Vec<serde_json::Value> = kids
+        .iter()
+        .filter(|k| *k != signing)
+        .map(|kid| match lifetime {
+            Some(l) => {
+                #[allow(clippy::cast_possible_truncation)] // lifetimes and leeway are bounded by the policy loader
+                let earliest = since.saturating_add((l + leeway).ceil() as i64);
+                serde_json::json!({ "kid": kid, "earliest_removal": earliest })
+            }
+            None => serde_json::json!({
+                "kid": kid,
+                "earliest_removal": null,
+                "why": "the issuer sets no max_lifetime_seconds, so tokens signed with this key may stay valid until any exp; set one, or remove the key only when its tokens are known to be gone",
+            }),
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "issuer": name,
+        "signing": signing,
+        "signing_since": since,
+        "verifying": kids,
+        "max_lifetime_seconds": lifetime,
+        "leeway_seconds": leeway,
+        "remove": remove,
+    }))
+}
+
 /// Decodes a JWT's header and payload WITHOUT verifying anything.
 pub fn inspect(token: &str) -> anyhow::Result<serde_json::Value> {
     let mut parts = token.trim().split('.');

@@ -390,3 +390,67 @@ fn token_verify_shows_each_check_in_the_cores_order() {
         "{v}"
     );
 }
+
+#[test]
+fn rotation_plans_name_the_signer_and_when_each_old_key_may_go() {
+    let out =
+        portcullis(&["token", "rotation-plan", "--policy", "policies/example.yaml", "--since", "1800000000"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // service_tokens: the first key signs; max_lifetime_seconds 900, leeway 30.
+    assert_eq!(v["signing"], "service-2026");
+    assert_eq!(v["remove"][0]["kid"], "service-2025");
+    assert_eq!(v["remove"][0]["earliest_removal"], 1_800_000_000i64 + 900 + 30);
+
+    let out = portcullis(
+        &[
+            "token",
+            "rotation-plan",
+            "--policy",
+            "policies/example.yaml",
+            "--issuer",
+            "https://issuer.example",
+            "--signing",
+            "rsa-2026",
+            "--since",
+            "1800000000",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let old = v["remove"].as_array().unwrap().iter().find(|r| r["kid"] == "rsa-2025").unwrap();
+    assert_eq!(old["earliest_removal"], 1_800_000_000i64 + 86_400 + 30, "{v}");
+    assert!(v["verifying"].as_array().unwrap().iter().any(|k| k == "rsa-2026"));
+
+    // No maximum lifetime: no safe time, and the plan says why rather than guessing.
+    let out = portcullis(
+        &[
+            "token",
+            "rotation-plan",
+            "--policy",
+            "policies/example.yaml",
+            "--issuer",
+            "https://hmac.example",
+            "--signing",
+            "hmac-2026",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["remove"][0]["earliest_removal"].is_null() && v["remove"][0]["why"].is_string(), "{v}");
+
+    let out = portcullis(
+        &[
+            "token",
+            "rotation-plan",
+            "--policy",
+            "policies/example.yaml",
+            "--issuer",
+            "https://hmac.example",
+            "--signing",
+            "nope",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

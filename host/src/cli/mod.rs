@@ -481,6 +481,23 @@ enum TokenCommand {
         /// The token.
         token: String,
     },
+    /// Plan a key rotation: which key signs, which verify, and the earliest time each other
+    /// key may be removed (signing start + maximum token lifetime + leeway).
+    RotationPlan {
+        /// Policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The JWT issuer whose keys rotate. Without it: the service token keys.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The key that signs new tokens (`kid`, or the service key id). Default for service
+        /// tokens: the first key, which is the one that signs.
+        #[arg(long)]
+        signing: Option<String>,
+        /// When that key started signing, in Unix seconds. Default: the system clock.
+        #[arg(long)]
+        since: Option<i64>,
+    },
     /// Show a JWT's header and payload. Nothing is verified.
     Inspect {
         /// The token.
@@ -955,6 +972,25 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
             let accepted = report["accepted"] == true;
             outln!("{report}")?;
             return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        TokenCommand::RotationPlan { policy, issuer, signing, since } => {
+            let policy = policy_files::load(&policy)?;
+            let signing = match (signing, &issuer) {
+                (Some(s), _) => s,
+                (None, None) => policy
+                    .service_tokens()
+                    .and_then(|s| s.keys.first())
+                    .map(|k| k.id.to_string())
+                    .context("the policy has no service token keys")
+                    .map_err(usage)?,
+                (None, Some(_)) => {
+                    return Err(usage(anyhow::anyhow!("--signing names the key that signs for the issuer")));
+                }
+            };
+            let plan =
+                token::rotation_plan(&policy, issuer.as_deref(), &signing, since.unwrap_or_else(crate::unix_now))
+                    .map_err(usage)?;
+            plan.to_string()
         }
         TokenCommand::Inspect { token } => {
             let mut stderr = std::io::stderr().lock();

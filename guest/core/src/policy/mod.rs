@@ -252,6 +252,11 @@ impl Policy {
         self.limits
     }
 
+    /// The trusted JWT issuers, for tooling (key rotation plans).
+    pub fn issuers(&self) -> &[crate::jwt::IssuerPolicy] {
+        &self.issuers
+    }
+
     /// The service token section, for tooling that mints tokens.
     pub fn service_tokens(&self) -> Option<&ServiceTokenPolicy> {
         self.service_tokens.as_ref()
