@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use portcullis_core::revocation::SignatureVerdict;
-use portcullis_core::testkit::{Case, check, parse_corpus};
+use portcullis_core::testkit::{Case, Decider, Outcome, check, parse_corpus, run};
 use portcullis_core::{NoRevocations, Reason, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use portcullis_host::policy_files::PolicyBundle;
 use portcullis_host::runtime::{HostSignatures, Runtime, RuntimeConfig, WorkerError};
@@ -25,38 +25,36 @@ fn cases(rel: &str) -> Vec<Case> {
     parse_corpus(&std::fs::read_to_string(root().join(rel)).unwrap()).unwrap()
 }
 
-/// Every (policy, corpus) pair the project has.
-fn suites() -> Vec<(&'static str, String)> {
-    let mut v = vec![("example.yaml", "tests/fixtures/corpus.jsonl".to_string())];
-    for name in ["api-gateway", "saas", "service-mesh", "identity-forwarding"] {
-        let policy: &'static str = Box::leak(format!("{name}.yaml").into_boxed_str());
-        v.push((policy, format!("tests/fixtures/policies/{name}.jsonl")));
+/// A warm component worker as a corpus runtime, held to the native core's exact decision.
+struct ComponentAndNative<'r> {
+    runtime: &'r Runtime,
+    loaded: Option<(portcullis_core::Policy, portcullis_host::runtime::Worker)>,
+}
+
+impl Decider for ComponentAndNative<'_> {
+    fn load(&mut self, policy: &str) -> Result<(), String> {
+        let b = PolicyBundle::read(&root().join(policy)).map_err(|e| e.to_string())?;
+        let native = b.compile().map_err(|e| e.to_string())?;
+        let worker = self.runtime.worker(&b, Arc::new(NoRevocations)).map_err(|e| e.to_string())?;
+        self.loaded = Some((native, worker));
+        Ok(())
     }
-    v
+    fn decide(&mut self, c: &Case) -> Result<Outcome, String> {
+        let (native, worker) = self.loaded.as_mut().ok_or("no policy loaded")?;
+        let n = serde_json::to_value(c.request.with_request(|r| native.decide(r, &NoRevocations))).unwrap();
+        let (d, _) = worker.decide(&c.request, false).map_err(|e| e.to_string())?;
+        let w = serde_json::to_value(&d).unwrap();
+        if n != w {
+            return Err(format!("native {n} != component {w}"));
+        }
+        Ok(Outcome::Decided(w))
+    }
 }
 
 /// Every corpus case through `runtime`'s component, compared with the native core.
 fn corpus_matches_native(runtime: &Runtime) {
-    let mut failures = Vec::new();
-    let mut total = 0;
-    for (policy, corpus) in suites() {
-        let b = bundle(policy);
-        let native = b.compile().unwrap();
-        let mut worker = runtime.worker(&b, Arc::new(NoRevocations)).unwrap();
-        for c in cases(&corpus) {
-            total += 1;
-            let n = serde_json::to_value(c.request.with_request(|r| native.decide(r, &NoRevocations))).unwrap();
-            let (d, _) = worker.decide(&c.request, false).unwrap();
-            let w = serde_json::to_value(&d).unwrap();
-            if n != w {
-                failures.push(format!("{}: native {n} != component {w}", c.id));
-            } else if let Err(e) = check(&c.expect, &w) {
-                failures.push(format!("{}: {e}", c.id));
-            }
-        }
-    }
-    assert!(total > 180, "only {total} cases");
-    assert!(failures.is_empty(), "{} of {total}:\n{}", failures.len(), failures.join("\n"));
+    let read = |f: &str| std::fs::read_to_string(root().join(f)).map_err(|e| e.to_string());
+    run(&mut ComponentAndNative { runtime, loaded: None }, &read).assert_ok(100);
 }
 
 #[test]

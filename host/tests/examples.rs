@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use portcullis_core::NoRevocations;
-use portcullis_core::testkit::{check, parse_corpus};
+use portcullis_core::testkit::{Case, Decider, Outcome, SUITES, run};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -29,26 +29,32 @@ fn there_are_the_four_documented_examples() {
     assert_eq!(examples(), ["api-gateway", "identity-forwarding", "saas", "service-mesh"]);
 }
 
-#[test]
-fn every_example_policy_decides_its_expected_cases() {
-    let mut failures = Vec::new();
-    let mut total = 0;
-    for name in examples() {
-        let policy = portcullis_host::policy_files::load(&root().join(format!("policies/{name}.yaml"))).unwrap();
-        let cases_file = root().join(format!("tests/fixtures/policies/{name}.jsonl"));
-        let text = std::fs::read_to_string(&cases_file).unwrap_or_else(|_| panic!("{name} has no expected decisions"));
-        let cases = parse_corpus(&text).unwrap();
-        assert!(cases.len() >= 8, "{name}: only {} cases", cases.len());
-        for c in &cases {
-            total += 1;
-            let d = c.request.with_request(|r| policy.decide(r, &NoRevocations));
-            let got = serde_json::to_value(&d).unwrap();
-            if let Err(e) = check(&c.expect, &got) {
-                failures.push(format!("{}: {e}", c.id));
-            }
-        }
+/// The native core, as a corpus runtime.
+struct Native(Option<portcullis_core::Policy>);
+
+impl Decider for Native {
+    fn load(&mut self, policy: &str) -> Result<(), String> {
+        self.0 = Some(portcullis_host::policy_files::load(&root().join(policy)).map_err(|e| e.to_string())?);
+        Ok(())
     }
-    assert!(failures.is_empty(), "{} of {total} failed:\n{}", failures.len(), failures.join("\n"));
+    fn decide(&mut self, case: &Case) -> Result<Outcome, String> {
+        let policy = self.0.as_ref().ok_or("no policy loaded")?;
+        let d = case.request.with_request(|r| policy.decide(r, &NoRevocations));
+        serde_json::to_value(&d).map(Outcome::Decided).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn every_policy_decides_its_expected_cases_natively() {
+    run(&mut Native(None), &|f| std::fs::read_to_string(root().join(f)).map_err(|e| e.to_string())).assert_ok(100);
+}
+
+#[test]
+fn every_example_policy_has_its_expected_decisions() {
+    for name in examples() {
+        let policy = format!("policies/{name}.yaml");
+        assert!(SUITES.iter().any(|(p, _)| *p == policy), "{policy} is not in the corpus suites");
+    }
 }
 
 #[test]

@@ -45,3 +45,97 @@ pub fn check(expect: &serde_json::Map<String, serde_json::Value>, got: &serde_js
     }
     Ok(())
 }
+
+/// Every policy the project ships with its expected decisions: (policy, corpus), paths from the
+/// repository root. A runtime's corpus test runs all of them through [`run`].
+pub const SUITES: &[(&str, &str)] = &[
+    ("policies/example.yaml", "tests/fixtures/corpus.jsonl"),
+    ("policies/api-gateway.yaml", "tests/fixtures/policies/api-gateway.jsonl"),
+    ("policies/saas.yaml", "tests/fixtures/policies/saas.jsonl"),
+    ("policies/service-mesh.yaml", "tests/fixtures/policies/service-mesh.jsonl"),
+    ("policies/identity-forwarding.yaml", "tests/fixtures/policies/identity-forwarding.jsonl"),
+];
+
+/// What a runtime made of one case.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The decision, rendered as the CLI prints it.
+    Decided(serde_json::Value),
+    /// The runtime cannot carry this case unchanged (say why): counted, not compared.
+    Skipped(&'static str),
+}
+
+/// A runtime under test. Adding a runtime to the corpus means implementing this and calling
+/// [`run`] with it.
+pub trait Decider {
+    /// Makes `policy` (a path from the repository root, one of [`SUITES`]) the policy for the
+    /// cases that follow.
+    fn load(&mut self, policy: &str) -> Result<(), String>;
+    /// Decides one case.
+    fn decide(&mut self, case: &Case) -> Result<Outcome, String>;
+}
+
+/// What a corpus run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Cases read.
+    pub total: usize,
+    /// Cases the runtime skipped.
+    pub skipped: usize,
+    /// One line per case that failed.
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    /// Panics with every failure, or when fewer than `min_carried` in a hundred cases were
+    /// decided (a runtime must not pass by skipping).
+    #[allow(clippy::panic)]
+    pub fn assert_ok(&self, min_carried_percent: usize) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.total,
+            self.failures.join("\n")
+        );
+        let carried = self.total - self.skipped;
+        assert!(
+            carried * 100 >= self.total * min_carried_percent,
+            "only {carried} of {} cases were decided",
+            self.total
+        );
+        assert!(self.total >= 180, "the corpus shrank to {} cases", self.total);
+    }
+}
+
+/// Runs every suite through `decider`, reading each corpus with `read` (the caller does the IO,
+/// so this works in wasm with embedded files too), and checks every decided case.
+pub fn run(decider: &mut dyn Decider, read: &dyn Fn(&str) -> Result<String, String>) -> Report {
+    let mut report = Report::default();
+    for (policy, corpus) in SUITES {
+        let cases = match read(corpus).and_then(|text| parse_corpus(&text)) {
+            Ok(c) => c,
+            Err(e) => {
+                report.failures.push(format!("{corpus}: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = decider.load(policy) {
+            report.failures.push(format!("{policy}: {e}"));
+            continue;
+        }
+        for case in &cases {
+            report.total += 1;
+            match decider.decide(case) {
+                Ok(Outcome::Decided(got)) => {
+                    if let Err(e) = check(&case.expect, &got) {
+                        report.failures.push(format!("{policy} {}: {e}", case.id));
+                    }
+                }
+                Ok(Outcome::Skipped(_)) => report.skipped += 1,
+                Err(e) => report.failures.push(format!("{policy} {}: {e}", case.id)),
+            }
+        }
+    }
+    report
+}
