@@ -41,7 +41,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_benches::{BenchSidecar, free_port, mint, root, unix_now};
-use portcullis_e2e::{Envoy, TempDir, envoy_bin, request};
+use portcullis_e2e::{Envoy, HTTP2, TempDir, bootstrap, cluster, envoy_bin, request};
 
 const ALGORITHMS: [&str; 3] = ["hs256", "rs256", "es256"];
 const CACHE_ENTRIES: usize = 16_384;
@@ -197,50 +197,8 @@ fn envoy_yaml(setup: Setup, cache: bool, sidecar: Sidecar) -> String {
             sidecar.http
         ),
     };
-    format!(
-        "admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: [\"*\"]
-              routes:
-              - match: {{ prefix: / }}
-                direct_response: {{ status: 200, body: {{ inline_string: ok }} }}
-          http_filters:{filters}
-          - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: portcullis
-    type: STATIC
-    connect_timeout: 0.5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: portcullis
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-  - name: portcullis_http
-    type: STATIC
-    connect_timeout: 0.5s
-    load_assignment:
-      cluster_name: portcullis_http
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-",
-        sidecar.grpc.port(),
-        sidecar.http.port()
-    )
+    let clusters = cluster("portcullis", sidecar.grpc, HTTP2) + &cluster("portcullis_http", sidecar.http, "");
+    bootstrap("direct_response: { status: 200, body: { inline_string: ok } }", &filters, &clusters)
 }
 
 /// Writes the policy and its key files into `dir`; returns the policy's path.
@@ -408,7 +366,8 @@ async fn smoke(envoy: &Envoy, setup: Setup, alg: &str, now: i64) {
         format!("{signing}.{}", other.rsplit_once('.').unwrap().1)
     };
     let bearer = |t: &str| vec![("authorization".to_owned(), format!("Bearer {t}"))];
-    let cases: [(&str, Vec<(String, String)>, u16); 4] = [
+    type Case = (&'static str, Vec<(String, String)>, u16);
+    let cases: [Case; 4] = [
         ("good", bearer(&good), 200),
         ("forged", bearer(&forged), 401),
         ("no scope", bearer(&no_scope), 403),
@@ -468,9 +427,9 @@ fn main() {
                 wrk(envoy.listener, token, 1, envoy.pid().unwrap(), sidecar_pid);
             }
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Setup::ALL.len()];
-            for round in 0..rounds {
+            for round in 0..usize::try_from(rounds).unwrap() {
                 for i in 0..envoys.len() {
-                    let k = (i + round as usize) % envoys.len();
+                    let k = (i + round) % envoys.len();
                     let (_, envoy) = &envoys[k];
                     samples[k].push(wrk(envoy.listener, token, secs, envoy.pid().unwrap(), sidecar_pid));
                 }

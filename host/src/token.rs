@@ -124,25 +124,24 @@ pub fn mint_jwt(
         Some(j) => j.clone(),
         None => random_id(16)?,
     };
-    let mut claims = serde_json::json!({
-        "iss": req.issuer,
-        "sub": req.subject,
-        "aud": req.audience,
-        "iat": req.now,
-        "exp": req.now + i64::from(req.ttl),
-        "jti": jti,
-    });
+    let mut claims = serde_json::Map::new();
+    claims.insert("iss".into(), req.issuer.clone().into());
+    claims.insert("sub".into(), req.subject.clone().into());
+    claims.insert("aud".into(), req.audience.clone().into());
+    claims.insert("iat".into(), req.now.into());
+    claims.insert("exp".into(), (req.now + i64::from(req.ttl)).into());
+    claims.insert("jti".into(), jti.into());
     if !req.scopes.is_empty() {
-        claims["scope"] = req.scopes.join(" ").into();
+        claims.insert("scope".into(), req.scopes.join(" ").into());
     }
     if !req.roles.is_empty() {
-        claims["roles"] = req.roles.clone().into();
+        claims.insert("roles".into(), req.roles.clone().into());
     }
     if let Some(t) = &req.tenant {
-        claims["tenant"] = t.clone().into();
+        claims.insert("tenant".into(), t.clone().into());
     }
     if let Some(e) = &req.email {
-        claims["email"] = e.clone().into();
+        claims.insert("email".into(), e.clone().into());
     }
     let mut header = Header::new(alg);
     header.kid = Some(req.kid.clone());
@@ -222,7 +221,8 @@ pub fn hash_api_key(key: &str, prefix_length: usize) -> anyhow::Result<(String, 
 /// each of the core's JWT checks ([`portcullis_core::jwt::CHECKS`], in the core's order):
 /// `passed`, `failed` (with the reason) or `not reached`. Revocations are the policy's static
 /// lists only (a running sidecar's store is not consulted).
-pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> serde_json::Value {
+/// Returns whether the credential was accepted, and the report.
+pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> (bool, serde_json::Value) {
     let bearer = format!("Bearer {}", token.trim());
     let headers = [("authorization", bearer.as_str())];
     let request = portcullis_core::Request {
@@ -248,21 +248,21 @@ pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> serde_json:
         })
         .collect();
     let accepted = outcome == Some(portcullis_core::Reason::Allowed);
-    let mut report = serde_json::json!({
-        "accepted": accepted,
-        "credential": x.authentication,
-        "checks": checks,
-        "decoded": inspect(token).unwrap_or(serde_json::Value::Null),
-    });
+    let mut report = serde_json::Map::new();
+    report.insert("accepted".into(), accepted.into());
+    report.insert("credential".into(), x.authentication.into());
+    report.insert("checks".into(), checks.into());
+    report.insert("decoded".into(), inspect(token).unwrap_or(serde_json::Value::Null));
     if outcome.is_none() {
-        report["note"] = format!("the credential was not examined: {} for {path}", decision.reason.code()).into();
+        let note = format!("the credential was not examined: {} for {path}", decision.reason.code());
+        report.insert("note".into(), note.into());
     } else if failed_at.is_none() && !accepted {
-        report["note"] = "the token is not a JWT this policy verifies (another credential kind)".into();
+        report.insert("note".into(), "the token is not a JWT this policy verifies (another credential kind)".into());
     }
     if accepted {
-        report["decision_for_path"] = serde_json::to_value(&decision).unwrap_or(serde_json::Value::Null);
+        report.insert("decision_for_path".into(), serde_json::to_value(&decision).unwrap_or(serde_json::Value::Null));
     }
-    report
+    (accepted, serde_json::Value::Object(report))
 }
 
 /// A key rotation plan for one issuer (or the service token keys, with `issuer: None`): which

@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn each_reason_belongs_to_one_check() {
         let mut seen: Vec<Reason> = Vec::new();
-        for (_, reasons) in CHECKS {
+        for (_, reasons) in crate::jwt::CHECKS {
             for r in *reasons {
                 assert!(!seen.contains(r), "{r:?} is listed twice");
                 seen.push(*r);

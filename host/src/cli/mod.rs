@@ -403,50 +403,7 @@ enum TokenCommand {
     /// Mint a JWT for development with a key the policy trusts: an HMAC secret from the policy's
     /// key files (by `--kid`), or a PEM private key (`--key`). Refused unless the policy accepts
     /// it as a credential. Never for production: real tokens come from your identity provider.
-    Jwt {
-        /// Policy file naming the issuer.
-        #[arg(long, value_name = "FILE")]
-        policy: PathBuf,
-        /// `iss`: one of the policy's issuers.
-        #[arg(long)]
-        issuer: String,
-        /// `kid` of the signing key (an `oct` key in the policy's key files unless `--key`).
-        #[arg(long)]
-        kid: String,
-        /// PEM private key (RSA, EC or Ed25519) for asymmetric issuers.
-        #[arg(long, value_name = "PEM")]
-        key: Option<PathBuf>,
-        /// `alg`. Default: HS256 for an HMAC secret, RS256 for `--key`.
-        #[arg(long, value_parser = parse_alg)]
-        alg: Option<jsonwebtoken::Algorithm>,
-        /// `sub`.
-        #[arg(long = "sub", default_value = "dev-user")]
-        subject: String,
-        /// `aud`: one of the issuer's audiences.
-        #[arg(long = "aud")]
-        audience: String,
-        /// A scope to grant (joined into `scope`). Repeatable.
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// A role (into `roles`). Repeatable.
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// `tenant`.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// `email`.
-        #[arg(long)]
-        email: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u32,
-        /// `jti` (what `portcullis revoke jti` names). Default: 128 random bits.
-        #[arg(long)]
-        jti: Option<String>,
-        /// `iat`, in Unix seconds. Default: the system clock.
-        #[arg(long)]
-        now: Option<i64>,
-    },
+    Jwt(JwtArgs),
     /// Create a random API key; prints {key, prefix, sha256}. Store only prefix and sha256.
     ApiKey {
         /// Type prefix (the policy's `api_keys.prefix`).
@@ -503,6 +460,73 @@ enum TokenCommand {
         /// The token.
         token: String,
     },
+}
+
+/// `portcullis token jwt`.
+#[derive(Debug, Args)]
+struct JwtArgs {
+    /// Policy file naming the issuer.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// `iss`: one of the policy's issuers.
+    #[arg(long)]
+    issuer: String,
+    /// `kid` of the signing key (an `oct` key in the policy's key files unless `--key`).
+    #[arg(long)]
+    kid: String,
+    /// PEM private key (RSA, EC or Ed25519) for asymmetric issuers.
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// `alg`. Default: HS256 for an HMAC secret, RS256 for `--key`.
+    #[arg(long, value_parser = parse_alg)]
+    alg: Option<jsonwebtoken::Algorithm>,
+    /// `sub`.
+    #[arg(long = "sub", default_value = "dev-user")]
+    subject: String,
+    /// `aud`: one of the issuer's audiences.
+    #[arg(long = "aud")]
+    audience: String,
+    /// A scope to grant (joined into `scope`). Repeatable.
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// A role (into `roles`). Repeatable.
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// `tenant`.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// `email`.
+    #[arg(long)]
+    email: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u32,
+    /// `jti` (what `portcullis revoke jti` names). Default: 128 random bits.
+    #[arg(long)]
+    jti: Option<String>,
+    /// `iat`, in Unix seconds. Default: the system clock.
+    #[arg(long)]
+    now: Option<i64>,
+}
+
+impl JwtArgs {
+    fn into_request(self, private_key: Option<Vec<u8>>) -> token::JwtRequest {
+        token::JwtRequest {
+            issuer: self.issuer,
+            kid: self.kid,
+            private_key,
+            alg: self.alg,
+            subject: self.subject,
+            audience: self.audience,
+            scopes: self.scopes,
+            roles: self.roles,
+            tenant: self.tenant,
+            email: self.email,
+            ttl: self.ttl,
+            jti: self.jti,
+            now: self.now.unwrap_or_else(crate::unix_now),
+        }
+    }
 }
 
 fn parse_alg(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
@@ -912,48 +936,18 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
             };
             token::mint_service(&policy, &req).map_err(usage)?
         }
-        TokenCommand::Jwt {
-            policy,
-            issuer,
-            kid,
-            key,
-            alg,
-            subject,
-            audience,
-            scopes,
-            roles,
-            tenant,
-            email,
-            ttl,
-            jti,
-            now,
-        } => {
-            let bundle = policy_files::PolicyBundle::read(&policy)?;
+        TokenCommand::Jwt(args) => {
+            let bundle = policy_files::PolicyBundle::read(&args.policy)?;
             let compiled = bundle.compile()?;
-            let private_key = match key {
+            let private_key = match &args.key {
                 Some(path) => Some(
-                    crate::files::read_regular(&path, 1 << 20)
+                    crate::files::read_regular(path, 1 << 20)
                         .with_context(|| format!("cannot read the private key {}", path.display()))
                         .map_err(usage)?,
                 ),
                 None => None,
             };
-            let req = token::JwtRequest {
-                issuer,
-                kid,
-                private_key,
-                alg,
-                subject,
-                audience,
-                scopes,
-                roles,
-                tenant,
-                email,
-                ttl,
-                jti,
-                now: now.unwrap_or_else(crate::unix_now),
-            };
-            token::mint_jwt(&bundle, &compiled, &req).map_err(usage)?
+            token::mint_jwt(&bundle, &compiled, &args.into_request(private_key)).map_err(usage)?
         }
         TokenCommand::ApiKey { prefix, prefix_length, length } => {
             let k = token::new_api_key(&prefix, prefix_length, length).map_err(usage)?;
@@ -968,8 +962,7 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
         }
         TokenCommand::Verify { policy, now, path, token } => {
             let policy = policy_files::load(&policy)?;
-            let report = token::verify(&policy, &token, &path, now.unwrap_or_else(crate::unix_now));
-            let accepted = report["accepted"] == true;
+            let (accepted, report) = token::verify(&policy, &token, &path, now.unwrap_or_else(crate::unix_now));
             outln!("{report}")?;
             return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }

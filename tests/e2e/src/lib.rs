@@ -137,28 +137,29 @@ fn filter_config(api: AuthzApi) -> String {
     }
 }
 
-/// The Envoy bootstrap: one listener in front of `upstream`, the ext_authz filter, fail closed.
-pub fn envoy_config(api: AuthzApi, upstream: SocketAddr) -> String {
-    let (authz, http2) = match api {
-        AuthzApi::Grpc(a) => (
-            a,
-            "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }",
-        ),
-        AuthzApi::Http(a) => (a, ""),
-    };
-    let cluster = |name: &str, addr: SocketAddr, extra: &str| {
-        format!(
-            "  - name: {name}
+/// HTTP/2 for a cluster (gRPC services).
+pub const HTTP2: &str = "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }";
+
+/// A static cluster of one endpoint; `extra` is inserted after `connect_timeout` (for example
+/// [`HTTP2`]).
+pub fn cluster(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "  - name: {name}
     type: STATIC
     connect_timeout: 0.5s{extra}
     load_assignment:
       cluster_name: {name}
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}] }}]
 ",
-            addr.ip(),
-            addr.port()
-        )
-    };
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// An Envoy bootstrap: admin and one listener on loopback port 0, every request taking `action`
+/// (`route: {...}` or `direct_response: {...}`) after `http_filters` (YAML list items indented
+/// for the connection manager, each starting with a newline) and the router; then `clusters`.
+pub fn bootstrap(action: &str, http_filters: &str, clusters: &str) -> String {
     format!(
         "admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -179,23 +180,34 @@ static_resources:
               domains: [\"*\"]
               routes:
               - match: {{ prefix: \"/\" }}
-                route: {{ cluster: upstream }}
-          http_filters:
+                {action}
+          http_filters:{http_filters}
+          - name: envoy.filters.http.router
+            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+{clusters}"
+    )
+}
+
+/// The Envoy bootstrap: one listener in front of `upstream`, the ext_authz filter, fail closed.
+pub fn envoy_config(api: AuthzApi, upstream: SocketAddr) -> String {
+    let (authz, http2) = match api {
+        AuthzApi::Grpc(a) => (a, HTTP2),
+        AuthzApi::Http(a) => (a, ""),
+    };
+    let filter = format!(
+        "
           - name: envoy.filters.http.ext_authz
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
               encode_raw_headers: true
-              status_on_error: {{ code: 503 }}{}
-          - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-{}{}",
-        filter_config(api),
-        cluster("portcullis", authz, http2),
-        cluster("upstream", upstream, "")
-    )
+              status_on_error: {{ code: 503 }}{}",
+        filter_config(api)
+    );
+    let clusters = cluster("portcullis", authz, http2) + &cluster("upstream", upstream, "");
+    bootstrap("route: { cluster: upstream }", &filter, &clusters)
 }
 
 /// A running Envoy; killed on drop.
