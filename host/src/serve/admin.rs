@@ -15,8 +15,8 @@
 //! `portcullis-admin` with the real method and path, and the identity it yields must also hold
 //! the endpoint's scope (default `portcullis:revocations:read` / `:write`; `portcullis:*`
 //! covers both), directly or through a role, as the core answers it (`Policy::grants`). Handlers
-//! get their caller only through the authorizing extractor `Caller<Read>` / `Caller<Write>`. The client cannot choose the host, so routes written for other hosts do not
-//! apply. An identity bound to a tenant manages only its tenant's entries and cannot read the
+//! get their caller only through the authorizing extractor `Caller<Read>` / `Caller<Write>`.
+//! The client cannot choose the host, so routes written for other hosts do not apply. An identity bound to a tenant manages only its tenant's entries and cannot read the
 //! feed (which spans every tenant) or delete entries.
 
 use std::net::SocketAddr;
