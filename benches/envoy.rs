@@ -41,7 +41,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_benches::{BenchSidecar, free_port, mint, root, unix_now};
-use portcullis_e2e::{Envoy, HTTP2, TempDir, bootstrap, cluster, envoy_bin, request};
+use portcullis_e2e::{EXT_AUTHZ_FILTER, Envoy, HTTP2, TempDir, bootstrap, cluster, envoy_bin, request};
 
 const ALGORITHMS: [&str; 3] = ["hs256", "rs256", "es256"];
 const CACHE_ENTRIES: usize = 16_384;
@@ -164,18 +164,12 @@ fn envoy_yaml(setup: Setup, cache: bool, sidecar: Sidecar) -> String {
             provider("issuer", "https://issuer.example", &jwks),
             provider("hmac", "https://hmac.example", &hmac_jwks),
         ),
-        Setup::ExtAuthz => "
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              encode_raw_headers: true
-              status_on_error: { code: 503 }
+        Setup::ExtAuthz => format!(
+            "{EXT_AUTHZ_FILTER}
               grpc_service:
-                envoy_grpc: { cluster_name: portcullis }
+                envoy_grpc: {{ cluster_name: portcullis }}
                 timeout: 2s"
-            .to_string(),
+        ),
         Setup::ExtAuthzHttp => format!(
             "
           - name: envoy.filters.http.ext_authz

@@ -423,34 +423,23 @@ fn rotation_plans_name_the_signer_and_when_each_old_key_may_go() {
     assert!(v["verifying"].as_array().unwrap().iter().any(|k| k == "rsa-2026"));
 
     // No maximum lifetime: no safe time, and the plan says why rather than guessing.
-    let out = portcullis(
-        &[
-            "token",
-            "rotation-plan",
-            "--policy",
-            "policies/example.yaml",
-            "--issuer",
-            "https://hmac.example",
-            "--signing",
-            "hmac-2026",
-        ],
-        None,
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hmac_plan = |signing: &str| {
+        portcullis(
+            &[
+                "token",
+                "rotation-plan",
+                "--policy",
+                "policies/example.yaml",
+                "--issuer",
+                "https://hmac.example",
+                "--signing",
+                signing,
+            ],
+            None,
+        )
+    };
+    let v: serde_json::Value = serde_json::from_slice(&hmac_plan("hmac-2026").stdout).unwrap();
     assert!(v["remove"][0]["earliest_removal"].is_null() && v["remove"][0]["why"].is_string(), "{v}");
-
-    let out = portcullis(
-        &[
-            "token",
-            "rotation-plan",
-            "--policy",
-            "policies/example.yaml",
-            "--issuer",
-            "https://hmac.example",
-            "--signing",
-            "nope",
-        ],
-        None,
-    );
+    let out = hmac_plan("nope");
     assert_eq!(out.status.code(), Some(2));
 }

@@ -137,6 +137,18 @@ fn filter_config(api: AuthzApi) -> String {
     }
 }
 
+/// The head of an ext_authz filter, fail closed (503 when the service cannot answer),
+/// forwarding header values byte for byte; the service (`grpc_service` or `http_service`)
+/// follows, indented to match.
+pub const EXT_AUTHZ_FILTER: &str = "
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              encode_raw_headers: true
+              status_on_error: { code: 503 }";
+
 /// HTTP/2 for a cluster (gRPC services).
 pub const HTTP2: &str = "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }";
 
@@ -195,17 +207,7 @@ pub fn envoy_config(api: AuthzApi, upstream: SocketAddr) -> String {
         AuthzApi::Grpc(a) => (a, HTTP2),
         AuthzApi::Http(a) => (a, ""),
     };
-    let filter = format!(
-        "
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              encode_raw_headers: true
-              status_on_error: {{ code: 503 }}{}",
-        filter_config(api)
-    );
+    let filter = format!("{EXT_AUTHZ_FILTER}{}", filter_config(api));
     let clusters = cluster("portcullis", authz, http2) + &cluster("upstream", upstream, "");
     bootstrap("route: { cluster: upstream }", &filter, &clusters)
 }
