@@ -217,30 +217,9 @@ fn start_sidecar(policy: &Path, cache: bool, release: bool) -> (BenchSidecar, Si
     let (grpc, http, admin) = (free_port(), free_port(), free_port());
     let entries = if cache { CACHE_ENTRIES } else { 0 };
     let process = if release {
-        let listen = |port: u16| format!("127.0.0.1:{port}");
-        let (g, h, a, e) = (listen(grpc), listen(http), listen(admin), entries.to_string());
-        BenchSidecar::release(
-            &root(),
-            &[
-                "serve",
-                "--policy",
-                policy.to_str().unwrap(),
-                "--workers",
-                "2",
-                "--reload-interval-ms",
-                "0",
-                "--log-level",
-                "warn",
-                "--grpc-listen",
-                &g,
-                "--http-listen",
-                &h,
-                "--admin-listen",
-                &a,
-                "--signature-cache-entries",
-                &e,
-            ],
-        )
+        let e = entries.to_string();
+        let extra = ["--reload-interval-ms", "0", "--signature-cache-entries", &e];
+        BenchSidecar::serve(&root(), policy.to_str().unwrap(), grpc, Some(http), admin, &extra)
     } else {
         let config = portcullis_host::serve::Config {
             grpc_listen: ([127, 0, 0, 1], grpc).into(),

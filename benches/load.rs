@@ -33,26 +33,8 @@ fn start_server(grpc: u16, admin: u16, release: bool) -> BenchSidecar {
     if !release {
         return start_in_process(grpc, admin);
     }
-    let (grpc_listen, admin_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{admin}"));
-    let server = BenchSidecar::release(
-        &root(),
-        &[
-            "serve",
-            "--policy",
-            "policies/example.yaml",
-            "--no-http",
-            "--workers",
-            "2",
-            "--reload-interval-ms",
-            "0",
-            "--log-level",
-            "warn",
-            "--grpc-listen",
-            &grpc_listen,
-            "--admin-listen",
-            &admin_listen,
-        ],
-    );
+    let server =
+        BenchSidecar::serve(&root(), "policies/example.yaml", grpc, None, admin, &["--reload-interval-ms", "0"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
         assert!(Instant::now() < deadline, "the sidecar did not start");

@@ -164,14 +164,7 @@ fn start(dir: &Path, ports: (u16, u16, u16), release: bool) -> BenchSidecar {
         };
         return BenchSidecar::in_process(config);
     }
-    let (g, h, a) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{http}"), format!("127.0.0.1:{admin}"));
-    BenchSidecar::release(
-        dir,
-        &["serve", "--policy", "policy.yaml", "--workers", "2", "--log-level", "warn", "--grpc-listen", &g]
-            .into_iter()
-            .chain(["--http-listen", &h, "--admin-listen", &a, "--revocation-poll-ms", "100"])
-            .collect::<Vec<_>>(),
-    )
+    BenchSidecar::serve(dir, "policy.yaml", grpc, Some(http), admin, &["--revocation-poll-ms", "100"])
 }
 
 fn copy_policy(dir: &Path) -> PathBuf {

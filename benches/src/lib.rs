@@ -319,6 +319,29 @@ impl BenchSidecar {
         BenchSidecar::Process(child.unwrap())
     }
 
+    /// `portcullis serve --policy <policy>` (release) in `cwd` with two warm workers, warnings
+    /// only, gRPC and admin on the given loopback ports, HTTP on `http` (or none), then `extra`.
+    pub fn serve(
+        cwd: &std::path::Path,
+        policy: &str,
+        grpc: u16,
+        http: Option<u16>,
+        admin: u16,
+        extra: &[&str],
+    ) -> BenchSidecar {
+        let listen = |port: u16| format!("127.0.0.1:{port}");
+        let (g, a) = (listen(grpc), listen(admin));
+        let h = http.map(listen);
+        let mut args = vec!["serve", "--policy", policy, "--workers", "2", "--log-level", "warn"];
+        args.extend(["--grpc-listen", &g, "--admin-listen", &a]);
+        match &h {
+            Some(h) => args.extend(["--http-listen", h.as_str()]),
+            None => args.push("--no-http"),
+        }
+        args.extend_from_slice(extra);
+        BenchSidecar::release(cwd, &args)
+    }
+
     /// Serves `config` in this process (two runtime threads).
     pub fn in_process(config: portcullis_host::serve::Config) -> BenchSidecar {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
