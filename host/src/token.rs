@@ -1,4 +1,5 @@
-//! Token tooling: mint service tokens, create and hash API keys, look inside a token.
+//! Token tooling: mint service tokens and development JWTs, create and hash API keys, verify
+//! and inspect JWTs, plan key rotations.
 
 use anyhow::{Context, bail};
 use base64::Engine as _;

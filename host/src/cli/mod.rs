@@ -55,7 +55,8 @@ enum Command {
     /// Decide a request (or a batch of JSON-line requests) against a policy.
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
-    /// Token tooling: mint service tokens, create and hash API keys, inspect JWTs.
+    /// Token tooling: mint service tokens and development JWTs, create and hash API keys, verify
+    /// and inspect JWTs, plan key rotations.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Policy tooling.
