@@ -8,41 +8,37 @@
 //! than vanishing), and the client address is only ever the peer the runtime saw, or the last
 //! entry of a header the runtime is configured to trust.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use portcullis_core::OwnedRequest;
 use portcullis_core::request::split_path_and_query;
 
-/// The parts of one request, as a runtime received it.
+/// The parts of one request, as a runtime received it. The method, target, scheme and query are
+/// borrowed until [`RequestParts::build`], which copies each once.
 #[derive(Clone, Debug, Default)]
-pub struct RequestParts {
-    method: String,
-    scheme: String,
-    target: String,
-    authority: String,
-    query: Option<String>,
+pub struct RequestParts<'a> {
+    method: &'a str,
+    scheme: &'a str,
+    target: &'a str,
+    authority: Cow<'a, str>,
+    query: &'a str,
     headers: Vec<(String, String)>,
     client_ip: Option<IpAddr>,
 }
 
-impl RequestParts {
+impl<'a> RequestParts<'a> {
     /// `method` and `target` (path, optionally with `?query`) as received; `authority` the
     /// `:authority` or `Host` (empty when unknown: a `Host` header then fills it).
-    pub fn new(method: &str, target: &str, authority: &str) -> RequestParts {
-        RequestParts {
-            method: method.to_owned(),
-            scheme: "https".to_owned(),
-            target: target.to_owned(),
-            authority: authority.to_owned(),
-            ..RequestParts::default()
-        }
+    pub fn new(method: &'a str, target: &'a str, authority: &'a str) -> RequestParts<'a> {
+        RequestParts { method, scheme: "https", target, authority: Cow::Borrowed(authority), ..RequestParts::default() }
     }
 
     /// `http` or `https` (default `https`; empty keeps the default).
     #[must_use]
-    pub fn scheme(mut self, scheme: &str) -> RequestParts {
+    pub fn scheme(mut self, scheme: &'a str) -> RequestParts<'a> {
         if !scheme.is_empty() {
-            scheme.clone_into(&mut self.scheme);
+            self.scheme = scheme;
         }
         self
     }
@@ -50,25 +46,25 @@ impl RequestParts {
     /// A query the runtime received apart from the target (Envoy's `CheckRequest.query`); the
     /// target's own `?query` wins when both are present.
     #[must_use]
-    pub fn query(mut self, query: &str) -> RequestParts {
-        self.query = Some(query.to_owned());
+    pub fn query(mut self, query: &'a str) -> RequestParts<'a> {
+        self.query = query;
         self
     }
 
     /// The request's headers, in order, repeats kept apart.
     #[must_use]
-    pub fn headers<'a, V: AsRef<[u8]> + ?Sized + 'a>(
+    pub fn headers<'h, V: AsRef<[u8]> + ?Sized + 'h>(
         mut self,
-        headers: impl IntoIterator<Item = (&'a str, &'a V)>,
-    ) -> RequestParts {
+        headers: impl IntoIterator<Item = (&'h str, &'h V)>,
+    ) -> RequestParts<'a> {
         for (name, value) in headers {
-            let value = String::from_utf8_lossy(value.as_ref());
             if name.starts_with(':') {
                 continue;
             }
+            let value = String::from_utf8_lossy(value.as_ref());
             if name.eq_ignore_ascii_case("host") {
                 if self.authority.is_empty() {
-                    value.as_ref().clone_into(&mut self.authority);
+                    self.authority = Cow::Owned(value.into_owned());
                 }
                 continue;
             }
@@ -79,7 +75,7 @@ impl RequestParts {
 
     /// The peer address the runtime observed (never read from a header a client could send).
     #[must_use]
-    pub fn peer(mut self, ip: Option<IpAddr>) -> RequestParts {
+    pub fn peer(mut self, ip: Option<IpAddr>) -> RequestParts<'a> {
         self.client_ip = ip;
         self
     }
@@ -88,7 +84,7 @@ impl RequestParts {
     /// when the proxy in front appends the peer it saw). Only for a listener reachable solely
     /// from that proxy: anyone else could write the header. Unparsable: unknown.
     #[must_use]
-    pub fn client_address_from(mut self, header: &str) -> RequestParts {
+    pub fn client_address_from(mut self, header: &str) -> RequestParts<'a> {
         let last = self.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(header));
         self.client_ip = last.and_then(|(_, v)| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok());
         self
@@ -96,17 +92,14 @@ impl RequestParts {
 
     /// The request at `now` (Unix seconds, the runtime's clock).
     pub fn build(self, now: i64) -> OwnedRequest {
-        let (path, query) = split_path_and_query(&self.target);
-        let query = match (query, self.query) {
-            ("", Some(q)) => q,
-            (q, _) => q.to_owned(),
-        };
+        let (path, query) = split_path_and_query(self.target);
+        let query = if query.is_empty() { self.query } else { query };
         OwnedRequest {
-            method: self.method,
-            scheme: self.scheme,
-            host: self.authority,
+            method: self.method.to_owned(),
+            scheme: self.scheme.to_owned(),
+            host: self.authority.into_owned(),
             path: path.to_owned(),
-            query,
+            query: query.to_owned(),
             headers: self.headers,
             client_ip: self.client_ip,
             now,
