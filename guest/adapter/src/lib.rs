@@ -6,7 +6,10 @@
 //!   runtime supplies, and compiled;
 //! - [`request`]: a core request from a method, a target, a header list and a peer address;
 //! - [`deny`]: what a denial looks like on the wire (status, JSON body, `WWW-Authenticate`,
-//!   `x-portcullis-reason`), and which headers an allow sets and removes.
+//!   `x-portcullis-reason`), and which headers an allow sets and removes;
+//! - [`revocation`]: a revocation set that follows a numbered change log (snapshot, changes
+//!   after a cursor, no gap, never un-revoking on a bad snapshot), its freshness bound, and a
+//!   client of the sidecar's feed as a state machine over a transport trait.
 //!
 //! ```
 //! use portcullis_adapter::{bundle::Bundle, deny::Denial, request::RequestParts};
@@ -36,3 +39,4 @@
 pub mod bundle;
 pub mod deny;
 pub mod request;
+pub mod revocation;
