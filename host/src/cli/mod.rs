@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 use portcullis_adapter::request::RequestParts;
 use portcullis_core::OwnedRequest;
@@ -202,7 +203,11 @@ struct ServeArgs {
     revocation_stale_after_secs: u64,
     /// What stale revocations mean: `serve` (metric and log) or `fail-closed` (503
     /// `revocation_stale` for revocable credentials).
-    #[arg(long, value_enum, default_value_t = crate::revocation::StaleMode::Serve)]
+    #[arg(
+        long,
+        default_value_t = crate::revocation::StaleMode::Serve,
+        value_parser = stale_mode_parser(),
+    )]
     revocation_stale_mode: crate::revocation::StaleMode,
     /// Postgres: heartbeat catch-up interval; file: how often it is checked. Milliseconds.
     /// Default: 1000 for Postgres, 250 for the file.
@@ -595,7 +600,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             explain(&policy, request, req, format)
         }
         Command::Policy(PolicyCommand::Schema) => {
-            let schema = serde_json::to_string_pretty(&portcullis_core::policy::json_schema())
+            let schema = serde_json::to_string_pretty(&portcullis_core::json_schema())
                 .context("cannot render the schema")
                 .map_err(usage)?;
             outln!("{schema}")?;
@@ -853,11 +858,7 @@ fn explain(
     Ok(if decision.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn render_explanation(
-    req: &OwnedRequest,
-    d: &portcullis_core::Decision,
-    x: &portcullis_core::engine::explain::Explanation,
-) -> String {
+fn render_explanation(req: &OwnedRequest, d: &portcullis_core::Decision, x: &portcullis_core::Explanation) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let verdict = if d.allowed() { "ALLOW" } else { "DENY" };
@@ -994,6 +995,11 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode, Failure> {
     };
     outln!("{out}")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--revocation-stale-mode`: the adapter kit's modes, with their names listed in `--help`.
+fn stale_mode_parser() -> impl clap::builder::TypedValueParser<Value = crate::revocation::StaleMode> {
+    PossibleValuesParser::new(["serve", "fail-closed"]).try_map(|s| s.parse::<crate::revocation::StaleMode>())
 }
 
 #[cfg(test)]

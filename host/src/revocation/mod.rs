@@ -18,32 +18,18 @@ pub mod pg;
 
 pub use portcullis_core::revocation_log::{Change, Feed, FeedEntry, Invalid, MAX_ID_BYTES, MAX_TEXT_BYTES, Op, Record};
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use portcullis_adapter::revocation::{Confirmations, Mirror, Replica, answer};
 use portcullis_core::{RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-/// A snapshot was not applied: trusting it could un-revoke credentials. The set in force
-/// stays, unconfirmed, so the staleness bound applies until the store is sound again (or the
-/// sidecar restarts, accepting whatever the store then holds).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("snapshot refused: {0}")]
-pub struct Refused(pub String);
-
-/// What the sidecar does when its set has not been confirmed fresh within the bound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StaleMode {
-    /// Keep answering from the set it has, with a metric and a log line.
-    Serve,
-    /// Deny revocable credentials with `revocation_stale` (503) until fresh again.
-    FailClosed,
-}
+pub use portcullis_adapter::revocation::{Refused, StaleMode};
 
 /// Prometheus metrics of the live set.
 #[derive(Clone, Debug, Default)]
@@ -99,22 +85,13 @@ struct HotIndex {
     subjects: std::collections::HashMap<u64, i64, foldhash::fast::FixedState>,
 }
 
-impl HotIndex {
-    fn new() -> HotIndex {
-        HotIndex {
+impl Mirror for HotIndex {
+    fn of(set: &RevocationSet) -> HotIndex {
+        let mut h = HotIndex {
             seed: foldhash::quality::RandomState::default(),
             ids: Default::default(),
             subjects: Default::default(),
-        }
-    }
-
-    fn key(&self, kind: RevocationKind, id: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.seed.hash_one((kind as u8, id))
-    }
-
-    fn of(set: &RevocationSet) -> HotIndex {
-        let mut h = HotIndex::new();
+        };
         h.ids.reserve(set.len());
         for (kind, id, before) in set.entries() {
             h.insert(kind, id, before);
@@ -140,7 +117,7 @@ impl HotIndex {
         }
     }
 
-    fn revoked(&self, q: RevocationQuery<'_>) -> bool {
+    fn revoked(&self, _: &RevocationSet, q: RevocationQuery<'_>) -> bool {
         match q {
             RevocationQuery::TokenId(id) => self.ids.contains(&self.key(RevocationKind::TokenId, id)),
             RevocationQuery::ServiceTokenId(id) => self.ids.contains(&self.key(RevocationKind::ServiceTokenId, id)),
@@ -148,33 +125,31 @@ impl HotIndex {
             RevocationQuery::Subject { subject, issued_at } => self
                 .subjects
                 .get(&self.key(RevocationKind::Subject, subject))
-                .is_some_and(|&before| portcullis_core::revocation::subject_revoked(before, issued_at)),
+                .is_some_and(|&before| portcullis_core::subject_revoked(before, issued_at)),
         }
     }
 }
 
-struct Inner {
-    /// Every entry with its identifier (the feed, removals); not read on the request path.
-    set: RevocationSet,
-    hot: HotIndex,
-    /// Last change applied; `None` until the first snapshot.
-    cursor: Option<i64>,
-    /// Identifies the change-log numbering (a store's log id, or a file watcher's run).
-    source: String,
-    /// Recent changes, contiguous, ending at `cursor`.
-    history: VecDeque<Change>,
+impl HotIndex {
+    fn key(&self, kind: RevocationKind, id: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.seed.hash_one((kind as u8, id))
+    }
 }
 
-/// The sidecar's revocation set: read on every decision, written by one follower.
+/// The sidecar's revocation set: read on every decision, written by one follower. The
+/// replica's rules (what a snapshot may replace, contiguous changes, the feed) are the
+/// adapter kit's; this adds the locking, the lock-free flags the request path reads, the
+/// monotonic clock and the metrics.
 pub struct LiveRevocations {
-    inner: RwLock<Inner>,
-    fail_closed: bool,
+    inner: RwLock<Replica<HotIndex>>,
+    mode: StaleMode,
     stale: AtomicBool,
     /// Set once the first snapshot is in place.
     loaded: AtomicBool,
     /// Highest change number the store has announced (NOTIFY payloads).
     announced: AtomicU64,
-    confirmed_at: Mutex<Option<Instant>>,
+    confirmations: Mutex<Confirmations>,
     started: Instant,
     /// The metrics.
     pub metrics: RevocationMetrics,
@@ -182,24 +157,14 @@ pub struct LiveRevocations {
 
 impl std::fmt::Debug for LiveRevocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveRevocations").field("fail_closed", &self.fail_closed).finish_non_exhaustive()
+        f.debug_struct("LiveRevocations").field("mode", &self.mode).finish_non_exhaustive()
     }
 }
 
 impl Revocations for LiveRevocations {
     fn status(&self, query: RevocationQuery<'_>) -> RevocationStatus {
-        let g = self.read();
-        // A known revocation is reported even when stale: it is still true.
-        if g.hot.revoked(query) {
-            RevocationStatus::Revoked
-        } else if g.cursor.is_none() {
-            // Nothing is known before the first load, in every stale mode.
-            RevocationStatus::Unavailable
-        } else if self.fail_closed && self.stale.load(Ordering::Relaxed) {
-            RevocationStatus::Unavailable
-        } else {
-            RevocationStatus::Active
-        }
+        let revoked = self.read().revoked(query);
+        answer(revoked, self.synced(), self.stale.load(Ordering::Relaxed), self.mode)
     }
 }
 
@@ -207,68 +172,39 @@ impl LiveRevocations {
     /// An empty, not yet synchronised set.
     pub fn new(mode: StaleMode) -> LiveRevocations {
         LiveRevocations {
-            inner: RwLock::new(Inner {
-                set: RevocationSet::default(),
-                hot: HotIndex::new(),
-                cursor: None,
-                source: String::new(),
-                history: VecDeque::new(),
-            }),
-            fail_closed: mode == StaleMode::FailClosed,
+            inner: RwLock::new(Replica::new(FEED_HISTORY)),
+            mode,
             // Nothing is known before the first snapshot.
             stale: AtomicBool::new(true),
             loaded: AtomicBool::new(false),
             announced: AtomicU64::new(0),
-            confirmed_at: Mutex::new(None),
+            confirmations: Mutex::new(Confirmations::new(Duration::ZERO)),
             started: Instant::now(),
             metrics: RevocationMetrics::default(),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Replica<HotIndex>> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Replica<HotIndex>> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn since_start(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.started)
     }
 
     /// Replaces the whole set with a snapshot at `cursor` of the log `source`, unless the
     /// snapshot cannot be trusted to continue the set in force (see [`Refused`]): then nothing
-    /// changes and the caller must not confirm the set.
+    /// changes and the caller must not confirm the set. The check and the index build run
+    /// outside the write lock, so decisions never wait on them.
     pub fn replace(&self, set: RevocationSet, source: &str, cursor: i64) -> Result<(), Refused> {
         let entries = set.len();
-        {
-            let g = self.read();
-            if let Some(held) = g.cursor {
-                if g.source == source && cursor < held {
-                    return Err(Refused(format!(
-                        "the store's change log is at {cursor}, behind the {held} already applied (restored from a backup?)"
-                    )));
-                }
-                if g.source == source && cursor == held && set != g.set {
-                    return Err(Refused(format!(
-                        "the store's snapshot at {cursor} differs from the set built by following its log to {cursor}"
-                    )));
-                }
-                if entries == 0 && !g.set.is_empty() {
-                    return Err(Refused(format!(
-                        "the store returned no revocations while {} are in force; restart to accept an emptied store",
-                        g.set.len()
-                    )));
-                }
-            }
-        }
+        self.read().check(&set, source, cursor)?;
         let hot = HotIndex::of(&set);
-        let old = {
-            let mut g = self.write();
-            g.history.clear();
-            g.source.clear();
-            g.source.push_str(source);
-            g.cursor = Some(cursor);
-            g.hot = hot;
-            std::mem::replace(&mut g.set, set)
-        };
+        let old = self.write().install(set, hot, source, cursor);
         self.loaded.store(true, Ordering::Release);
         // A million-entry set is freed outside the lock.
         drop(old);
@@ -280,34 +216,12 @@ impl LiveRevocations {
     /// Applies changes that continue the log contiguously from the cursor. Returns false (and
     /// applies nothing) when they do not: the caller must take a snapshot.
     pub fn apply(&self, changes: &[Change]) -> bool {
-        let Some(last) = changes.last() else { return true };
         let (entries, cursor) = {
             let mut g = self.write();
-            let Some(mut cursor) = g.cursor else { return false };
-            if changes.iter().any(|c| {
-                cursor += 1;
-                c.seq != cursor
-            }) {
+            if !g.apply(changes) {
                 return false;
             }
-            for c in changes {
-                match c.op {
-                    Op::Revoke => {
-                        g.set.insert(c.kind, &c.id, c.issued_before.unwrap_or(0));
-                        g.hot.insert(c.kind, &c.id, c.issued_before.unwrap_or(0));
-                    }
-                    Op::Unrevoke => {
-                        g.set.remove(c.kind, &c.id);
-                        g.hot.remove(c.kind, &c.id);
-                    }
-                }
-                if g.history.len() == FEED_HISTORY {
-                    g.history.pop_front();
-                }
-                g.history.push_back(c.clone());
-            }
-            g.cursor = Some(last.seq);
-            (g.set.len(), last.seq)
+            (g.set().len(), g.cursor().unwrap_or(0))
         };
         self.after_apply(entries, cursor);
         true
@@ -332,15 +246,14 @@ impl LiveRevocations {
         }
     }
 
+    fn confirmations(&self) -> std::sync::MutexGuard<'_, Confirmations> {
+        self.confirmations.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records that everything committed before `at` has been applied: the set is fresh now
     /// (the monitor turns it stale again once `at` is older than the bound).
     pub fn confirm(&self, at: Instant) {
-        {
-            let mut g = self.confirmed_at.lock().unwrap_or_else(PoisonError::into_inner);
-            if g.is_none_or(|prev| prev < at) {
-                *g = Some(at);
-            }
-        }
+        self.confirmations().confirm(self.since_start(at));
         if self.synced() && self.stale.swap(false, Ordering::Relaxed) {
             self.metrics.stale.set(0);
             tracing::info!("revocations are fresh");
@@ -349,8 +262,7 @@ impl LiveRevocations {
 
     /// Time since the last confirmation (since start when never confirmed).
     pub fn sync_age(&self, now: Instant) -> Duration {
-        let at = *self.confirmed_at.lock().unwrap_or_else(PoisonError::into_inner);
-        now.saturating_duration_since(at.unwrap_or(self.started))
+        self.confirmations().age(self.since_start(now))
     }
 
     /// Whether a snapshot has ever been loaded (read on every check, so without the lock).
@@ -360,17 +272,17 @@ impl LiveRevocations {
 
     /// The change log the cursor belongs to (empty before the first snapshot).
     pub fn source(&self) -> String {
-        self.read().source.clone()
+        self.read().source().to_owned()
     }
 
     /// The last change applied.
     pub fn cursor(&self) -> Option<i64> {
-        self.read().cursor
+        self.read().cursor()
     }
 
     /// Entries in the set.
     pub fn len(&self) -> usize {
-        self.read().set.len()
+        self.read().set().len()
     }
 
     /// True when the set is empty.
@@ -385,9 +297,12 @@ impl LiveRevocations {
 
     /// Re-evaluates staleness at `now`; returns the new state when it changed.
     pub fn check_staleness(&self, now: Instant, bound: Duration) -> Option<bool> {
-        let age = self.sync_age(now);
+        let now = self.since_start(now);
+        let (age, stale) = {
+            let c = self.confirmations();
+            (c.age(now), c.stale(now, bound, self.synced()))
+        };
         self.metrics.last_sync_age.set(age.as_secs_f64());
-        let stale = age > bound || !self.synced();
         self.metrics.stale.set(i64::from(stale));
         (self.stale.swap(stale, Ordering::Relaxed) != stale).then_some(stale)
     }
@@ -396,38 +311,7 @@ impl LiveRevocations {
     /// replayed. `None` before the first sync.
     pub fn feed(&self, since: Option<(&str, i64)>) -> Option<Feed> {
         let fresh = !self.is_stale();
-        let g = self.read();
-        let cursor = g.cursor?;
-        let replay = since.and_then(|(source, since)| {
-            if source != g.source || since > cursor {
-                return None;
-            }
-            if since == cursor {
-                return Some(Vec::new());
-            }
-            let first = g.history.front()?.seq;
-            if since + 1 < first {
-                return None;
-            }
-            let skip = usize::try_from(since + 1 - first).ok()?;
-            Some(g.history.iter().skip(skip).cloned().collect())
-        });
-        let source = g.source.clone();
-        Some(match replay {
-            Some(changes) => Feed { source, cursor, snapshot: None, changes, fresh },
-            None => {
-                let snapshot = g
-                    .set
-                    .entries()
-                    .map(|(kind, id, before)| FeedEntry {
-                        kind,
-                        id: id.to_owned(),
-                        issued_before: (kind == RevocationKind::Subject).then_some(before),
-                    })
-                    .collect();
-                Feed { source, cursor, snapshot: Some(snapshot), changes: Vec::new(), fresh }
-            }
-        })
+        self.read().feed(since, fresh)
     }
 }
 
@@ -647,54 +531,16 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_that_could_unrevoke_are_refused_and_change_nothing() {
+    fn a_refused_snapshot_changes_nothing_and_counts_nothing() {
+        // The rules themselves are the adapter's (tested there); this is the locking around them.
         let live = LiveRevocations::new(StaleMode::FailClosed);
         let mut held = RevocationSet::default();
         held.revoke_token_id("r");
-        live.replace(held.clone(), "log", 10).unwrap();
-        let revoked = |live: &LiveRevocations| live.status(RevocationQuery::TokenId("r")) == RevocationStatus::Revoked;
-
+        live.replace(held, "log", 10).unwrap();
         let e = live.replace(RevocationSet::default(), "other-log", 20).unwrap_err();
         assert!(e.0.contains("no revocations while 1 are in force"), "{e}");
-        let e = live.replace(held.clone(), "log", 9).unwrap_err();
-        assert!(e.0.contains("behind"), "{e}");
-        let mut other = RevocationSet::default();
-        other.revoke_token_id("q");
-        let e = live.replace(other.clone(), "log", 10).unwrap_err();
-        assert!(e.0.contains("differs"), "{e}");
-        assert!(revoked(&live) && live.cursor() == Some(10) && live.source() == "log", "nothing changed");
-        assert_eq!(live.metrics.snapshots.get(), 1);
-
-        // What a sound store sends is accepted: the same state, a later one, or a new log.
-        live.replace(held.clone(), "log", 10).unwrap();
-        live.replace(other.clone(), "log", 11).unwrap();
-        assert!(!revoked(&live));
-        live.replace(held, "new-log", 1).unwrap();
-        assert!(revoked(&live));
-        // A fresh follower (a restart) accepts an empty store.
-        LiveRevocations::new(StaleMode::Serve).replace(RevocationSet::default(), "log", 0).unwrap();
-    }
-
-    #[test]
-    fn feed_replays_history_or_falls_back_to_a_snapshot() {
-        let live = LiveRevocations::new(StaleMode::Serve);
-        assert!(live.feed(None).is_none(), "nothing to serve before the first sync");
-        let mut set = RevocationSet::default();
-        set.revoke_subject("s", 7);
-        live.replace(set, "log-a", 10).unwrap();
-        let first = live.feed(None).unwrap();
-        assert_eq!(first.cursor, 10);
-        assert_eq!(
-            first.snapshot.unwrap(),
-            vec![FeedEntry { kind: RevocationKind::Subject, id: "s".into(), issued_before: Some(7) }]
-        );
-        assert!(live.apply(&[change(11, Op::Revoke, "a"), change(12, Op::Revoke, "b")]));
-        let delta = live.feed(Some(("log-a", 11))).unwrap();
-        assert_eq!((delta.snapshot, delta.changes.len(), delta.cursor), (None, 1, 12));
-        assert_eq!(delta.changes[0].id, "b");
-        assert!(live.feed(Some(("log-a", 12))).unwrap().changes.is_empty());
-        assert!(live.feed(Some(("log-a", 9))).unwrap().snapshot.is_some(), "before the history");
-        assert!(live.feed(Some(("log-b", 12))).unwrap().snapshot.is_some(), "another log's cursor");
-        assert!(live.feed(Some(("log-a", 99))).unwrap().snapshot.is_some(), "a cursor from the future");
+        assert_eq!(live.status(RevocationQuery::TokenId("r")), RevocationStatus::Revoked);
+        assert_eq!((live.cursor(), live.source().as_str(), live.metrics.snapshots.get()), (Some(10), "log", 1));
+        assert!(live.feed(Some(("log", 10))).unwrap().changes.is_empty());
     }
 }
