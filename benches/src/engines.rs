@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use portcullis_core::identity::{CredentialKind, Identity, Names};
+use portcullis_core::{CredentialKind, Identity, Names};
 use portcullis_core::{NoFiles, Policy, Request, UnixTime};
 
 /// One request, in engine-neutral terms.

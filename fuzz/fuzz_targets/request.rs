@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use portcullis_core::OwnedRequest;
-use portcullis_core::request::split_path_and_query;
+use portcullis_core::split_path_and_query;
 
 #[derive(Debug, Arbitrary)]
 struct Input {

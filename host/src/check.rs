@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Write};
 
-use portcullis_core::decision::Labeled;
+use portcullis_core::Labeled;
 use portcullis_core::{Decision, NoRevocations, OwnedRequest, Policy, RequestSpec};
 
 /// Something that decides requests: the native core here, the component in the sidecar.

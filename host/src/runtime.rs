@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use portcullis_core::decision::Shadow;
-use portcullis_core::identity::{CredentialKind, Identity, Names};
-use portcullis_core::revocation::SignatureVerdict;
+use portcullis_core::Shadow;
+use portcullis_core::SignatureVerdict;
+use portcullis_core::{CredentialKind, Identity, Names};
 use portcullis_core::{Decision, OwnedRequest, Reason, RevocationQuery, RevocationStatus, Revocations};
 use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Lift, Linker, ResourceAny, TypedFunc};
 use wasmtime::error::Context as _;
@@ -118,8 +118,7 @@ pub enum WorkerError {
 pub struct HostSignatures(pub Arc<SignatureFn>);
 
 /// See [`HostSignatures`].
-pub type SignatureFn =
-    dyn Fn(&portcullis_core::revocation::SignatureCheck<'_>) -> Result<SignatureVerdict, String> + Send + Sync;
+pub type SignatureFn = dyn Fn(&portcullis_core::SignatureCheck<'_>) -> Result<SignatureVerdict, String> + Send + Sync;
 
 impl std::fmt::Debug for HostSignatures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,7 +128,7 @@ impl std::fmt::Debug for HostSignatures {
 
 /// Native verification (ring, through the core's own native backend).
 pub fn native_signatures() -> HostSignatures {
-    HostSignatures(Arc::new(|check| Ok(portcullis_core::keys::verify_natively(check))))
+    HostSignatures(Arc::new(|check| Ok(portcullis_core::verify_natively(check))))
 }
 
 /// Store data: limits, the revocation source and the signature capability.
@@ -193,8 +192,8 @@ impl sg::Host for HostState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> wasmtime::Result<sg::Verdict> {
-        use portcullis_core::keys::Alg;
-        use portcullis_core::revocation::{PublicKeyRef, SignatureCheck};
+        use portcullis_core::Alg;
+        use portcullis_core::{PublicKeyRef, SignatureCheck};
         let Some(signatures) = &self.signatures else { return Ok(sg::Verdict::Unsupported) };
         let alg = match alg {
             sg::Algorithm::Rs256 => Alg::RS256,

@@ -11,7 +11,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use portcullis_core::revocation::{PublicKeyRef, SignatureCheck, SignatureVerdict};
+use portcullis_core::{PublicKeyRef, SignatureCheck, SignatureVerdict};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -151,7 +151,7 @@ pub fn cached(inner: HostSignatures, cache: Arc<SignatureCache>) -> HostSignatur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_core::keys::Alg;
+    use portcullis_core::Alg;
 
     fn check<'a>(message: &'a [u8], signature: &'a [u8]) -> SignatureCheck<'a> {
         SignatureCheck { alg: Alg::ES256, key: PublicKeyRef::Ec { point: b"point" }, message, signature }

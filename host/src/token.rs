@@ -219,7 +219,7 @@ pub fn hash_api_key(key: &str, prefix_length: usize) -> anyhow::Result<(String, 
 }
 
 /// Verifies `token` against `policy` as the credential of a `GET path` at `now`, and reports
-/// each of the core's JWT checks ([`portcullis_core::jwt::CHECKS`], in the core's order):
+/// each of the core's JWT checks ([`portcullis_core::JWT_CHECKS`], in the core's order):
 /// `passed`, `failed` (with the reason) or `not reached`. Revocations are the policy's static
 /// lists only (a running sidecar's store is not consulted).
 /// Returns whether the credential was accepted, and the report.
@@ -232,8 +232,8 @@ pub fn verify(policy: &Policy, token: &str, path: &str, now: i64) -> (bool, serd
     };
     let (decision, x) = policy.explain(&request, &portcullis_core::NoRevocations);
     let outcome = x.authentication.as_deref().and_then(portcullis_core::Reason::from_code);
-    let failed_at = outcome.and_then(|r| portcullis_core::jwt::CHECKS.iter().position(|(_, rs)| rs.contains(&r)));
-    let checks: Vec<serde_json::Value> = portcullis_core::jwt::CHECKS
+    let failed_at = outcome.and_then(|r| portcullis_core::JWT_CHECKS.iter().position(|(_, rs)| rs.contains(&r)));
+    let checks: Vec<serde_json::Value> = portcullis_core::JWT_CHECKS
         .iter()
         .enumerate()
         .map(|(i, (check, _))| {

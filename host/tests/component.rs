@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
-use portcullis_core::revocation::SignatureVerdict;
+use portcullis_core::SignatureVerdict;
 use portcullis_core::testkit::{Case, Decider, Outcome, parse_corpus, run};
 use portcullis_core::{NoRevocations, Reason, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use portcullis_host::policy_files::PolicyBundle;

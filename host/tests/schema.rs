@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_core::policy::{json_schema, parse_text};
+use portcullis_core::{json_schema, parse_text};
 
 fn policies() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -63,6 +63,6 @@ fn the_schema_rejects_what_the_loader_rejects_structurally() {
     ] {
         let v = parse_text(bad).unwrap();
         assert!(!validator.is_valid(&v), "schema accepted: {bad}");
-        assert!(portcullis_core::policy::document_from_value(v).is_err(), "loader accepted: {bad}");
+        assert!(portcullis_core::document_from_value(v).is_err(), "loader accepted: {bad}");
     }
 }

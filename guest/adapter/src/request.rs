@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use portcullis_core::OwnedRequest;
-use portcullis_core::request::split_path_and_query;
+use portcullis_core::split_path_and_query;
 
 /// The parts of one request, as a runtime received it. The method, target, scheme and query are
 /// borrowed until [`RequestParts::build`], which copies each once.

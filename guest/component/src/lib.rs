@@ -10,12 +10,12 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use portcullis_core::keys::Alg;
-use portcullis_core::revocation::{PublicKeyRef, SignatureCheck, SignatureVerdict};
+use portcullis_core::Alg;
 use portcullis_core::{
     CredentialKind, Decision as CoreDecision, FileSource, Policy as CorePolicy, PolicyError, Reason,
     Request as CoreRequest, RevocationQuery, RevocationStatus, Revocations, UnixTime,
 };
+use portcullis_core::{PublicKeyRef, SignatureCheck, SignatureVerdict};
 
 #[allow(unsafe_code, missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 mod bindings {

@@ -108,7 +108,7 @@ impl Serialize for Identity {
 static EMPTY: std::sync::LazyLock<Names> = std::sync::LazyLock::new(|| Arc::from(Vec::<Arc<str>>::new()));
 
 /// An empty [`Names`], shared (no allocation per call).
-pub fn no_names() -> Names {
+pub(crate) fn no_names() -> Names {
     Arc::clone(&EMPTY)
 }
 

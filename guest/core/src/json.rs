@@ -15,7 +15,7 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
 /// A JSON number, kept exact where it fits an integer.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Number {
+pub(crate) enum Number {
     /// A non-negative integer.
     U(u64),
     /// A negative integer.
@@ -27,7 +27,7 @@ pub enum Number {
 impl Number {
     /// The value as `f64` (exact for the integers that matter here: times below 2^53).
     #[allow(clippy::cast_precision_loss)]
-    pub fn as_f64(self) -> f64 {
+    pub(crate) fn as_f64(self) -> f64 {
         match self {
             Number::U(n) => n as f64,
             Number::I(n) => n as f64,
@@ -48,7 +48,7 @@ impl fmt::Display for Number {
 
 /// A parsed JSON value borrowing from its input.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Json<'a> {
+pub(crate) enum Json<'a> {
     /// `null`
     Null,
     /// `true` or `false`
@@ -65,33 +65,23 @@ pub enum Json<'a> {
 
 /// A JSON object whose member names are unique.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Object<'a> {
+pub(crate) struct Object<'a> {
     members: Vec<(Cow<'a, str>, Json<'a>)>,
 }
 
 impl<'a> Object<'a> {
     /// The member named `name`.
-    pub fn get(&self, name: &str) -> Option<&Json<'a>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Json<'a>> {
         self.members.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
     /// Members in input order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
         self.members.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// True when the object has no members.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// Follows a dotted path (`realm_access.roles`) through nested objects.
-    pub fn path(&self, path: &ClaimPath) -> Option<&Json<'a>> {
+    pub(crate) fn path(&self, path: &ClaimPath) -> Option<&Json<'a>> {
         let mut segments = path.segments();
         let first = segments.next()?;
         let mut cur = self.get(first)?;
@@ -119,7 +109,7 @@ impl<'a> Object<'a> {
 
 impl<'a> Json<'a> {
     /// The string, if this is one.
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
             _ => None,
@@ -127,7 +117,7 @@ impl<'a> Json<'a> {
     }
 
     /// The number as `f64`, if this is one.
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             Json::Num(n) => Some(n.as_f64()),
             _ => None,
@@ -135,7 +125,7 @@ impl<'a> Json<'a> {
     }
 
     /// Converts to a `serde_json::Value` (used for policy documents, never on the request path).
-    pub fn to_value(&self) -> serde_json::Value {
+    pub(crate) fn to_value(&self) -> serde_json::Value {
         use serde_json::Value;
         match self {
             Json::Null => Value::Null,
@@ -152,7 +142,7 @@ impl<'a> Json<'a> {
 
 /// Why a JSON document was refused. Deliberately coarse: every variant is `malformed` to callers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JsonError {
+pub(crate) enum JsonError {
     /// Not valid JSON (syntax, UTF-8, escapes, nesting depth, trailing data).
     #[error("invalid JSON: {0}")]
     Syntax(String),
@@ -162,7 +152,7 @@ pub enum JsonError {
 }
 
 /// Parses `bytes` as one JSON object, rejecting duplicate member names at any depth.
-pub fn parse_object(bytes: &[u8]) -> Result<Object<'_>, JsonError> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Object<'_>, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Json::deserialize(&mut de).map_err(|e| JsonError::Syntax(e.to_string()))?;
     de.end().map_err(|e| JsonError::Syntax(e.to_string()))?;
@@ -309,7 +299,7 @@ mod tests {
     fn plain_object_parses_and_borrows() {
         let src = br#"{"a":"x","b":[1,-2,3.5],"c":{"d":null,"e":true}}"#;
         let o = parse_object(src).unwrap();
-        assert_eq!(o.len(), 3);
+        assert_eq!(o.iter().count(), 3);
         assert!(matches!(o.get("a"), Some(Json::Str(Cow::Borrowed("x")))));
         assert_eq!(
             o.get("b"),

@@ -35,9 +35,33 @@
 //! assert_eq!((decision.reason, decision.status()), (Reason::UnknownApiKey, 401));
 //! ```
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
-pub mod api_key;
+// The modules are private: everything a runtime, a tool or a test needs is re-exported
+// below, so this file is the whole public face. Three namespaces stay public because they are
+// formats of their own: `lint` (policy findings), `revocation_log` (the revocation store's
+// records, file lines and feed) and `b64` (the strict base64url every token is decoded with).
 mod ascii;
+pub mod b64;
+mod claims;
+mod credential;
+mod decision;
+mod engine;
+mod identity;
+mod json;
+mod keys;
+pub mod lint;
+mod policy;
+mod reason;
+mod request;
+mod revocation;
+pub mod revocation_log;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+#[cfg(test)]
+mod testutil;
+mod time;
+mod types;
 
 /// Hash maps and sets keyed by configuration (key ids, API key prefixes, revoked ids). The
 /// seed is fixed: entries come from the operator, never from requests, so there is nothing for
@@ -45,32 +69,26 @@ mod ascii;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 /// See [`FastMap`].
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
-pub mod b64;
-mod claims;
-pub mod decision;
-pub mod engine;
-pub mod identity;
-pub mod json;
-pub mod jwt;
-pub mod keys;
-pub mod lint;
-pub mod policy;
-pub mod reason;
-pub mod request;
-pub mod revocation;
-pub mod revocation_log;
-pub mod service_token;
-#[cfg(feature = "testkit")]
-pub mod testkit;
-#[cfg(test)]
-mod testutil;
-pub mod time;
-pub mod types;
 
-pub use decision::Decision;
-pub use identity::{CredentialKind, Identity};
+// Deciding.
+pub use decision::{Decision, Labeled, Shadow};
+pub use identity::{CredentialKind, Identity, Names};
 pub use policy::{FileSource, NoFiles, Policy, PolicyError};
 pub use reason::Reason;
-pub use request::{OwnedRequest, Request, RequestSpec};
-pub use revocation::{NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
+pub use request::{Limits, OwnedRequest, Request, RequestSpec, split_path_and_query};
+pub use revocation::{
+    NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations, subject_revoked,
+};
 pub use time::UnixTime;
+
+// Signatures a host verifies for the guest (the WIT `signatures` import).
+#[cfg(not(target_arch = "wasm32"))]
+pub use keys::verify_natively;
+pub use keys::{Alg, PublicKeyRef, SignatureCheck, SignatureVerdict};
+
+// Tooling: explanations, the order of a JWT's checks, the policy format itself.
+pub use credential::jwt::CHECKS as JWT_CHECKS;
+pub use engine::explain::Explanation;
+#[cfg(feature = "schema")]
+pub use policy::json_schema;
+pub use policy::{document_from_value, parse_text};

@@ -5,9 +5,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::credential::KeyAccept;
 use crate::engine::matchers::Methods;
 use crate::engine::path::Segment;
-use crate::engine::{Effect, KeyAccept, Route, Rule};
+use crate::engine::{Effect, Route, Rule};
 use crate::policy::doc::PolicyDocument;
 use crate::policy::{FileSource, Policy, PolicyError, document_from_value, parse_text};
 use crate::revocation::{RevocationQuery, RevocationStatus, Revocations};
@@ -203,7 +204,7 @@ fn document_checks(doc: &PolicyDocument, out: &mut Out) {
 
 fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     let e = policy.engine();
-    for (i, (iss, d)) in policy.issuers.iter().zip(&doc.issuers).enumerate() {
+    for (i, (iss, d)) in policy.credentials.issuers.iter().zip(&doc.issuers).enumerate() {
         let field = if d.jwks_file.is_some() { "jwks_file" } else { "jwks" };
         for why in iss.keys.skipped() {
             out.warn("unusable_key", format!("issuers[{i}].{field}"), format!("{why}; the key is ignored"));
@@ -217,7 +218,7 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     for iss in &doc.issuers {
         used.extend(iss.group_roles.values().flatten().map(String::as_str));
     }
-    if let Some(a) = &policy.api_keys {
+    if let Some(a) = &policy.credentials.api_keys {
         used.extend(a.entries().iter().flat_map(|k| k.identity.roles.iter().map(|r| &**r)));
     }
     for r in doc.routes.iter().flatten() {
@@ -256,7 +257,9 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
             && !ids.is_empty()
             && r.accept.issuers.as_ref().is_some_and(Vec::is_empty)
             && r.accept.service_audiences.as_ref().is_some_and(Vec::is_empty)
-            && ids.iter().all(|id| policy.statics.status(RevocationQuery::ApiKey(id)) == RevocationStatus::Revoked)
+            && ids
+                .iter()
+                .all(|id| policy.credentials.statics.status(RevocationQuery::ApiKey(id)) == RevocationStatus::Revoked)
         {
             out.warn(
                 "unreachable_route",

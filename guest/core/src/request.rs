@@ -2,6 +2,9 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+use crate::reason::Reason;
 use crate::time::UnixTime;
 
 /// One request to decide. Borrowed: hosts keep their own buffers and the core copies only what
@@ -137,6 +140,44 @@ impl OwnedRequest {
             now: UnixTime(self.now),
         })
     }
+}
+
+/// Size limits, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`crate::policy::doc::LimitsDoc::max_token_bytes`].
+    pub max_token_bytes: usize,
+    /// See [`crate::policy::doc::LimitsDoc::max_headers`].
+    pub max_headers: usize,
+    /// See [`crate::policy::doc::LimitsDoc::max_header_bytes`].
+    pub max_header_bytes: usize,
+    /// See [`crate::policy::doc::LimitsDoc::max_path_bytes`].
+    pub max_path_bytes: usize,
+}
+
+impl Limits {
+    /// Whether a request fits: header count, total header bytes, path and query length. A
+    /// request that does not is `malformed`, before anything else is looked at.
+    pub(crate) fn check(&self, req: &Request<'_>) -> Result<(), Reason> {
+        if req.headers.len() > self.max_headers || req.path.len() + req.query.len() > self.max_path_bytes {
+            return Err(Reason::Malformed);
+        }
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > self.max_header_bytes {
+            return Err(Reason::Malformed);
+        }
+        Ok(())
+    }
+}
+
+/// True when the client address is in one of the ranges (IPv4-mapped IPv6 compared as IPv4).
+pub(crate) fn client_in(ip: Option<IpAddr>, nets: &[IpNet]) -> bool {
+    let Some(ip) = ip else { return false };
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 #[cfg(test)]

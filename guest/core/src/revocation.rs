@@ -107,7 +107,7 @@ pub trait Revocations {
     }
 }
 
-pub use crate::keys::{PublicKeyRef, SignatureCheck, SignatureVerdict};
+use crate::keys::{SignatureCheck, SignatureVerdict};
 
 /// No dynamic revocations (tools, tests, a policy whose static lists are enough).
 #[derive(Clone, Copy, Debug, Default)]

@@ -11,11 +11,11 @@ use crate::revocation::NoRevocations;
 use crate::time::UnixTime;
 use crate::{Decision, Revocations};
 
-pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-pub const NOW: i64 = 1_800_000_000;
+pub(crate) const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+pub(crate) const NOW: i64 = 1_800_000_000;
 
 /// HS256 over the exact header and payload text.
-pub fn hs256(secret: &[u8], header: &str, payload: &str) -> String {
+pub(crate) fn hs256(secret: &[u8], header: &str, payload: &str) -> String {
     let input = format!("{}.{}", URL_SAFE_STRICT.encode(header), URL_SAFE_STRICT.encode(payload));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
@@ -23,7 +23,7 @@ pub fn hs256(secret: &[u8], header: &str, payload: &str) -> String {
 }
 
 /// A one-issuer HS256 policy; `extra` is appended to the issuer entry (indented YAML lines).
-pub fn hs_policy(extra: &str) -> Policy {
+pub(crate) fn hs_policy(extra: &str) -> Policy {
     let k = URL_SAFE_STRICT.encode(SECRET);
     let text = format!(
         "version: 1\nissuers:\n  - issuer: https://t.example\n    audiences: [api]\n    algorithms: [HS256]\n    \
@@ -33,16 +33,16 @@ pub fn hs_policy(extra: &str) -> Policy {
 }
 
 /// Claims with sensible defaults; `extra` is spliced in as raw JSON members.
-pub fn claims(extra: &str) -> String {
+pub(crate) fn claims(extra: &str) -> String {
     let base = format!(r#""iss":"https://t.example","aud":"api","sub":"alice","iat":{},"exp":{}"#, NOW - 10, NOW + 300);
     if extra.is_empty() { format!("{{{base}}}") } else { format!("{{{base},{extra}}}") }
 }
 
-pub fn decide_token(policy: &Policy, token: &str) -> Decision {
+pub(crate) fn decide_token(policy: &Policy, token: &str) -> Decision {
     decide_with(policy, token, &NoRevocations)
 }
 
-pub fn decide_with(policy: &Policy, token: &str, revs: &dyn Revocations) -> Decision {
+pub(crate) fn decide_with(policy: &Policy, token: &str, revs: &dyn Revocations) -> Decision {
     let auth = format!("Bearer {token}");
     let headers = [("Authorization", auth.as_str())];
     let req = Request { headers: &headers, ..Request::new("GET", "/", UnixTime(NOW)) };

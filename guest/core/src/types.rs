@@ -7,19 +7,21 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 macro_rules! validated_str {
-    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+    ($(#[$doc:meta])* $vis:vis $name:ident, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        $vis struct $name(Arc<str>);
 
         impl $name {
             /// The underlying string.
-            pub fn as_str(&self) -> &str {
+            #[allow(dead_code, reason = "generated for every validated type; not all read it back")]
+            $vis fn as_str(&self) -> &str {
                 &self.0
             }
 
             /// A cheap shared handle to the string.
-            pub fn shared(&self) -> Arc<str> {
+            #[allow(dead_code, reason = "generated for every validated type; not all share it")]
+            $vis fn shared(&self) -> Arc<str> {
                 Arc::clone(&self.0)
             }
         }
@@ -99,19 +101,19 @@ fn scope_chars(s: &str) -> bool {
 
 validated_str!(
     /// A JWK key id. Invariant: 1 to 256 bytes, no control characters.
-    Kid,
+    pub Kid,
     |s| bounded(s, "kid", 256)
 );
 
 validated_str!(
     /// A JWT issuer, compared byte for byte. Invariant: 1 to 512 bytes, no control characters.
-    Issuer,
+    pub Issuer,
     |s| bounded(s, "issuer", 512)
 );
 
 validated_str!(
     /// A tenant identifier. Invariant: 1 to 128 bytes of visible ASCII.
-    TenantId,
+    pub(crate) TenantId,
     |s| {
         bounded(s, "tenant", 128)?;
         if s.bytes().all(|b| b.is_ascii_graphic()) { Ok(()) } else { Err("tenant must be visible ASCII".into()) }
@@ -120,7 +122,7 @@ validated_str!(
 
 validated_str!(
     /// A concrete scope. Invariant: an RFC 6749 scope-token of at most 256 bytes, no `*`.
-    Scope,
+    pub Scope,
     |s| {
         bounded(s, "scope", 256)?;
         if !scope_chars(s) {
@@ -135,7 +137,7 @@ validated_str!(
 
 validated_str!(
     /// The type prefix every API key starts with (`ask_`). Invariant: 2 to 16 of `[A-Za-z0-9_-]`.
-    ApiKeyPrefix,
+    pub(crate) ApiKeyPrefix,
     |s| {
         if (2..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             Ok(())

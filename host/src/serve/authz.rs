@@ -51,7 +51,7 @@ pub struct Generation {
     /// What was loaded.
     pub bundle: Arc<PolicyBundle>,
     /// The policy's request limits (the HTTP listener sizes its header cap from them).
-    pub limits: portcullis_core::policy::Limits,
+    pub limits: portcullis_core::Limits,
     /// The same policy compiled natively: the host asks it questions the WIT contract does not
     /// carry (whether an identity is granted a scope of the host's own).
     pub policy: portcullis_core::Policy,

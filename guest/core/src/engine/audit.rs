@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::Engine;
 use crate::decision::Decision;
-use crate::policy::Policy;
 use crate::reason::Reason;
 use crate::request::Request;
 
@@ -17,7 +17,7 @@ const MAX_VALUE: usize = 256;
 
 /// What audit events may carry beyond the decision.
 #[derive(Debug, Clone, Default)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// Allow-listed request headers, lower case.
     pub headers: Vec<Box<str>>,
     /// Allow-listed query keys.
@@ -26,7 +26,7 @@ pub struct AuditConfig {
 
 impl AuditConfig {
     /// Builds the allow-lists; credential headers (including the API key header) are dropped.
-    pub fn new(headers: &[String], query_keys: &[String], api_key_header: Option<&str>) -> AuditConfig {
+    pub(crate) fn new(headers: &[String], query_keys: &[String], api_key_header: Option<&str>) -> AuditConfig {
         let headers = headers
             .iter()
             .map(|h| h.to_ascii_lowercase())
@@ -104,10 +104,10 @@ fn cap(s: &str) -> &str {
     s.get(..end).unwrap_or("")
 }
 
-impl Policy {
+impl Engine {
     /// The audit record of a decision.
-    pub fn audit_event<'a>(&'a self, req: &Request<'a>, d: &'a Decision) -> AuditEvent<'a> {
-        let cfg = &self.engine.audit;
+    pub(crate) fn audit_event<'a>(&'a self, req: &Request<'a>, d: &'a Decision) -> AuditEvent<'a> {
+        let cfg = &self.audit;
         let id = d.identity.as_deref();
         let actor = match id {
             Some(i) => match i.subject.as_deref() {

@@ -11,13 +11,12 @@ use serde::Serialize;
 use super::{Effect, Route, Rule};
 use crate::decision::Decision;
 use crate::identity::Identity;
-use crate::policy::Policy;
 use crate::reason::Reason;
 use crate::request::Request;
 use crate::revocation::Revocations;
 
 /// Receives the steps of a decision.
-pub trait Trace {
+pub(crate) trait Trace {
     /// The route chosen (or none).
     fn route(&mut self, route: Option<&Route>, shadow: bool);
     /// The outcome of authentication.
@@ -32,7 +31,7 @@ pub trait Trace {
 
 /// Records nothing.
 #[derive(Debug)]
-pub struct NoTrace;
+pub(crate) struct NoTrace;
 
 impl Trace for NoTrace {
     fn route(&mut self, _: Option<&Route>, _: bool) {}
@@ -121,9 +120,9 @@ impl Trace for Explanation {
     }
 }
 
-impl Policy {
+impl super::Decider<'_> {
     /// Decides a request and explains every step.
-    pub fn explain(&self, req: &Request<'_>, revocations: &dyn Revocations) -> (Decision, Explanation) {
+    pub(crate) fn explain(&self, req: &Request<'_>, revocations: &dyn Revocations) -> (Decision, Explanation) {
         let mut x = Explanation::default();
         let d = self.decide_traced(req, super::Auth::Verify(revocations), &mut x);
         (d, x)

@@ -6,29 +6,29 @@ use std::str::FromStr;
 
 /// A set of HTTP methods (the nine registered ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Methods(u16);
+pub(crate) struct Methods(u16);
 
 const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 impl Methods {
     /// The bit of a request method; `None` for methods outside the nine (they only match routes
     /// and rules that do not restrict the method). Methods are case-sensitive (RFC 9110 §9.1).
-    pub fn bit(method: &str) -> Option<u16> {
+    pub(crate) fn bit(method: &str) -> Option<u16> {
         METHODS.iter().position(|m| *m == method).and_then(|i| u16::try_from(i).ok()).map(|i| 1 << i)
     }
 
     /// True when the set holds the request method.
-    pub fn contains(self, bit: Option<u16>) -> bool {
+    pub(crate) fn contains(self, bit: Option<u16>) -> bool {
         bit.is_some_and(|b| self.0 & b != 0)
     }
 
     /// True when the two sets share a method.
-    pub fn intersects(self, other: Methods) -> bool {
+    pub(crate) fn intersects(self, other: Methods) -> bool {
         self.0 & other.0 != 0
     }
 
     /// Parses a list of method names.
-    pub fn parse(list: &[String]) -> Result<Methods, String> {
+    pub(crate) fn parse(list: &[String]) -> Result<Methods, String> {
         let mut m = Methods(0);
         for name in list {
             let bit = Methods::bit(name)
@@ -41,7 +41,7 @@ impl Methods {
 
 /// A host pattern: exact, or `*.suffix` (one or more labels before the suffix).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     /// `api.example.com`
     Exact(Box<str>),
     /// `.example.com` (from `*.example.com`)
@@ -50,7 +50,7 @@ pub enum HostPattern {
 
 impl HostPattern {
     /// True when the request host (port already removed) matches.
-    pub fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
             HostPattern::Suffix(s) => {
@@ -60,7 +60,7 @@ impl HostPattern {
     }
 
     /// 0 for exact, 1 for a wildcard (lower is more specific).
-    pub fn rank(&self) -> u8 {
+    pub(crate) fn rank(&self) -> u8 {
         match self {
             HostPattern::Exact(_) => 0,
             HostPattern::Suffix(_) => 1,
@@ -68,7 +68,7 @@ impl HostPattern {
     }
 
     /// True when some host matches both.
-    pub fn overlaps(&self, other: &HostPattern) -> bool {
+    pub(crate) fn overlaps(&self, other: &HostPattern) -> bool {
         match (self, other) {
             (HostPattern::Exact(a), HostPattern::Exact(b)) => a.eq_ignore_ascii_case(b),
             (HostPattern::Exact(a), s @ HostPattern::Suffix(_))
@@ -94,7 +94,7 @@ impl FromStr for HostPattern {
 }
 
 /// The host of an `:authority`: port and a trailing dot removed (IPv6 literals keep brackets).
-pub fn request_host(authority: &str) -> &str {
+pub(crate) fn request_host(authority: &str) -> &str {
     let host = if authority.starts_with('[') {
         authority.find(']').and_then(|i| authority.get(..=i)).unwrap_or(authority)
     } else {
@@ -107,7 +107,7 @@ pub fn request_host(authority: &str) -> &str {
 
 /// A value safe for an upstream header: bytes outside visible ASCII and space, and `%`, are
 /// percent-encoded; in list elements `,` is too, so lists split unambiguously on commas.
-pub fn header_value(s: &str, list_element: bool) -> Cow<'_, str> {
+pub(crate) fn header_value(s: &str, list_element: bool) -> Cow<'_, str> {
     let needs = |b: u8| !(0x20..0x7f).contains(&b) || b == b'%' || (list_element && b == b',');
     if !s.bytes().any(needs) {
         return Cow::Borrowed(s);

@@ -6,24 +6,23 @@
 //! the route's requirements) → identity headers. Nothing on this path compiles a pattern, walks
 //! the whole policy, or allocates beyond the identity and the headers it returns.
 
-pub mod audit;
-pub mod explain;
-pub mod matchers;
-pub mod path;
-pub mod roles;
+pub(crate) mod audit;
+pub(crate) mod explain;
+pub(crate) mod matchers;
+pub(crate) mod path;
+pub(crate) mod roles;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::FastSet;
-use crate::api_key::OriginPattern;
+use crate::credential::api_key::OriginPattern;
+use crate::credential::{Accept, Credentials};
 use crate::decision::{Decision, Shadow};
 use crate::identity::{CredentialKind, Identity, Names};
-use crate::policy::Policy;
 use crate::reason::Reason;
-use crate::request::Request;
+use crate::request::{Limits, Request, client_in};
 use crate::revocation::Revocations;
 use explain::Trace;
 use matchers::{HostPattern, Methods, header_value, request_host};
@@ -32,43 +31,16 @@ use roles::{RoleSet, Roles, grant_covers};
 
 /// What happens to requests no route matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Default {
+pub(crate) enum Default {
     /// 403 `no_route`.
     Deny,
     /// Any accepted credential; no requirements.
     Authenticated,
 }
 
-/// Which credentials a route accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Accept {
-    /// JWT issuer indices; `None` means every issuer.
-    pub issuers: Option<Vec<usize>>,
-    /// Service token audiences; `None` means every configured audience.
-    pub service_audiences: Option<Vec<Arc<str>>>,
-    /// API keys.
-    pub api_keys: KeyAccept,
-}
-
-/// Which API keys a route accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyAccept {
-    /// Every key.
-    All,
-    /// No key.
-    Nothing,
-    /// These key ids.
-    Ids(Vec<Arc<str>>),
-}
-
-impl Accept {
-    /// Everything the policy configures.
-    pub const ANY: Accept = Accept { issuers: None, service_audiences: None, api_keys: KeyAccept::All };
-}
-
 /// Where a route reads the tenant a request addresses.
 #[derive(Clone, Debug)]
-pub enum TenantSource {
+pub(crate) enum TenantSource {
     /// The path segment at this index.
     PathSegment(usize),
     /// A request header.
@@ -77,7 +49,7 @@ pub enum TenantSource {
 
 /// A route's tenant binding.
 #[derive(Clone, Debug)]
-pub struct TenantBinding {
+pub(crate) struct TenantBinding {
     /// Where the request's tenant comes from.
     pub source: TenantSource,
     /// Roles allowed across tenants.
@@ -86,7 +58,7 @@ pub struct TenantBinding {
 
 /// A compiled route.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Id.
     pub id: Arc<str>,
     /// Host, if restricted.
@@ -119,14 +91,14 @@ impl Route {
     }
 
     /// (host rank, method rank): lower is more specific.
-    pub fn rank(&self) -> (u8, u8) {
+    pub(crate) fn rank(&self) -> (u8, u8) {
         (self.host.as_ref().map_or(2, HostPattern::rank), u8::from(self.methods.is_none()))
     }
 }
 
 /// A rule's effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Allow, overriding route requirements.
     Allow,
     /// Deny (`policy_denied`).
@@ -135,7 +107,7 @@ pub enum Effect {
 
 /// A compiled rule. Each `Some`/non-empty condition must hold.
 #[derive(Debug)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// Id.
     pub id: Arc<str>,
     /// Effect.
@@ -172,7 +144,7 @@ pub struct Rule {
 
 /// Upstream header names; `None` turns one off.
 #[derive(Debug, Clone)]
-pub struct IdentityHeaders {
+pub(crate) struct IdentityHeaders {
     /// Subject.
     pub subject: Option<Arc<str>>,
     /// E-mail.
@@ -195,7 +167,7 @@ pub struct IdentityHeaders {
 
 /// The compiled engine part of a policy.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     /// Routes, in document order.
     pub routes: Vec<Route>,
     /// Route indices by path, each terminal in rank order.
@@ -250,22 +222,29 @@ struct Verdict {
     rule: Option<usize>,
 }
 
-impl Policy {
+/// A policy's parts, borrowed for one decision.
+pub(crate) struct Decider<'p> {
+    pub limits: &'p Limits,
+    pub credentials: &'p Credentials,
+    pub engine: &'p Engine,
+}
+
+impl Decider<'_> {
     /// Decides one request: see the module documentation for the order of stages.
-    pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
+    pub(crate) fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
         self.decide_traced(req, Auth::Verify(revocations), &mut explain::NoTrace)
     }
 
     /// Authorizes a request for an identity the caller has already verified (for example behind
     /// another authenticator): routes, the route's accepted credentials, requirements and rules
     /// apply exactly as in [`Policy::decide`]; no credential in the request is looked at.
-    pub fn decide_for(&self, req: &Request<'_>, identity: &Arc<Identity>) -> Decision {
+    pub(crate) fn decide_for(&self, req: &Request<'_>, identity: &Arc<Identity>) -> Decision {
         self.decide_traced(req, Auth::Given(identity), &mut explain::NoTrace)
     }
 
     pub(crate) fn decide_traced(&self, req: &Request<'_>, auth: Auth<'_>, t: &mut dyn Trace) -> Decision {
         let e = &self.engine;
-        let mut d = match self.check_limits(req) {
+        let mut d = match self.limits.check(req) {
             Err(reason) => Decision::deny(reason),
             Ok(()) => {
                 let mut buf = PathBuffer::default();
@@ -370,8 +349,8 @@ impl Policy {
             None
         } else {
             let result = match auth {
-                Auth::Verify(revs) => self.authenticate(f.req, accept, revs),
-                Auth::Given(id) => self.accepts(accept, id).map(|()| Arc::clone(id)),
+                Auth::Verify(revs) => self.credentials.authenticate(f.req, accept, revs),
+                Auth::Given(id) => self.credentials.accepts(accept, id).map(|()| Arc::clone(id)),
             };
             match result {
                 Ok(id) => {
@@ -395,28 +374,6 @@ impl Policy {
             Some(i) => Verdict { reason: Reason::Allowed, identity, route, rule: Some(i) },
             None => Verdict { reason: requirements.err().unwrap_or(Reason::Allowed), identity, route, rule: None },
         }
-    }
-
-    /// Whether a route accepts an already verified identity.
-    fn accepts(&self, accept: &Accept, id: &Identity) -> Result<(), Reason> {
-        let ok = match id.credential {
-            CredentialKind::Jwt => accept.issuers.as_ref().is_none_or(|list| {
-                self.issuers
-                    .iter()
-                    .position(|i| Some(i.issuer.as_str()) == id.issuer.as_deref())
-                    .is_some_and(|ix| list.contains(&ix))
-            }),
-            CredentialKind::ServiceToken => accept
-                .service_audiences
-                .as_ref()
-                .is_none_or(|list| id.audience.as_ref().is_some_and(|a| list.contains(a))),
-            CredentialKind::ApiKey => match &accept.api_keys {
-                KeyAccept::All => true,
-                KeyAccept::Nothing => false,
-                KeyAccept::Ids(ids) => id.key_id.as_ref().is_some_and(|k| ids.contains(k)),
-            },
-        };
-        if ok { Ok(()) } else { Err(Reason::CredentialNotAccepted) }
     }
 
     /// Tenant, then roles, then scopes: the first that fails names the denial.
@@ -447,7 +404,7 @@ impl Policy {
                 fail(Reason::ForbiddenRole);
             }
         }
-        let granted = |s: &str| self.granted(id, s);
+        let granted = |s: &str| self.engine.granted(id, s);
         if !r.scopes.is_empty() {
             let held = r.scopes.iter().all(|s| granted(s));
             t.check("scopes (all of)", &|| r.scopes.join(" "), held);
@@ -464,20 +421,6 @@ impl Policy {
             }
         }
         first_failure.map_or(Ok(()), Err)
-    }
-
-    /// Whether the identity is granted `scope`, directly or through its roles, by the same rule
-    /// routes apply. Hosts ask this for scopes of their own (the sidecar's admin API) instead of
-    /// matching the identity's scopes themselves, which would miss role grants.
-    pub fn grants(&self, id: &Identity, scope: &str) -> bool {
-        self.granted(id, scope)
-    }
-
-    /// Whether the identity (directly or through its roles) is granted `scope`.
-    fn granted(&self, id: &Identity, scope: &str) -> bool {
-        let star = self.engine.allow_global_wildcard;
-        id.scopes.iter().any(|g| grant_covers(g, scope, star))
-            || self.engine.roles.granted_scopes(&id.roles).any(|g| grant_covers(g, scope, star))
     }
 
     /// The matching rule of lowest rank (highest priority, deny first), enforced or including
@@ -558,7 +501,7 @@ impl Policy {
             && r.subjects.as_ref().is_none_or(|s| id.subject.as_deref().is_some_and(|x| s.contains(x)))
             && (r.tenants.is_empty() || id.tenant.as_deref().is_some_and(|x| r.tenants.iter().any(|t| **t == *x)))
             && r.roles.as_ref().is_none_or(|set| e.roles.any_in(&id.roles, set))
-            && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.granted(id, s)))
+            && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.engine.granted(id, s)))
     }
 
     /// Turns a verdict into the decision, with identity headers on allow.
@@ -631,6 +574,22 @@ impl Policy {
     }
 }
 
+impl Engine {
+    /// Whether the identity is granted `scope`, directly or through its roles, by the same rule
+    /// routes apply. Hosts ask this for scopes of their own (the sidecar's admin API) instead of
+    /// matching the identity's scopes themselves, which would miss role grants.
+    pub(crate) fn grants(&self, id: &Identity, scope: &str) -> bool {
+        self.granted(id, scope)
+    }
+
+    /// Whether the identity (directly or through its roles) is granted `scope`.
+    pub(crate) fn granted(&self, id: &Identity, scope: &str) -> bool {
+        let star = self.allow_global_wildcard;
+        id.scopes.iter().any(|g| grant_covers(g, scope, star))
+            || self.roles.granted_scopes(&id.roles).any(|g| grant_covers(g, scope, star))
+    }
+}
+
 fn format_tenant(wanted: Option<&str>, have: Option<&str>, cross: bool) -> String {
     let mut s = format!("request tenant {}, identity tenant {}", wanted.unwrap_or("(none)"), have.unwrap_or("(none)"));
     if cross {
@@ -639,15 +598,7 @@ fn format_tenant(wanted: Option<&str>, have: Option<&str>, cross: bool) -> Strin
     s
 }
 
-/// True when the client address is in one of the ranges (IPv4-mapped IPv6 compared as IPv4).
-pub(crate) fn client_in(ip: Option<IpAddr>, nets: &[IpNet]) -> bool {
-    let Some(ip) = ip else { return false };
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    nets.iter().any(|n| n.contains(&ip))
-}
-
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties;
 #[cfg(test)]
 mod tests;

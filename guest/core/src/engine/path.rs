@@ -12,11 +12,11 @@ use std::str::FromStr;
 use crate::FastMap;
 
 /// Deepest request path accepted (segments).
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
 /// One segment of a pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Segment {
+pub(crate) enum Segment {
     /// Exactly this text (normalised like request segments).
     Literal(Box<str>),
     /// Any one non-empty segment; `Some(name)` for `{name}`, `None` for `*`.
@@ -27,25 +27,26 @@ pub enum Segment {
 
 /// A compiled path pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     segments: Vec<Segment>,
     text: Box<str>,
 }
 
 impl PathPattern {
     /// The segments.
-    pub fn segments(&self) -> &[Segment] {
+    pub(crate) fn segments(&self) -> &[Segment] {
         &self.segments
     }
 
     /// The position of `{name}`.
-    pub fn param_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn param_index(&self, name: &str) -> Option<usize> {
         self.segments.iter().position(|s| matches!(s, Segment::Param(Some(n)) if &**n == name))
     }
 
-    /// True when this pattern matches the normalised segments (used by lint and tests; the
-    /// request path goes through the trie).
-    pub fn matches(&self, segs: &[&str]) -> bool {
+    /// True when this pattern matches the normalised segments: the model the trie is tested
+    /// against (requests go through the trie).
+    #[cfg(test)]
+    pub(crate) fn matches(&self, segs: &[&str]) -> bool {
         let mut i = 0;
         for s in &self.segments {
             match s {
@@ -67,7 +68,7 @@ impl PathPattern {
     }
 
     /// True when every path this pattern matches is also matched by `other`.
-    pub fn is_subsumed_by(&self, other: &PathPattern) -> bool {
+    pub(crate) fn is_subsumed_by(&self, other: &PathPattern) -> bool {
         let (a, b) = (&self.segments, &other.segments);
         for (i, sb) in b.iter().enumerate() {
             match (a.get(i), sb) {
@@ -79,22 +80,6 @@ impl PathPattern {
             }
         }
         a.len() == b.len()
-    }
-
-    /// True when some path matches both patterns.
-    pub fn overlaps(&self, other: &PathPattern) -> bool {
-        let (a, b) = (&self.segments, &other.segments);
-        let mut i = 0;
-        loop {
-            match (a.get(i), b.get(i)) {
-                (Some(Segment::Rest), _) | (_, Some(Segment::Rest)) => return true,
-                (None, None) => return true,
-                (None, _) | (_, None) => return false,
-                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x != y => return false,
-                _ => {}
-            }
-            i += 1;
-        }
     }
 }
 
@@ -158,7 +143,7 @@ impl FromStr for PathPattern {
 
 /// A path that cannot be normalised unambiguously (reported as `malformed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadPath;
+pub(crate) struct BadPath;
 
 impl fmt::Display for BadPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,7 +174,7 @@ fn hex(b: u8) -> Option<u8> {
 /// Normalises one segment: percent-encoded unreserved characters are decoded, other escapes are
 /// kept with upper-case hex. Refuses `.`/`..` (also when encoded), encoded `/`, `\` and NUL,
 /// malformed escapes, and characters outside `pchar`. Borrows when nothing changes.
-pub fn normalize_segment(seg: &str) -> Result<Cow<'_, str>, BadPath> {
+pub(crate) fn normalize_segment(seg: &str) -> Result<Cow<'_, str>, BadPath> {
     let bytes = seg.as_bytes();
     let out: Cow<'_, str> = if !bytes.contains(&b'%') {
         if !bytes.iter().all(|b| pchar(*b)) {
@@ -236,20 +221,20 @@ pub fn normalize_segment(seg: &str) -> Result<Cow<'_, str>, BadPath> {
 /// A request path split into normalised segments, without allocating unless the path holds
 /// percent-escapes.
 #[derive(Debug)]
-pub struct RequestPath<'a> {
+pub(crate) struct RequestPath<'a> {
     segs: [&'a str; MAX_SEGMENTS],
     len: usize,
 }
 
 /// Owned storage for a path that needed decoding; it must outlive the [`RequestPath`].
 #[derive(Debug, Default)]
-pub struct PathBuffer(String);
+pub(crate) struct PathBuffer(String);
 
 impl<'a> RequestPath<'a> {
     /// Splits and normalises `path`. `buf` receives the decoded copy when one is needed.
     /// Errors mean `malformed`: not absolute, too deep, an empty inner segment, a dot segment,
     /// a backslash or an encoded slash.
-    pub fn parse(path: &'a str, buf: &'a mut PathBuffer) -> Result<RequestPath<'a>, BadPath> {
+    pub(crate) fn parse(path: &'a str, buf: &'a mut PathBuffer) -> Result<RequestPath<'a>, BadPath> {
         let body = path.strip_prefix('/').ok_or(BadPath)?;
         if body.starts_with('/') {
             return Err(BadPath);
@@ -288,14 +273,14 @@ impl<'a> RequestPath<'a> {
     }
 
     /// The segments.
-    pub fn segments(&self) -> &[&'a str] {
+    pub(crate) fn segments(&self) -> &[&'a str] {
         self.segs.get(..self.len).unwrap_or(&[])
     }
 }
 
 /// Values stored by path pattern, matched in specificity order.
 #[derive(Debug)]
-pub struct Trie<T> {
+pub(crate) struct Trie<T> {
     root: Node<T>,
 }
 
@@ -323,7 +308,7 @@ impl<T> Default for Trie<T> {
 
 impl<T> Trie<T> {
     /// Adds a value under `pattern`.
-    pub fn insert(&mut self, pattern: &PathPattern, value: T) {
+    pub(crate) fn insert(&mut self, pattern: &PathPattern, value: T) {
         let mut node = &mut self.root;
         for seg in &pattern.segments {
             node = match seg {
@@ -339,12 +324,12 @@ impl<T> Trie<T> {
     }
 
     /// The first value, in specificity order, that `accept` takes.
-    pub fn first<'t>(&'t self, segs: &[&str], accept: &mut dyn FnMut(&T) -> bool) -> Option<&'t T> {
+    pub(crate) fn first<'t>(&'t self, segs: &[&str], accept: &mut dyn FnMut(&T) -> bool) -> Option<&'t T> {
         first(&self.root, segs, accept)
     }
 
     /// Calls `f` for every value whose pattern matches.
-    pub fn each(&self, segs: &[&str], f: &mut dyn FnMut(&T)) {
+    pub(crate) fn each(&self, segs: &[&str], f: &mut dyn FnMut(&T)) {
         each(&self.root, segs, f);
     }
 }
@@ -468,15 +453,11 @@ mod tests {
     }
 
     #[test]
-    fn subsumption_and_overlap() {
+    fn subsumption() {
         assert!(p("/a/b").is_subsumed_by(&p("/a/{x}")));
         assert!(p("/a/b/c").is_subsumed_by(&p("/a/**")));
         assert!(p("/a").is_subsumed_by(&p("/a/**")));
         assert!(!p("/a/{x}").is_subsumed_by(&p("/a/b")));
         assert!(!p("/a/**").is_subsumed_by(&p("/a/{x}")));
-        assert!(p("/a/{x}").overlaps(&p("/a/b")));
-        assert!(p("/a/**").overlaps(&p("/a/b/c")));
-        assert!(!p("/a/b").overlaps(&p("/a/c")));
-        assert!(!p("/a/b").overlaps(&p("/a/b/c")));
     }
 }

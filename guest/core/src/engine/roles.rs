@@ -7,7 +7,7 @@ use crate::FastMap;
 
 /// A set of role indices.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RoleSet(Vec<u64>);
+pub(crate) struct RoleSet(Vec<u64>);
 
 impl RoleSet {
     fn with_capacity(n: usize) -> RoleSet {
@@ -15,14 +15,14 @@ impl RoleSet {
     }
 
     /// Adds role `i`.
-    pub fn insert(&mut self, i: usize) {
+    pub(crate) fn insert(&mut self, i: usize) {
         if let Some(w) = self.0.get_mut(i / 64) {
             *w |= 1 << (i % 64);
         }
     }
 
     /// True when role `i` is in the set.
-    pub fn contains(&self, i: usize) -> bool {
+    pub(crate) fn contains(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
@@ -37,7 +37,7 @@ impl RoleSet {
     }
 
     /// Indices in the set.
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0
             .iter()
             .enumerate()
@@ -57,17 +57,17 @@ struct Role {
 
 /// The role hierarchy.
 #[derive(Debug, Default)]
-pub struct Roles {
+pub(crate) struct Roles {
     roles: Vec<Role>,
     index: FastMap<Box<str>, usize>,
 }
 
 /// A role definition as given: name, implied roles, granted scopes.
-pub type RoleDef<'a> = (&'a str, &'a [String], &'a [String]);
+pub(crate) type RoleDef<'a> = (&'a str, &'a [String], &'a [String]);
 
 impl Roles {
     /// Builds the hierarchy. Errors name the role at fault: an unknown implied role or a cycle.
-    pub fn build(defs: &[RoleDef<'_>]) -> Result<Roles, (String, String)> {
+    pub(crate) fn build(defs: &[RoleDef<'_>]) -> Result<Roles, (String, String)> {
         let n = defs.len();
         let mut index = FastMap::default();
         for (i, (name, _, _)) in defs.iter().enumerate() {
@@ -143,23 +143,18 @@ impl Roles {
     }
 
     /// The index of a role name.
-    pub fn index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
 
-    /// Number of roles.
-    pub fn len(&self) -> usize {
-        self.roles.len()
-    }
-
     /// True when no roles are defined.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.roles.is_empty()
     }
 
     /// The roles any one of which satisfies a requirement for any of `required`: every role whose
     /// closure contains one of them.
-    pub fn satisfying(&self, required: &[usize]) -> RoleSet {
+    pub(crate) fn satisfying(&self, required: &[usize]) -> RoleSet {
         let mut want = RoleSet::with_capacity(self.roles.len());
         for &r in required {
             want.insert(r);
@@ -174,19 +169,19 @@ impl Roles {
     }
 
     /// True when any of the identity's role names is in `set`.
-    pub fn any_in(&self, names: &[Arc<str>], set: &RoleSet) -> bool {
+    pub(crate) fn any_in(&self, names: &[Arc<str>], set: &RoleSet) -> bool {
         names.iter().any(|n| self.index(n).is_some_and(|i| set.contains(i)))
     }
 
     /// Scope grants carried by the identity's roles (through the hierarchy).
-    pub fn granted_scopes<'a>(&'a self, names: &'a [Arc<str>]) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+    pub(crate) fn granted_scopes<'a>(&'a self, names: &'a [Arc<str>]) -> impl Iterator<Item = &'a Arc<str>> + 'a {
         names.iter().filter_map(|n| self.index(n).and_then(|i| self.roles.get(i))).flat_map(|r| r.scopes.iter())
     }
 
     /// The identity's roles expanded through the hierarchy: its own roles first (as given), then
     /// the roles they imply in role order (a policy's roles are ordered by name), each once. Names the policy does not define are
     /// kept in place.
-    pub fn expand(&self, names: &[Arc<str>]) -> Vec<Arc<str>> {
+    pub(crate) fn expand(&self, names: &[Arc<str>]) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::with_capacity(names.len() * 2);
         let mut implied = RoleSet::with_capacity(self.roles.len());
         for n in names {
@@ -207,7 +202,7 @@ impl Roles {
 }
 
 /// Whether a granted scope (possibly `prefix:*` or `*`) covers a concrete required scope.
-pub fn grant_covers(grant: &str, required: &str, allow_global_wildcard: bool) -> bool {
+pub(crate) fn grant_covers(grant: &str, required: &str, allow_global_wildcard: bool) -> bool {
     if grant == required {
         return true;
     }

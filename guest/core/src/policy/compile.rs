@@ -11,14 +11,16 @@ use ipnet::IpNet;
 use super::doc::{
     ApiKeyDoc, ApiKeysDoc, ApiKeysFileDoc, IssuerDoc, PolicyDocument, SecretDoc, ServiceTokensDoc, TimeDoc,
 };
-use super::{FileSource, Limits, Policy, PolicyError, parse_text};
-use crate::api_key::{ApiKeyEntry, ApiKeyPolicy, OriginPattern};
+use super::{FileSource, Policy, PolicyError, parse_text};
+use crate::credential::Credentials;
+use crate::credential::api_key::{ApiKeyEntry, ApiKeyPolicy, OriginPattern};
+use crate::credential::jwt::{ClaimMapping, IssuerPolicy};
+use crate::credential::service_token::{ServiceKey, ServiceTokenPolicy};
 use crate::identity::{CredentialKind, Identity, Names};
 use crate::json::ClaimPath;
-use crate::jwt::{ClaimMapping, IssuerPolicy};
 use crate::keys::{Alg, AlgSet, KeySet};
+use crate::request::Limits;
 use crate::revocation::RevocationSet;
-use crate::service_token::{ServiceKey, ServiceTokenPolicy};
 use crate::time::UnixTime;
 use crate::types::{ApiKeyPrefix, Issuer, ScopePattern, TenantId};
 
@@ -91,7 +93,9 @@ pub(super) fn compile(doc: &PolicyDocument, files: &dyn FileSource) -> Result<Po
     if needs_credentials && issuers.is_empty() && service_tokens.is_none() && api_keys.is_none() {
         return invalid("$", "the policy accepts no credentials: configure issuers, service_tokens or api_keys");
     }
-    Ok(Policy { limits, issuers, service_tokens, api_keys, statics, engine })
+    let credentials =
+        Credentials { issuers, service_tokens, api_keys, statics, max_token_bytes: limits.max_token_bytes };
+    Ok(Policy { limits, credentials, engine })
 }
 
 fn limits(doc: &PolicyDocument) -> Result<Limits> {

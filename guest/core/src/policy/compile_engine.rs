@@ -7,17 +7,16 @@ use std::sync::Arc;
 use super::doc::{AcceptDoc, ApiKeyAcceptDoc, DefaultAction, Effect as EffectDoc, PolicyDocument, RouteDoc, RuleDoc};
 use super::{PolicyError, compile};
 use crate::FastSet;
-use crate::api_key::{ApiKeyPolicy, OriginPattern};
+use crate::credential::api_key::{ApiKeyPolicy, OriginPattern};
+use crate::credential::jwt::IssuerPolicy;
+use crate::credential::service_token::ServiceTokenPolicy;
+use crate::credential::{Accept, KeyAccept};
 use crate::engine::audit::AuditConfig;
 use crate::engine::matchers::{HostPattern, Methods};
 use crate::engine::path::{PathPattern, Segment, Trie};
 use crate::engine::roles::{RoleDef, RoleSet, Roles};
-use crate::engine::{
-    Accept, Default, Effect, Engine, IdentityHeaders, KeyAccept, Route, Rule, TenantBinding, TenantSource,
-};
+use crate::engine::{Default, Effect, Engine, IdentityHeaders, Route, Rule, TenantBinding, TenantSource};
 use crate::identity::{CredentialKind, Names};
-use crate::jwt::IssuerPolicy;
-use crate::service_token::ServiceTokenPolicy;
 use crate::types::{Scope, ScopePattern};
 
 type Result<T> = std::result::Result<T, PolicyError>;

@@ -478,7 +478,7 @@ fn default_api_key_header() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(JsonSchema))]
-pub struct ApiKeysFileDoc {
+pub(crate) struct ApiKeysFileDoc {
     /// Keys.
     pub keys: Vec<ApiKeyDoc>,
 }

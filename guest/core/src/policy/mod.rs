@@ -2,25 +2,27 @@
 
 mod compile;
 mod compile_engine;
-pub mod doc;
+pub(crate) mod doc;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::api_key::ApiKeyPolicy;
-use crate::engine::{Accept, Engine, KeyAccept};
+use crate::credential::Credentials;
+use crate::credential::jwt::IssuerPolicy;
+use crate::credential::service_token::ServiceTokenPolicy;
+use crate::decision::Decision;
+use crate::engine::audit::AuditEvent;
+use crate::engine::explain::Explanation;
+use crate::engine::{Decider, Engine};
 use crate::identity::Identity;
-use crate::jwt::{self, IssuerPolicy, JwtContext};
-use crate::reason::Reason;
-use crate::request::{HeaderValue, Request};
-use crate::revocation::{RevocationSet, Revocations};
-use crate::service_token::ServiceTokenPolicy;
+use crate::request::{Limits, Request};
+use crate::revocation::Revocations;
 
-pub use doc::PolicyDocument;
+pub(crate) use doc::PolicyDocument;
 
 /// Largest policy text accepted.
-pub const MAX_POLICY_BYTES: usize = 16 << 20;
+pub(crate) const MAX_POLICY_BYTES: usize = 16 << 20;
 
 /// Why a policy could not be loaded. Messages name the path into the document and never
 /// contain secret values.
@@ -88,36 +90,20 @@ impl FileSource for NoFiles {
     }
 }
 
-/// Size limits, validated.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// See [`doc::LimitsDoc::max_token_bytes`].
-    pub max_token_bytes: usize,
-    /// See [`doc::LimitsDoc::max_headers`].
-    pub max_headers: usize,
-    /// See [`doc::LimitsDoc::max_header_bytes`].
-    pub max_header_bytes: usize,
-    /// See [`doc::LimitsDoc::max_path_bytes`].
-    pub max_path_bytes: usize,
-}
-
 /// A compiled policy. Immutable; share it with `Arc`.
+///
+/// Two parts, run in this order for every request: the [`Credentials`] find and verify the
+/// credential; the [`Engine`] picks the route, checks its requirements and the rules, and
+/// renders the decision.
 pub struct Policy {
     pub(crate) limits: Limits,
-    pub(crate) issuers: Vec<IssuerPolicy>,
-    pub(crate) service_tokens: Option<ServiceTokenPolicy>,
-    pub(crate) api_keys: Option<ApiKeyPolicy>,
-    pub(crate) statics: RevocationSet,
+    pub(crate) credentials: Credentials,
     pub(crate) engine: Engine,
 }
 
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Policy")
-            .field("issuers", &self.issuers.len())
-            .field("service_tokens", &self.service_tokens.is_some())
-            .field("api_keys", &self.api_keys.as_ref().map(|a| a.entries().len()))
-            .finish_non_exhaustive()
+        f.debug_struct("Policy").field("credentials", &self.credentials).finish_non_exhaustive()
     }
 }
 
@@ -253,120 +239,53 @@ impl Policy {
     }
 
     /// The trusted JWT issuers, for tooling (key rotation plans).
-    pub fn issuers(&self) -> &[crate::jwt::IssuerPolicy] {
-        &self.issuers
+    pub fn issuers(&self) -> &[IssuerPolicy] {
+        &self.credentials.issuers
     }
 
     /// The service token section, for tooling that mints tokens.
     pub fn service_tokens(&self) -> Option<&ServiceTokenPolicy> {
-        self.service_tokens.as_ref()
+        self.credentials.service_tokens.as_ref()
     }
 
     /// The compiled routes, roles and rules.
-    pub fn engine(&self) -> &Engine {
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    pub(crate) fn check_limits(&self, req: &Request<'_>) -> Result<(), Reason> {
-        let l = &self.limits;
-        if req.headers.len() > l.max_headers || req.path.len() + req.query.len() > l.max_path_bytes {
-            return Err(Reason::Malformed);
-        }
-        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if header_bytes > l.max_header_bytes {
-            return Err(Reason::Malformed);
-        }
-        Ok(())
+    /// Decides one request: the credential first, then the engine (see `crate::engine` for
+    /// the order of stages).
+    pub fn decide(&self, req: &Request<'_>, revocations: &dyn Revocations) -> Decision {
+        self.decider().decide(req, revocations)
     }
 
-    /// Finds the request's credential and verifies it.
-    pub(crate) fn authenticate(
-        &self,
-        req: &Request<'_>,
-        accept: &Accept,
-        revocations: &dyn Revocations,
-    ) -> Result<Arc<Identity>, Reason> {
-        match self.presented(req)? {
-            Presented::Jwt(_) if accept.issuers.as_ref().is_some_and(Vec::is_empty) => {
-                Err(Reason::CredentialNotAccepted)
-            }
-            Presented::ServiceToken(..) if accept.service_audiences.as_ref().is_some_and(Vec::is_empty) => {
-                Err(Reason::CredentialNotAccepted)
-            }
-            Presented::ApiKey(..) if accept.api_keys == KeyAccept::Nothing => Err(Reason::CredentialNotAccepted),
-            Presented::Jwt(token) => {
-                let ctx = JwtContext {
-                    issuers: &self.issuers,
-                    max_token_bytes: self.limits.max_token_bytes,
-                    statics: &self.statics,
-                };
-                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations).map(Arc::new)
-            }
-            Presented::ServiceToken(token, policy) => policy
-                .verify(
-                    token,
-                    req,
-                    self.limits.max_token_bytes,
-                    accept.service_audiences.as_deref(),
-                    &self.statics,
-                    revocations,
-                )
-                .map(Arc::new),
-            Presented::ApiKey(key, policy) => policy.verify(key, req, &accept.api_keys, revocations),
-        }
+    /// Authorizes a request for an identity the caller has already verified (for example behind
+    /// another authenticator): routes, the route's accepted credentials, requirements and rules
+    /// apply exactly as in [`Policy::decide`]; no credential in the request is looked at.
+    pub fn decide_for(&self, req: &Request<'_>, identity: &Arc<Identity>) -> Decision {
+        self.decider().decide_for(req, identity)
     }
 
-    fn presented<'r>(&'r self, req: &Request<'r>) -> Result<Presented<'r>, Reason> {
-        // Without API keys, the second name never matches a real header.
-        let api_name = self.api_keys.as_ref().map_or("", |a| a.header.as_str());
-        let (authorization, api_header) = match req.header_pair("authorization", api_name) {
-            (HeaderValue::Repeated, _) | (_, HeaderValue::Repeated) => {
-                return Err(Reason::Malformed);
-            }
-            (a, k) => (a.value(), k.value().zip(self.api_keys.as_ref())),
-        };
-        match (authorization, api_header) {
-            (Some(_), Some(_)) => Err(Reason::AmbiguousCredential),
-            (None, Some((key, policy))) => Ok(Presented::ApiKey(key, policy)),
-            (None, None) => Err(Reason::MissingCredential),
-            (Some(value), None) => {
-                let token = bearer(value, self.limits.max_token_bytes)?;
-                if let Some(a) = self.api_keys.as_ref().filter(|a| a.claims_token(token)) {
-                    return Ok(Presented::ApiKey(token, a));
-                }
-                if let Some(s) = self.service_tokens.as_ref().filter(|s| s.claims_token(token)) {
-                    return Ok(Presented::ServiceToken(token, s));
-                }
-                if self.issuers.is_empty() {
-                    return Err(Reason::Malformed);
-                }
-                Ok(Presented::Jwt(token))
-            }
-        }
+    /// Decides and records every stage: which route matched, what each requirement needed and
+    /// found, which rules applied. For `portcullis explain`; slower than [`Policy::decide`].
+    pub fn explain(&self, req: &Request<'_>, revocations: &dyn Revocations) -> (Decision, Explanation) {
+        self.decider().explain(req, revocations)
     }
-}
 
-enum Presented<'r> {
-    Jwt(&'r str),
-    ServiceToken(&'r str, &'r ServiceTokenPolicy),
-    ApiKey(&'r str, &'r ApiKeyPolicy),
-}
+    /// The audit event for a decision, per the policy's audit settings.
+    pub fn audit_event<'a>(&'a self, req: &Request<'a>, d: &'a Decision) -> AuditEvent<'a> {
+        self.engine.audit_event(req, d)
+    }
 
-/// `Bearer <token>` (RFC 6750 §2.1): scheme case-insensitive, then one or more spaces, then a
-/// token with no whitespace.
-fn bearer(value: &str, max_token_bytes: usize) -> Result<&str, Reason> {
-    if value.len() > max_token_bytes + 64 {
-        return Err(Reason::Malformed);
+    /// Whether `identity` holds `scope`: its own scopes, or through one of its roles (the same
+    /// rule routes use).
+    pub fn grants(&self, identity: &Identity, scope: &str) -> bool {
+        self.engine.grants(identity, scope)
     }
-    let (scheme, rest) = value.split_once(' ').ok_or(Reason::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Reason::Malformed);
+
+    pub(crate) fn decider(&self) -> Decider<'_> {
+        Decider { limits: &self.limits, credentials: &self.credentials, engine: &self.engine }
     }
-    let token = rest.trim_start_matches(' ');
-    if token.is_empty() || !crate::ascii::all_graphic(token.as_bytes()) {
-        return Err(Reason::Malformed);
-    }
-    Ok(token)
 }
 
 /// The policy format's JSON Schema (draft 2020-12), generated from the same types the loader
@@ -386,16 +305,6 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn bearer_parsing_is_strict_about_shape() {
-        assert_eq!(bearer("Bearer abc", 100), Ok("abc"));
-        assert_eq!(bearer("bearer  abc", 100), Ok("abc"));
-        for bad in ["Bearer", "Bearer ", "Basic abc", "Bearer a b", "Bearer\tabc", "Bearerabc", "Bearer a\u{e9}"] {
-            assert_eq!(bearer(bad, 100), Err(Reason::Malformed), "{bad:?}");
-        }
-        assert_eq!(bearer(&format!("Bearer {}", "a".repeat(200)), 100), Err(Reason::Malformed));
-    }
 
     #[test]
     fn yaml_and_json_policies_parse_to_the_same_value() {

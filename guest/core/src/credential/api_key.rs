@@ -10,20 +10,20 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::credential::jwt::refuse_if_revoked;
 use crate::identity::Identity;
-use crate::jwt::refuse_if_revoked;
 use crate::reason::Reason;
 use crate::request::{HeaderValue, Request};
 use crate::revocation::{RevocationQuery, RevocationSet, Revocations};
 use crate::types::ApiKeyPrefix;
 
 /// Longest API key accepted.
-pub const MAX_API_KEY_BYTES: usize = 256;
+pub(crate) const MAX_API_KEY_BYTES: usize = 256;
 
 /// An origin a key may be used from: exact (`https://app.example.com`) or any subdomain
 /// (`https://*.example.com`). Stored lowercase.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OriginPattern {
+pub(crate) enum OriginPattern {
     /// Scheme, host and optional port, exactly.
     Exact(String),
     /// `scheme://` and a `.domain[:port]` suffix; at least one label must precede it.
@@ -37,7 +37,7 @@ pub enum OriginPattern {
 
 impl OriginPattern {
     /// True when the `Origin` header value is allowed.
-    pub fn matches(&self, origin: &str) -> bool {
+    pub(crate) fn matches(&self, origin: &str) -> bool {
         match self {
             OriginPattern::Exact(o) => origin.eq_ignore_ascii_case(o),
             OriginPattern::Subdomains { scheme, suffix } => {
@@ -81,7 +81,7 @@ impl std::str::FromStr for OriginPattern {
 
 /// One stored key.
 #[derive(Debug)]
-pub struct ApiKeyEntry {
+pub(crate) struct ApiKeyEntry {
     /// Stable id (revocation, audit, `key_id`).
     pub id: Arc<str>,
     /// SHA-256 of the whole key.
@@ -103,14 +103,14 @@ pub struct ApiKeyEntry {
 impl ApiKeyEntry {
     /// `created_at` as a credential issue time.
     #[allow(clippy::cast_precision_loss)]
-    pub fn issued_at(&self) -> Option<f64> {
+    pub(crate) fn issued_at(&self) -> Option<f64> {
         self.created_at.map(|t| t as f64)
     }
 }
 
 /// The compiled `api_keys` section.
 #[derive(Debug)]
-pub struct ApiKeyPolicy {
+pub(crate) struct ApiKeyPolicy {
     /// Type prefix (`ask_`).
     pub prefix: ApiKeyPrefix,
     /// Characters used for lookup, including the type prefix.
@@ -123,7 +123,7 @@ pub struct ApiKeyPolicy {
 
 impl ApiKeyPolicy {
     /// Indexes `entries` by their lookup prefix.
-    pub fn new(
+    pub(crate) fn new(
         prefix: ApiKeyPrefix,
         prefix_length: usize,
         header: String,
@@ -140,7 +140,7 @@ impl ApiKeyPolicy {
     }
 
     /// Stored keys.
-    pub fn entries(&self) -> &[ApiKeyEntry] {
+    pub(crate) fn entries(&self) -> &[ApiKeyEntry] {
         &self.entries
     }
 
@@ -160,7 +160,7 @@ impl ApiKeyPolicy {
     }
 
     /// True when `token` carries this deployment's API key prefix.
-    pub fn claims_token(&self, token: &str) -> bool {
+    pub(crate) fn claims_token(&self, token: &str) -> bool {
         token.starts_with(self.prefix.as_str())
     }
 
@@ -169,7 +169,7 @@ impl ApiKeyPolicy {
         &self,
         key: &str,
         req: &Request<'_>,
-        accept: &crate::engine::KeyAccept,
+        accept: &crate::credential::KeyAccept,
         revocations: &dyn Revocations,
     ) -> Result<Arc<Identity>, Reason> {
         if key.len() > MAX_API_KEY_BYTES || !crate::ascii::all_graphic(key.as_bytes()) {
@@ -188,7 +188,7 @@ impl ApiKeyPolicy {
             }
         }
         let entry = found.ok_or(Reason::UnknownApiKey)?;
-        if let crate::engine::KeyAccept::Ids(ids) = accept
+        if let crate::credential::KeyAccept::Ids(ids) = accept
             && !ids.contains(&entry.id)
         {
             return Err(Reason::CredentialNotAccepted);
@@ -196,7 +196,7 @@ impl ApiKeyPolicy {
         if entry.expires_at.is_some_and(|t| req.now.0 >= t) {
             return Err(Reason::KeyExpired);
         }
-        if !entry.allowed_cidrs.is_empty() && !crate::engine::client_in(req.client_ip, &entry.allowed_cidrs) {
+        if !entry.allowed_cidrs.is_empty() && !crate::request::client_in(req.client_ip, &entry.allowed_cidrs) {
             return Err(Reason::IpNotAllowed);
         }
         if !entry.allowed_origins.is_empty() {

@@ -24,7 +24,7 @@ use crate::keys::{Alg, AlgSet, KeyChoice, KeySet, TrustedKey};
 use crate::reason::Reason;
 use crate::revocation::{self, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use crate::time::UnixTime;
-use crate::types::{Issuer, ScopePattern};
+use crate::types::Issuer;
 use crate::{b64, claims};
 
 /// Largest signature accepted (RSA-4096).
@@ -371,11 +371,6 @@ fn dedup(mut v: Vec<Arc<str>>) -> Names {
     Names::from(v)
 }
 
-/// A grant that `*` would make: only a policy that opts in may honour it (see the policy engine).
-pub fn is_global_wildcard(p: &ScopePattern) -> bool {
-    matches!(p, ScopePattern::Any)
-}
-
 #[cfg(test)]
 mod tests {
     use crate::reason::Reason;
@@ -568,7 +563,7 @@ mod tests {
     #[test]
     fn each_reason_belongs_to_one_check() {
         let mut seen: Vec<Reason> = Vec::new();
-        for (_, reasons) in crate::jwt::CHECKS {
+        for (_, reasons) in crate::credential::jwt::CHECKS {
             for r in *reasons {
                 assert!(!seen.contains(r), "{r:?} is listed twice");
                 seen.push(*r);

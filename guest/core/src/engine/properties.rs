@@ -1,11 +1,9 @@
 //! Properties of the policy engine's matchers, each checked against an independent model.
-#![cfg(not(target_arch = "wasm32"))]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use portcullis_core::engine::path::{PathBuffer, PathPattern, RequestPath, Segment, Trie};
-use portcullis_core::engine::roles::grant_covers;
-use portcullis_core::types::ScopePattern;
-use portcullis_core::{NoFiles, NoRevocations, Policy, Request, UnixTime};
+use crate::engine::path::{PathBuffer, PathPattern, RequestPath, Segment, Trie};
+use crate::engine::roles::grant_covers;
+use crate::types::ScopePattern;
+use crate::{NoFiles, NoRevocations, Policy, Request, UnixTime};
 use proptest::prelude::*;
 
 fn scope_token() -> impl Strategy<Value = String> {
@@ -136,7 +134,7 @@ proptest! {
             &NoFiles,
         )
         .unwrap();
-        let (path, query) = portcullis_core::request::split_path_and_query(&p);
+        let (path, query) = crate::request::split_path_and_query(&p);
         let req = Request { method, path, query, ..Request::new(method, path, UnixTime(0)) };
         let d = policy.decide(&req, &NoRevocations);
         if d.allowed() {

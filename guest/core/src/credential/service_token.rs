@@ -11,9 +11,9 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::credential::jwt::refuse_if_revoked;
 use crate::identity::{CredentialKind, Identity, Names};
 use crate::json::{Json, parse_object};
-use crate::jwt::refuse_if_revoked;
 use crate::reason::Reason;
 use crate::request::{HeaderValue, Request};
 use crate::revocation::{RevocationQuery, RevocationSet, Revocations};
