@@ -13,7 +13,7 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Sha256, Sha384, Sha512};
 
 use crate::b64;
-use crate::types::Kid;
+use crate::types::{Kid, ValueError};
 
 /// A JWS algorithm Portcullis verifies. Names are matched case-sensitively (RFC 7515 §4.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,10 +111,9 @@ impl fmt::Display for Alg {
 }
 
 impl std::str::FromStr for Alg {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Alg::from_name(s)
-            .ok_or_else(|| format!("unsupported algorithm `{s}` (supported: {})", Alg::ALL.map(Alg::name).join(", ")))
+        Alg::from_name(s).ok_or_else(|| ValueError::Algorithm(s.to_owned()))
     }
 }
 
@@ -441,7 +440,116 @@ pub struct KeySet {
     keys: Vec<TrustedKey>,
     by_kid: crate::FastMap<Kid, usize>,
     /// Keys present in the document but not trusted, and why (for `policy lint`).
-    skipped: Vec<String>,
+    skipped: Vec<(usize, Skipped)>,
+}
+
+/// Why a JWKS, a JWK or a secret was refused. Never carries key material: only member names,
+/// sizes, and the non-secret values `kty`, `crv`, `alg` and `kid`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The document is not JSON.
+    #[error("not a JSON document: {0}")]
+    NotJson(String),
+    /// No `keys` array.
+    #[error("a JWKS is an object with a `keys` array")]
+    NotJwks,
+    /// One key of a set is malformed.
+    #[error("keys[{index}]: {error}")]
+    At {
+        /// Position in `keys`.
+        index: usize,
+        /// What is wrong with it.
+        error: Box<KeyError>,
+    },
+    /// Two keys share a `kid`.
+    #[error("duplicate kid `{0}`")]
+    DuplicateKid(Kid),
+    /// A key is not an object.
+    #[error("a JWK is a JSON object")]
+    NotObject,
+    /// A member that must be a string is not.
+    #[error("`{0}` must be a string")]
+    NotString(&'static str),
+    /// A required member is missing.
+    #[error("`{0}` is required")]
+    Missing(&'static str),
+    /// A member is not unpadded base64url.
+    #[error("`{0}` is not unpadded base64url")]
+    NotBase64(&'static str),
+    /// `key_ops` is not an array.
+    #[error("`key_ops` must be an array")]
+    KeyOpsNotArray,
+    /// The `kid` is not a valid key id.
+    #[error("kid: {0}")]
+    Kid(ValueError),
+    /// The `alg` is not one this build supports.
+    #[error(transparent)]
+    Alg(ValueError),
+    /// A public key carries a private member.
+    #[error("contains private key member `{0}`; publish only the public key")]
+    PrivateMember(&'static str),
+    /// An HMAC secret is shorter than its algorithm needs.
+    #[error("secret is {len} bytes; {needs} needs at least {min}")]
+    ShortSecret {
+        /// Its length.
+        len: usize,
+        /// The algorithm, or `HMAC` in general.
+        needs: &'static str,
+        /// The least it needs.
+        min: usize,
+    },
+    /// The RSA parameters do not form a key.
+    #[error("invalid RSA key: {0}")]
+    Rsa(String),
+    /// The RSA modulus is too small.
+    #[error("RSA modulus is {0} bits; at least 2048 are required")]
+    SmallModulus(usize),
+    /// EC coordinates of the wrong length.
+    #[error("`x` and `y` must each be {0} bytes")]
+    CoordinateLength(usize),
+    /// The point is not on its curve (or not a valid Ed25519 point).
+    #[error("the point is not on {0}")]
+    NotOnCurve(&'static str),
+    /// An Ed25519 key of small order.
+    #[error("`x` is a small-order Ed25519 point")]
+    SmallOrder,
+    /// A curve this build does not verify.
+    #[error("unsupported {kty} curve `{crv}` (supported: {supported})")]
+    Curve {
+        /// `EC` or `OKP`.
+        kty: &'static str,
+        /// The curve named.
+        crv: String,
+        /// What is supported.
+        supported: &'static str,
+    },
+    /// A key type this build does not verify.
+    #[error("unsupported kty `{0}` (supported: oct, RSA, EC, OKP)")]
+    Kty(String),
+    /// The declared `alg` is for another kind of key.
+    #[error("alg {alg} does not fit a {kind} key")]
+    AlgMismatch {
+        /// The declared algorithm.
+        alg: Alg,
+        /// The key's kind.
+        kind: &'static str,
+    },
+}
+
+/// Why a well-formed key is not trusted: identity providers publish such keys beside the ones
+/// an issuer signs with, so they are skipped (and reported by `policy lint`), not refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    /// `use` is not `sig`.
+    #[error("`use` is `{0}`, not `sig`")]
+    NotForSignatures(String),
+    /// `key_ops` lacks `verify`.
+    #[error("`key_ops` does not include `verify`")]
+    NotForVerifying,
+    /// Usable with none of the issuer's algorithms.
+    #[error("{0} key fits none of the issuer's algorithms")]
+    NoAlgorithm(String),
 }
 
 /// What a key lookup found.
@@ -465,7 +573,7 @@ impl KeySet {
 
     /// Keys in the document that are not trusted, with the reason (not for signatures, or
     /// usable with none of the issuer's algorithms).
-    pub fn skipped(&self) -> &[String] {
+    pub fn skipped(&self) -> &[(usize, Skipped)] {
         &self.skipped
     }
 
@@ -503,23 +611,23 @@ impl KeySet {
     /// Parses a JWKS document. `allowed` is the issuer's algorithm allow-list: each key is limited
     /// to the algorithms it supports within that list, and a key left with none is an error
     /// (it could never verify anything, which is almost always a configuration mistake).
-    pub fn from_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, String> {
-        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not a JSON document: {e}"))?;
-        let keys =
-            doc.get("keys").and_then(serde_json::Value::as_array).ok_or("a JWKS is an object with a `keys` array")?;
+    pub fn from_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, KeyError> {
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| KeyError::NotJson(e.to_string()))?;
+        let keys = doc.get("keys").and_then(serde_json::Value::as_array).ok_or(KeyError::NotJwks)?;
         let mut set = KeySet::default();
         for (i, jwk) in keys.iter().enumerate() {
-            let key = match parse_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))? {
+            let at = |error| KeyError::At { index: i, error: Box::new(error) };
+            let key = match parse_jwk(jwk, allowed).map_err(at)? {
                 Ok(key) => key,
                 Err(why) => {
-                    set.skipped.push(format!("keys[{i}]: {why}"));
+                    set.skipped.push((i, why));
                     continue;
                 }
             };
             if let Some(kid) = &key.kid
                 && set.by_kid.insert(kid.clone(), set.keys.len()).is_some()
             {
-                return Err(format!("keys[{i}]: duplicate kid `{kid}`"));
+                return Err(at(KeyError::DuplicateKid(kid.clone())));
             }
             set.keys.push(key);
         }
@@ -527,47 +635,47 @@ impl KeySet {
     }
 }
 
-fn field<'a>(jwk: &'a serde_json::Value, name: &str) -> Result<Option<&'a str>, String> {
+fn field<'a>(jwk: &'a serde_json::Value, name: &'static str) -> Result<Option<&'a str>, KeyError> {
     match jwk.get(name) {
         None => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("`{name}` must be a string")),
+        Some(_) => Err(KeyError::NotString(name)),
     }
 }
 
-fn required<'a>(jwk: &'a serde_json::Value, name: &str) -> Result<&'a str, String> {
-    field(jwk, name)?.ok_or_else(|| format!("`{name}` is required"))
+fn required<'a>(jwk: &'a serde_json::Value, name: &'static str) -> Result<&'a str, KeyError> {
+    field(jwk, name)?.ok_or(KeyError::Missing(name))
 }
 
-fn bytes_of(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
-    b64::URL_SAFE_STRICT.decode(required(jwk, name)?).map_err(|_| format!("`{name}` is not unpadded base64url"))
+fn bytes_of(jwk: &serde_json::Value, name: &'static str) -> Result<Vec<u8>, KeyError> {
+    b64::URL_SAFE_STRICT.decode(required(jwk, name)?).map_err(|_| KeyError::NotBase64(name))
 }
 
 /// Parses one JWK. `Ok(Err(why))` for a well-formed key that is not trusted: not a signature key
 /// (`use: enc`, `key_ops` without `verify`) or usable with none of the issuer's algorithms.
 /// Identity providers publish such keys beside the ones an issuer uses; they are skipped, not
 /// refused. `Err` is a malformed key.
-fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedKey, String>, String> {
+fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedKey, Skipped>, KeyError> {
     if !jwk.is_object() {
-        return Err("a JWK is a JSON object".into());
+        return Err(KeyError::NotObject);
     }
     if let Some(u) = field(jwk, "use")?
         && u != "sig"
     {
-        return Ok(Err(format!("`use` is `{u}`, not `sig`")));
+        return Ok(Err(Skipped::NotForSignatures(u.to_owned())));
     }
     if let Some(ops) = jwk.get("key_ops") {
-        let ops = ops.as_array().ok_or("`key_ops` must be an array")?;
+        let ops = ops.as_array().ok_or(KeyError::KeyOpsNotArray)?;
         if !ops.iter().any(|o| o.as_str() == Some("verify")) {
-            return Ok(Err("`key_ops` does not include `verify`".into()));
+            return Ok(Err(Skipped::NotForVerifying));
         }
     }
-    let kid = field(jwk, "kid")?.map(|k| k.parse::<Kid>().map_err(|e| format!("kid: {e}"))).transpose()?;
+    let kid = field(jwk, "kid")?.map(|k| k.parse::<Kid>().map_err(KeyError::Kid)).transpose()?;
     let kty = required(jwk, "kty")?;
-    let declared = field(jwk, "alg")?.map(|a| a.parse::<Alg>()).transpose()?;
+    let declared = field(jwk, "alg")?.map(|a| a.parse::<Alg>().map_err(KeyError::Alg)).transpose()?;
     for private in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
         if kty != "oct" && jwk.get(private).is_some() {
-            return Err(format!("contains private key member `{private}`; publish only the public key"));
+            return Err(KeyError::PrivateMember(private));
         }
     }
 
@@ -579,10 +687,10 @@ fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedK
                 && a.is_hmac()
                 && !fits(a)
             {
-                return Err(format!("secret is {} bytes; {a} needs at least {}", secret.len(), a.min_hmac_secret()));
+                return Err(KeyError::ShortSecret { len: secret.len(), needs: a.name(), min: a.min_hmac_secret() });
             }
             if !fits(Alg::HS256) {
-                return Err(format!("secret is {} bytes; HMAC keys need at least 32", secret.len()));
+                return Err(KeyError::ShortSecret { len: secret.len(), needs: "HMAC", min: 32 });
             }
             let family: AlgSet = [Alg::HS256, Alg::HS384, Alg::HS512].into_iter().filter(|a| fits(*a)).collect();
             let want = narrow(family, declared, allowed);
@@ -596,10 +704,10 @@ fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedK
         "RSA" => {
             let n = rsa::BigUint::from_bytes_be(&bytes_of(jwk, "n")?);
             let e = rsa::BigUint::from_bytes_be(&bytes_of(jwk, "e")?);
-            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("invalid RSA key: {e}"))?;
+            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| KeyError::Rsa(e.to_string()))?;
             let bits = key.n().bits();
             if bits < 2048 {
-                return Err(format!("RSA modulus is {bits} bits; at least 2048 are required"));
+                return Err(KeyError::SmallModulus(bits));
             }
             let family = [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512].into_iter().collect();
             let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
@@ -612,47 +720,46 @@ fn parse_jwk(jwk: &serde_json::Value, allowed: AlgSet) -> Result<Result<TrustedK
                 "P-256" => {
                     let point = sec1_point(&x, &y, 32)?;
                     let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                        .map_err(|_| "the point is not on P-256".to_string())?;
+                        .map_err(|_| KeyError::NotOnCurve("P-256"))?;
                     ([Alg::ES256].into_iter().collect(), Material::P256(Box::new(EcKey { key, point })))
                 }
                 "P-384" => {
                     let point = sec1_point(&x, &y, 48)?;
                     let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                        .map_err(|_| "the point is not on P-384".to_string())?;
+                        .map_err(|_| KeyError::NotOnCurve("P-384"))?;
                     ([Alg::ES384].into_iter().collect(), Material::P384(Box::new(EcKey { key, point })))
                 }
                 other => {
-                    return Err(format!("unsupported EC curve `{other}` (supported: P-256, P-384)"));
+                    return Err(KeyError::Curve { kty: "EC", crv: other.to_owned(), supported: "P-256, P-384" });
                 }
             }
         }
         "OKP" => {
             let crv = required(jwk, "crv")?;
             if crv != "Ed25519" {
-                return Err(format!("unsupported OKP curve `{crv}` (supported: Ed25519)"));
+                return Err(KeyError::Curve { kty: "OKP", crv: crv.to_owned(), supported: "Ed25519" });
             }
-            let x: [u8; 32] = bytes_of(jwk, "x")?.try_into().map_err(|_| "an Ed25519 `x` is 32 bytes".to_string())?;
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                .map_err(|_| "`x` is not a valid Ed25519 point".to_string())?;
+            let x: [u8; 32] = bytes_of(jwk, "x")?.try_into().map_err(|_| KeyError::CoordinateLength(32))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| KeyError::NotOnCurve("Ed25519"))?;
             if key.is_weak() {
-                return Err("`x` is a small-order Ed25519 point".into());
+                return Err(KeyError::SmallOrder);
             }
             ([Alg::EdDSA].into_iter().collect(), Material::Ed25519(Box::new(key)))
         }
         other => {
-            return Err(format!("unsupported kty `{other}` (supported: oct, RSA, EC, OKP)"));
+            return Err(KeyError::Kty(other.to_owned()));
         }
     };
 
     if let Some(a) = declared
         && !family.contains(a)
     {
-        return Err(format!("alg {a} does not fit a {} key", material.kind()));
+        return Err(KeyError::AlgMismatch { alg: a, kind: material.kind() });
     }
     let algs = narrow(family, declared, allowed);
     if algs.is_empty() {
         let what = declared.map_or_else(|| material.kind().to_string(), |a| a.to_string());
-        return Ok(Err(format!("{what} key fits none of the issuer's algorithms")));
+        return Ok(Err(Skipped::NoAlgorithm(what)));
     }
     Ok(Ok(TrustedKey { kid, algs, material }))
 }
@@ -665,16 +772,21 @@ fn narrow(family: AlgSet, declared: Option<Alg>, allowed: AlgSet) -> AlgSet {
     s
 }
 
-fn keyed<M: Mac + hmac::digest::KeyInit>(wanted: bool, secret: &[u8]) -> Result<Option<M>, String> {
+fn keyed<M: Mac + hmac::digest::KeyInit>(wanted: bool, secret: &[u8]) -> Result<Option<M>, KeyError> {
     if !wanted {
         return Ok(None);
     }
-    <M as hmac::digest::KeyInit>::new_from_slice(secret).map(Some).map_err(|_| "unusable HMAC secret".to_string())
+    // HMAC takes keys of any length; this cannot fail for the lengths checked above.
+    <M as hmac::digest::KeyInit>::new_from_slice(secret).map(Some).map_err(|_| KeyError::ShortSecret {
+        len: secret.len(),
+        needs: "HMAC",
+        min: 32,
+    })
 }
 
-fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
+fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, KeyError> {
     if x.len() != len || y.len() != len {
-        return Err(format!("`x` and `y` must each be {len} bytes"));
+        return Err(KeyError::CoordinateLength(len));
     }
     let mut p = Vec::with_capacity(1 + 2 * len);
     p.push(0x04);
@@ -684,11 +796,12 @@ fn sec1_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
 }
 
 /// Builds a key set holding one HMAC secret (service tokens use this path too).
-pub(crate) fn hmac_sha256(secret: &[u8]) -> Result<Hmac<Sha256>, String> {
+pub(crate) fn hmac_sha256(secret: &[u8]) -> Result<Hmac<Sha256>, KeyError> {
+    let short = KeyError::ShortSecret { len: secret.len(), needs: "HMAC-SHA256", min: 32 };
     if secret.len() < 32 {
-        return Err(format!("secret is {} bytes; at least 32 are required", secret.len()));
+        return Err(short);
     }
-    <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| "unusable HMAC secret".into())
+    <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| short)
 }
 
 #[cfg(test)]
@@ -768,7 +881,8 @@ mod tests {
     #[test]
     fn short_hmac_secrets_are_rejected() {
         let e = parse_jwk(&oct(&[7; 31]), all()).unwrap_err();
-        assert!(e.contains("at least 32"), "{e}");
+        assert_eq!(e, KeyError::ShortSecret { len: 31, needs: "HMAC", min: 32 });
+        assert_eq!(e.to_string(), "secret is 31 bytes; HMAC needs at least 32");
     }
 
     #[test]
@@ -778,41 +892,44 @@ mod tests {
         assert!(!k.algs().contains(Alg::HS384));
         let mut declared = oct(&[7; 40]);
         declared["alg"] = "HS512".into();
-        assert!(parse_jwk(&declared, all()).unwrap_err().contains("HS512 needs at least 64"));
+        assert_eq!(
+            parse_jwk(&declared, all()).unwrap_err(),
+            KeyError::ShortSecret { len: 40, needs: "HS512", min: 64 }
+        );
     }
 
     #[test]
     fn declared_alg_must_fit_the_key_type() {
         let mut k = oct(&[7; 32]);
         k["alg"] = "RS256".into();
-        assert!(parse_jwk(&k, all()).unwrap_err().contains("does not fit"));
+        assert_eq!(parse_jwk(&k, all()).unwrap_err(), KeyError::AlgMismatch { alg: Alg::RS256, kind: "oct" });
     }
 
     #[test]
     fn keys_outside_the_issuer_allow_list_are_skipped_with_a_reason() {
         let only_rs: AlgSet = [Alg::RS256].into_iter().collect();
         let skipped = parse_jwk(&oct(&[7; 32]), only_rs).unwrap().unwrap_err();
-        assert!(skipped.contains("none of the issuer's algorithms"), "{skipped}");
+        assert_eq!(skipped.to_string(), "oct key fits none of the issuer's algorithms");
         let doc = serde_json::json!({"keys":[{"kty":"oct","kid":"h","k": b64::URL_SAFE_STRICT.encode([7u8; 32])}]});
         let set = KeySet::from_jwks(doc.to_string().as_bytes(), only_rs).unwrap();
         assert!(set.is_empty());
-        assert_eq!(set.skipped().len(), 1);
+        assert_eq!(set.skipped(), [(0, skipped)]);
     }
 
     #[test]
     fn private_members_in_public_key_sets_are_rejected() {
         let k = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"});
-        assert!(parse_jwk(&k, all()).unwrap_err().contains("private key member `d`"));
+        assert_eq!(parse_jwk(&k, all()).unwrap_err(), KeyError::PrivateMember("d"));
     }
 
     #[test]
     fn encryption_keys_are_skipped_not_trusted() {
         let mut k = oct(&[7; 32]);
         k["use"] = "enc".into();
-        assert!(parse_jwk(&k, all()).unwrap().is_err());
+        assert_eq!(parse_jwk(&k, all()).unwrap().unwrap_err(), Skipped::NotForSignatures("enc".into()));
         let mut k = oct(&[7; 32]);
         k["key_ops"] = serde_json::json!(["encrypt"]);
-        assert!(parse_jwk(&k, all()).unwrap().is_err());
+        assert_eq!(parse_jwk(&k, all()).unwrap().unwrap_err(), Skipped::NotForVerifying);
     }
 
     #[test]
@@ -820,20 +937,20 @@ mod tests {
         // A 1024-bit modulus (all ones is not prime-derived, but size is checked first).
         let n = b64::URL_SAFE_STRICT.encode([0xff_u8; 128]);
         let k = serde_json::json!({"kty":"RSA","n": n, "e":"AQAB"});
-        assert!(parse_jwk(&k, all()).unwrap_err().contains("1024 bits"));
+        assert_eq!(parse_jwk(&k, all()).unwrap_err(), KeyError::SmallModulus(1024));
     }
 
     #[test]
     fn ec_points_off_the_curve_are_rejected() {
         let z = b64::URL_SAFE_STRICT.encode([1u8; 32]);
         let k = serde_json::json!({"kty":"EC","crv":"P-256","x": z, "y": z});
-        assert!(parse_jwk(&k, all()).unwrap_err().contains("not on P-256"));
+        assert_eq!(parse_jwk(&k, all()).unwrap_err(), KeyError::NotOnCurve("P-256"));
     }
 
     #[test]
     fn padded_or_standard_base64_in_a_jwk_is_rejected() {
         let k = serde_json::json!({"kty":"oct","k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="});
-        assert!(parse_jwk(&k, all()).unwrap_err().contains("base64url"));
+        assert_eq!(parse_jwk(&k, all()).unwrap_err(), KeyError::NotBase64("k"));
     }
 
     #[test]
@@ -841,7 +958,7 @@ mod tests {
         let k = b64::URL_SAFE_STRICT.encode([7u8; 32]);
         let doc = serde_json::json!({"keys":[{"kty":"oct","kid":"a","k":k},{"kty":"oct","kid":"a","k":k}]});
         let e = KeySet::from_jwks(doc.to_string().as_bytes(), all()).unwrap_err();
-        assert!(e.contains("duplicate kid"), "{e}");
+        assert_eq!(e.to_string(), "keys[1]: duplicate kid `a`");
     }
 
     #[test]

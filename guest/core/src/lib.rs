@@ -80,11 +80,12 @@ pub use revocation::{
     NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations, subject_revoked,
 };
 pub use time::UnixTime;
+pub use types::ValueError;
 
 // Signatures a host verifies for the guest (the WIT `signatures` import).
 #[cfg(not(target_arch = "wasm32"))]
 pub use keys::verify_natively;
-pub use keys::{Alg, PublicKeyRef, SignatureCheck, SignatureVerdict};
+pub use keys::{Alg, KeyError, PublicKeyRef, SignatureCheck, SignatureVerdict};
 
 // Tooling: explanations, the order of a JWT's checks, the policy format itself.
 pub use credential::jwt::CHECKS as JWT_CHECKS;

@@ -206,8 +206,8 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     let e = policy.engine();
     for (i, (iss, d)) in policy.credentials.issuers.iter().zip(&doc.issuers).enumerate() {
         let field = if d.jwks_file.is_some() { "jwks_file" } else { "jwks" };
-        for why in iss.keys.skipped() {
-            out.warn("unusable_key", format!("issuers[{i}].{field}"), format!("{why}; the key is ignored"));
+        for (k, why) in iss.keys.skipped() {
+            out.warn("unusable_key", format!("issuers[{i}].{field}"), format!("keys[{k}]: {why}; the key is ignored"));
         }
     }
     // Roles nothing refers to.

@@ -15,13 +15,13 @@ impl UnixTime {
     }
 
     /// Parses either integer seconds or an RFC 3339 timestamp (`2027-01-01T00:00:00Z`).
-    pub fn parse(s: &str) -> Result<UnixTime, String> {
+    pub fn parse(s: &str) -> Result<UnixTime, crate::types::ValueError> {
         if let Ok(n) = s.parse::<i64>() {
             return Ok(UnixTime(n));
         }
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(|t| UnixTime(t.unix_timestamp()))
-            .map_err(|_| format!("`{s}` is neither Unix seconds nor an RFC 3339 timestamp"))
+            .map_err(|_| crate::types::ValueError::Time(s.to_owned()))
     }
 }
 

@@ -27,16 +27,16 @@ macro_rules! validated_str {
         }
 
         impl FromStr for $name {
-            type Err = String;
+            type Err = ValueError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                let check: fn(&str) -> Result<(), String> = $check;
+                let check: fn(&str) -> Result<(), ValueError> = $check;
                 check(s)?;
                 Ok($name(Arc::from(s)))
             }
         }
 
         impl TryFrom<String> for $name {
-            type Error = String;
+            type Error = ValueError;
             fn try_from(s: String) -> Result<Self, Self::Error> {
                 s.parse()
             }
@@ -81,15 +81,57 @@ macro_rules! validated_str {
     };
 }
 
-fn bounded(s: &str, what: &str, max: usize) -> Result<(), String> {
+/// Why a value in a policy was refused. Messages name the kind of value; they quote it only
+/// where it is never secret (scopes, prefixes, times, algorithm names).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// Empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// Too long.
+    #[error("{what} is longer than {max} bytes")]
+    TooLong {
+        /// The kind of value.
+        what: &'static str,
+        /// The most allowed.
+        max: usize,
+    },
+    /// A control character.
+    #[error("{0} contains a control character")]
+    Control(&'static str),
+    /// A tenant with characters outside visible ASCII.
+    #[error("tenant must be visible ASCII")]
+    TenantChars,
+    /// A scope with characters RFC 6749 does not allow.
+    #[error("scope `{0}` has characters RFC 6749 does not allow")]
+    ScopeChars(String),
+    /// A `*` in a concrete scope.
+    #[error("scope `{0}` contains `*`; wildcards are only valid in grants and patterns")]
+    ScopeWildcard(String),
+    /// A malformed scope wildcard.
+    #[error("scope pattern `{0}`: a wildcard is `*` alone or a trailing `:*`, as in `admin:*`")]
+    ScopePattern(String),
+    /// A malformed API key prefix.
+    #[error("API key prefix `{0}` must be 2 to 16 characters of [A-Za-z0-9_-]")]
+    ApiKeyPrefix(String),
+    /// Neither Unix seconds nor RFC 3339.
+    #[error("`{0}` is neither Unix seconds nor an RFC 3339 timestamp")]
+    Time(String),
+    /// An algorithm this build does not verify.
+    #[error("unsupported algorithm `{0}` (supported: {supported})", supported = crate::keys::Alg::ALL.map(crate::keys::Alg::name).join(", "))]
+    Algorithm(String),
+}
+
+fn bounded(s: &str, what: &'static str, max: usize) -> Result<(), ValueError> {
     if s.is_empty() {
-        return Err(format!("{what} must not be empty"));
+        return Err(ValueError::Empty(what));
     }
     if s.len() > max {
-        return Err(format!("{what} is longer than {max} bytes"));
+        return Err(ValueError::TooLong { what, max });
     }
     if s.chars().any(char::is_control) {
-        return Err(format!("{what} contains a control character"));
+        return Err(ValueError::Control(what));
     }
     Ok(())
 }
@@ -116,7 +158,7 @@ validated_str!(
     pub(crate) TenantId,
     |s| {
         bounded(s, "tenant", 128)?;
-        if s.bytes().all(|b| b.is_ascii_graphic()) { Ok(()) } else { Err("tenant must be visible ASCII".into()) }
+        if s.bytes().all(|b| b.is_ascii_graphic()) { Ok(()) } else { Err(ValueError::TenantChars) }
     }
 );
 
@@ -126,10 +168,10 @@ validated_str!(
     |s| {
         bounded(s, "scope", 256)?;
         if !scope_chars(s) {
-            return Err(format!("scope `{s}` has characters RFC 6749 does not allow"));
+            return Err(ValueError::ScopeChars(s.to_owned()));
         }
         if s.contains('*') {
-            return Err(format!("scope `{s}` contains `*`; wildcards are only valid in grants and patterns"));
+            return Err(ValueError::ScopeWildcard(s.to_owned()));
         }
         Ok(())
     }
@@ -142,7 +184,7 @@ validated_str!(
         if (2..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             Ok(())
         } else {
-            Err(format!("API key prefix `{s}` must be 2 to 16 characters of [A-Za-z0-9_-]"))
+            Err(ValueError::ApiKeyPrefix(s.to_owned()))
         }
     }
 );
@@ -190,16 +232,14 @@ impl ScopePattern {
 }
 
 impl FromStr for ScopePattern {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "*" {
             return Ok(ScopePattern::Any);
         }
         if let Some(prefix) = s.strip_suffix('*') {
             if !prefix.ends_with(':') || prefix.len() < 2 || prefix.contains('*') || !scope_chars(prefix) {
-                return Err(format!(
-                    "scope pattern `{s}`: a wildcard is `*` alone or a trailing `:*`, as in `admin:*`"
-                ));
+                return Err(ValueError::ScopePattern(s.to_owned()));
             }
             return Ok(ScopePattern::Prefix(Arc::from(prefix)));
         }

@@ -35,7 +35,7 @@ impl std::fmt::Debug for ServiceKey {
 
 impl ServiceKey {
     /// Builds a key; secrets shorter than 32 bytes are refused.
-    pub fn new(id: Arc<str>, secret: &[u8]) -> Result<ServiceKey, String> {
+    pub fn new(id: Arc<str>, secret: &[u8]) -> Result<ServiceKey, crate::keys::KeyError> {
         Ok(ServiceKey { id, mac: crate::keys::hmac_sha256(secret)? })
     }
 }

@@ -26,11 +26,11 @@ use crate::types::{ApiKeyPrefix, Issuer, ScopePattern, TenantId};
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
-fn invalid<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T> {
+fn invalid<T>(path: impl Into<String>, message: impl std::fmt::Display) -> Result<T> {
     Err(PolicyError::invalid(path, message))
 }
 
-fn parse<T: FromStr<Err = String>>(path: &str, s: &str) -> Result<T> {
+fn parse<T: FromStr<Err: std::fmt::Display>>(path: &str, s: &str) -> Result<T> {
     s.parse().map_err(|e| PolicyError::invalid(path, e))
 }
 
@@ -159,7 +159,7 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
             KeySet::from_jwks(&bytes, algorithms).map_err(|message| PolicyError::File {
                 path: p,
                 file: file.clone(),
-                message,
+                message: message.to_string(),
             })?
         }
         (None, Some(inline)) => KeySet::from_jwks(inline.to_string().as_bytes(), algorithms)
@@ -167,7 +167,14 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         _ => return invalid(path, "exactly one of `jwks_file` and `jwks` is required"),
     };
     if keys.is_empty() {
-        let why = if keys.skipped().is_empty() { String::new() } else { format!(" ({})", keys.skipped().join("; ")) };
+        let why = if keys.skipped().is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                keys.skipped().iter().map(|(k, why)| format!("keys[{k}]: {why}")).collect::<Vec<_>>().join("; ")
+            )
+        };
         return invalid(path, format!("the key set has no key usable with the issuer's algorithms{why}"));
     }
     if d.leeway_seconds > 86_400 {

@@ -21,11 +21,11 @@ use crate::types::{Scope, ScopePattern};
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
-fn invalid<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T> {
+fn invalid<T>(path: impl Into<String>, message: impl std::fmt::Display) -> Result<T> {
     Err(PolicyError::invalid(path, message))
 }
 
-fn parse<T: FromStr<Err = String>>(path: &str, s: &str) -> Result<T> {
+fn parse<T: FromStr<Err: std::fmt::Display>>(path: &str, s: &str) -> Result<T> {
     s.parse().map_err(|e| PolicyError::invalid(path, e))
 }
 

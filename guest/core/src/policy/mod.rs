@@ -62,8 +62,8 @@ impl PolicyError {
         }
     }
 
-    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
-        PolicyError::Invalid { path: path.into(), message: message.into() }
+    pub(crate) fn invalid(path: impl Into<String>, message: impl std::fmt::Display) -> PolicyError {
+        PolicyError::Invalid { path: path.into(), message: message.to_string() }
     }
 }
 
