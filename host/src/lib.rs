@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cli;
 pub mod compile_cache;
+pub mod error;
 pub mod files;
 pub mod policy_files;
 pub mod preinit;

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use portcullis_adapter::bundle::{Bundle, BundleError};
-use portcullis_core::{Policy, PolicyError};
+use portcullis_adapter::bundle::Bundle;
+use portcullis_core::Policy;
 
 /// Largest referenced file read (keys, secrets, API key lists).
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -28,37 +28,11 @@ impl std::ops::Deref for PolicyBundle {
     }
 }
 
-/// A load failure with the stable code to report.
-#[derive(Debug)]
-pub struct LoadError {
-    /// `policy_syntax`, `policy_invalid`, `policy_file` or `policy_io`.
-    pub code: &'static str,
-    /// The full message (never contains secret values).
-    pub error: anyhow::Error,
-}
-
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.error)
-    }
-}
-
-impl std::error::Error for LoadError {}
-
-impl From<PolicyError> for LoadError {
-    fn from(e: PolicyError) -> Self {
-        LoadError { code: e.code(), error: e.into() }
-    }
-}
-
-impl From<BundleError> for LoadError {
-    fn from(e: BundleError) -> Self {
-        LoadError { code: e.code(), error: e.into() }
-    }
-}
+/// A load failure: `policy_syntax`, `policy_invalid`, `policy_file` or `policy_io`.
+pub type LoadError = crate::error::Error;
 
 fn io(error: anyhow::Error) -> LoadError {
-    LoadError { code: "policy_io", error }
+    LoadError::new("policy_io", error)
 }
 
 /// Reads a policy or a file it references: regular files only, at most [`MAX_FILE_BYTES`].

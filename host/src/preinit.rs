@@ -46,7 +46,8 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
         .call_install(&mut store, &bundle.text, &files)
         .context("install trapped")?;
     if let Err(e) = installed {
-        bail!("the policy did not load: [{}] {}", e.code, e.message);
+        let e = crate::runtime::load_error(&e);
+        bail!("the policy did not load: [{}] {e}", e.code());
     }
 
     let mut access = Access { store: &mut store, instance, error: None };

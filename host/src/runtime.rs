@@ -41,6 +41,7 @@ mod bindings {
 use bindings::Authz;
 use bindings::portcullis::authz::revocations as rv;
 use bindings::portcullis::authz::signatures as sg;
+use bindings::portcullis::authz::types as wit_types;
 pub use bindings::portcullis::authz::types as wit;
 
 /// The component every host binary carries (built by `build.rs` from `guest/component`).
@@ -99,17 +100,22 @@ pub enum Fault {
 /// Why a worker could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// The guest refused the policy.
-    #[error("{message}")]
-    Policy {
-        /// Stable code from the guest (`policy_invalid`, ...).
-        code: String,
-        /// Message with the path into the policy.
-        message: String,
-    },
+    /// The guest refused the policy (its code crosses the WIT as an enum).
+    #[error(transparent)]
+    Policy(crate::error::Error),
     /// Instantiation or a call failed.
     #[error(transparent)]
     Fault(#[from] Fault),
+}
+
+/// A guest's load error as the host's error: the WIT enum names the code.
+pub(crate) fn load_error(e: &wit_types::LoadError) -> crate::error::Error {
+    let code = match e.code {
+        wit_types::LoadErrorCode::PolicySyntax => "policy_syntax",
+        wit_types::LoadErrorCode::PolicyInvalid => "policy_invalid",
+        wit_types::LoadErrorCode::PolicyFile => "policy_file",
+    };
+    crate::error::Error::msg(code, &e.message)
 }
 
 /// How a host answers its guest's signature checks: [`native_signatures`] in the sidecar, or
@@ -372,7 +378,7 @@ impl Runtime {
             .portcullis_authz_authorizer()
             .call_load(&mut store, &bundle.text, &files)
             .map_err(|e| Fault::Trap(e.into()))?;
-        let policy = loaded.map_err(|e| WorkerError::Policy { code: e.code, message: e.message })?;
+        let policy = loaded.map_err(|e| WorkerError::Policy(load_error(&e)))?;
         Ok(Worker { store, decide, policy, ticks: self.deadline_ticks(), request: RequestBuffer::default() })
     }
 

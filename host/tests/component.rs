@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
+use portcullis_adapter::testkit::{Case, Decider, Outcome, parse_corpus, run};
 use portcullis_core::SignatureVerdict;
-use portcullis_core::testkit::{Case, Decider, Outcome, parse_corpus, run};
 use portcullis_core::{NoRevocations, Reason, RevocationQuery, RevocationSet, RevocationStatus, Revocations};
 use portcullis_host::policy_files::PolicyBundle;
 use portcullis_host::runtime::{HostSignatures, Runtime, RuntimeConfig, WorkerError};
@@ -137,8 +137,9 @@ fn policy_errors_from_the_guest_match_the_native_loader() {
     b.bundle.text = b.text.replace("roles: [admin]", "roles: [adminn]");
     let native = b.compile().unwrap_err();
     match RUNTIME.worker(&b, Arc::new(NoRevocations)) {
-        Err(WorkerError::Policy { code, message }) => {
-            assert_eq!(code, native.code);
+        Err(WorkerError::Policy(e)) => {
+            let message = e.to_string();
+            assert_eq!(e.code(), native.code());
             assert!(native.to_string().contains(&message), "native: {native}; guest: {message}");
             assert!(message.contains("routes[4].roles[0]"), "{message}");
         }

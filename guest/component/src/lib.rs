@@ -120,7 +120,13 @@ impl FileSource for Files {
 }
 
 fn load_error(e: &PolicyError) -> t::LoadError {
-    t::LoadError { code: e.code().into(), message: e.to_string() }
+    let code = match e {
+        PolicyError::Syntax(_) => t::LoadErrorCode::PolicySyntax,
+        PolicyError::File { .. } => t::LoadErrorCode::PolicyFile,
+        // `Invalid`, and any kind a later core adds: a value in the policy is wrong.
+        _ => t::LoadErrorCode::PolicyInvalid,
+    };
+    t::LoadError { code, message: e.to_string() }
 }
 
 fn decide(policy: &CorePolicy, req: &t::Request, with_audit: bool) -> t::Decision {

@@ -549,27 +549,18 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 /// A failure with its stable code, printed as `error[code]: message`.
-struct Failure {
-    code: &'static str,
-    error: anyhow::Error,
-}
-
-impl From<policy_files::LoadError> for Failure {
-    fn from(e: policy_files::LoadError) -> Self {
-        Failure { code: e.code, error: e.error }
-    }
-}
+pub(crate) type Failure = crate::error::Error;
 
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     out.write_fmt(args)
         .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) })
         .and_then(|()| out.flush())
-        .map_err(|e| Failure { code: "io", error: anyhow::anyhow!("cannot write to standard output: {e}") })
+        .map_err(|e| Failure::msg("io", format!("cannot write to standard output: {e}")))
 }
 
 fn usage(error: anyhow::Error) -> Failure {
-    Failure { code: "usage", error }
+    Failure::new("usage", error)
 }
 
 /// Runs the command line and returns the exit code.
@@ -579,7 +570,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error[{}]: {:#}", f.code, f.error);
+            let _ = writeln!(stderr, "error[{}]: {f}", f.code());
             ExitCode::from(2)
         }
     }
@@ -628,12 +619,12 @@ fn component(args: &ComponentArgs) -> Result<ExitCode, Failure> {
             let bundle = policy_files::PolicyBundle::read(policy)?;
             // The native loader names the failure with its stable code; the guest loads the same way.
             bundle.compile()?;
-            crate::preinit::preinitialize(&bundle).map_err(|error| Failure { code: "runtime", error })?
+            crate::preinit::preinitialize(&bundle).map_err(|error| Failure::new("runtime", error))?
         }
     };
     std::fs::write(&args.output, &wasm)
         .with_context(|| format!("cannot write {}", args.output.display()))
-        .map_err(|error| Failure { code: "io", error })?;
+        .map_err(|error| Failure::new("io", error))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -644,23 +635,12 @@ fn component_worker(
     use crate::runtime::{Runtime, RuntimeConfig, WorkerError};
     // One worker: two slots are plenty, and keep the address space small.
     let config = RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() };
-    let runtime = Runtime::embedded(config).map_err(|error| Failure { code: "runtime", error })?;
+    let runtime = Runtime::embedded(config).map_err(|error| Failure::new("runtime", error))?;
     let worker = runtime.worker(bundle, std::sync::Arc::new(portcullis_core::NoRevocations)).map_err(|e| match e {
-        WorkerError::Policy { code, message } => {
-            Failure { code: code_str(&code), error: anyhow::anyhow!("{message} (in {})", bundle.path.display()) }
-        }
-        WorkerError::Fault(f) => Failure { code: "runtime", error: f.into() },
+        WorkerError::Policy(e) => Failure::msg(e.code(), format!("{e} (in {})", bundle.path.display())),
+        WorkerError::Fault(f) => f.into(),
     })?;
     Ok((runtime, worker))
-}
-
-/// The guest reports the same stable codes the native loader does.
-fn code_str(code: &str) -> &'static str {
-    match code {
-        "policy_syntax" => "policy_syntax",
-        "policy_file" => "policy_file",
-        _ => "policy_invalid",
-    }
 }
 
 fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Failure> {
@@ -677,7 +657,7 @@ fn check_with(decider: &mut dyn Decider, args: CheckArgs) -> Result<ExitCode, Fa
         let out = std::io::BufWriter::new(std::io::stdout().lock());
         let stats = check::batch(decider, input, out, clock)
             .context("batch I/O failed")
-            .map_err(|error| Failure { code: "io", error })?;
+            .map_err(|error| Failure::new("io", error))?;
         return Ok(if stats.invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
 
@@ -740,10 +720,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         .worker_threads(workers)
         .enable_all()
         .build()
-        .map_err(|e| Failure { code: "runtime", error: e.into() })?;
+        .map_err(|e| Failure::new("runtime", e))?;
     rt.block_on(async move {
-        let sidecar = crate::serve::Sidecar::build(config).await.map_err(|error| Failure { code: "startup", error })?;
-        let handle = sidecar.serve().map_err(|error| Failure { code: "startup", error })?;
+        let sidecar = crate::serve::Sidecar::build(config).await.map_err(|error| Failure::new("startup", error))?;
+        let handle = sidecar.serve().map_err(|error| Failure::new("startup", error))?;
         wait_for_stop_signal().await;
         tracing::info!("stop signal: draining");
         handle.shutdown().await;
@@ -804,7 +784,7 @@ async fn wait_for_stop_signal() {
 fn lint(file: &std::path::Path, production: bool, format: Format) -> Result<ExitCode, Failure> {
     let text = policy_files::read_limited(file)
         .and_then(|b| String::from_utf8(b).map_err(|_| anyhow::anyhow!("{} is not UTF-8", file.display())))
-        .map_err(|error| Failure { code: "policy_io", error })?;
+        .map_err(|error| Failure::new("policy_io", error))?;
     let files = policy_files::DirFiles(policy_files::policy_dir(file));
     let findings = portcullis_core::lint::lint(&text, &files, production);
     let errors = findings.iter().filter(|f| f.severity == portcullis_core::lint::Severity::Error).count();
@@ -840,7 +820,7 @@ fn explain(
                     .map_err(usage)?,
                 None => json,
             };
-            serde_json::from_str::<portcullis_core::RequestSpec>(&text)
+            serde_json::from_str::<portcullis_adapter::request::RequestSpec>(&text)
                 .context("--request is not a valid request object")
                 .map_err(usage)?
                 .to_owned_request(now)

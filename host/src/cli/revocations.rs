@@ -32,7 +32,7 @@ impl StoreArgs {
 }
 
 fn store_failure(e: &StoreError) -> Failure {
-    Failure { code: e.code(), error: anyhow::anyhow!("{e}") }
+    Failure::msg(e.code(), e)
 }
 
 fn parse_kind(s: &str) -> Result<RevocationKind, String> {
@@ -129,10 +129,7 @@ pub enum RevocationsCommand {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure { code: "runtime", error: e.into() })
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure::new("runtime", e))
 }
 
 /// Runs `db migrate`.
@@ -162,10 +159,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
     if args.kind == RevocationKind::Subject {
         r.issued_before = Some(args.issued_before.unwrap_or(now));
     } else if args.issued_before.is_some() {
-        return Err(Failure {
-            code: "revocation_invalid",
-            error: anyhow::anyhow!("--issued-before applies to subject revocations only"),
-        });
+        return Err(Failure::msg("revocation_invalid", "--issued-before applies to subject revocations only"));
     }
     r.tenant = args.tenant;
     r.reason = args.reason;

@@ -16,7 +16,7 @@ use portcullis_core::{Decision, OwnedRequest, Reason};
 
 use super::audit::AuditSink;
 use super::metrics::{DecisionLabels, FaultLabels, Metrics};
-use crate::policy_files::{LoadError, PolicyBundle};
+use crate::policy_files::PolicyBundle;
 use crate::runtime::{Fault, Runtime, RuntimeConfig, SharedRevocations, Worker, WorkerError};
 
 /// How instances are used.
@@ -95,26 +95,8 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
-/// A policy that could not become a generation.
-#[derive(Debug)]
-pub struct Rejected {
-    /// Stable code (`policy_invalid`, ..., or `runtime`).
-    pub code: String,
-    /// Message (never a secret).
-    pub message: String,
-}
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] {}", self.code, self.message)
-    }
-}
-
-impl From<LoadError> for Rejected {
-    fn from(e: LoadError) -> Self {
-        Rejected { code: e.code.into(), message: e.to_string() }
-    }
-}
+/// A policy that could not become a generation (its code is a load code or `runtime`).
+pub type Rejected = crate::error::Error;
 
 impl Authorizer {
     /// Compiles the component and loads the first generation. Fails if the policy does not load.
@@ -127,8 +109,8 @@ impl Authorizer {
         clock: Clock,
     ) -> anyhow::Result<Authorizer> {
         let runtime = Runtime::embedded(settings.runtime.clone())?;
-        let first =
-            build(&runtime, &settings, &revocations, Arc::new(bundle), 1).map_err(|r| anyhow::anyhow!("{r}"))?;
+        let first = build(&runtime, &settings, &revocations, Arc::new(bundle), 1)
+            .map_err(|r| anyhow::anyhow!("[{}] {r}", r.code()))?;
         metrics.policy_generation.set(1);
         metrics.policy_loaded_at.set(crate::unix_now());
         Ok(Authorizer {
@@ -314,19 +296,14 @@ fn build(
         Isolation::Warm => {
             let mut workers = Vec::with_capacity(settings.workers);
             for _ in 0..settings.workers.max(1) {
-                let w = runtime.worker(&bundle, Arc::clone(revocations)).map_err(|e| match e {
-                    WorkerError::Policy { code, message } => Rejected { code, message },
-                    WorkerError::Fault(f) => Rejected { code: "runtime".into(), message: f.to_string() },
-                })?;
+                let w = runtime.worker(&bundle, Arc::clone(revocations))?;
                 workers.push(w);
             }
             Mode::Warm { pool: Mutex::new(workers) }
         }
         Isolation::Fresh => {
-            let snapshot = crate::preinit::preinitialize(&bundle)
-                .map_err(|e| Rejected { code: "runtime".into(), message: format!("{e:#}") })?;
-            let runtime = Runtime::new(&snapshot, settings.runtime.clone())
-                .map_err(|e| Rejected { code: "runtime".into(), message: format!("{e:#}") })?;
+            let snapshot = crate::preinit::preinitialize(&bundle).map_err(|e| Rejected::new("runtime", e))?;
+            let runtime = Runtime::new(&snapshot, settings.runtime.clone()).map_err(|e| Rejected::new("runtime", e))?;
             Mode::Fresh { runtime: Box::new(runtime) }
         }
     };

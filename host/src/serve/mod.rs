@@ -145,7 +145,7 @@ impl Sidecar {
     pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
         // First, so a SIGHUP during a slow start reloads rather than terminates.
         let hangups = reload::hangups();
-        let bundle = PolicyBundle::read(&config.policy).map_err(|e| anyhow::anyhow!("[{}] {e}", e.code))?;
+        let bundle = PolicyBundle::read(&config.policy).map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
         let mut metrics = metrics::Metrics::new();
         if let Some(r) = &config.revocation {
             r.live.metrics.register(metrics.registry_mut());

@@ -86,7 +86,7 @@ pub async fn watch_policy(
             Ok(Ok(Err(e))) => {
                 let msg = e.to_string();
                 if forced || last_read_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(code = e.code, error = %msg, "policy not reloaded; the current one stays in force");
+                    tracing::warn!(code = e.code(), error = %msg, "policy not reloaded; the current one stays in force");
                     authz.metrics().reload_failures.inc();
                     last_read_error = Some(msg);
                 }
@@ -114,8 +114,8 @@ pub async fn watch_policy(
             }
             Ok(Err(rejected)) => {
                 tracing::error!(
-                    code = rejected.code,
-                    error = %rejected.message,
+                    code = rejected.code(),
+                    error = %rejected,
                     generation = current.id,
                     "policy reload rejected; the current generation stays in force"
                 );
