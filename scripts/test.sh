@@ -75,7 +75,7 @@ done
 elapsed
 
 if [ -z "${SKIP_WASM_NODE:-}" ]; then
-  step "core tests on wasm32-unknown-unknown under Node (wasm-bindgen-test)"
+  step "core and adapter tests (the decision corpus) on wasm32-unknown-unknown under Node (wasm-bindgen-test)"
   command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
   want=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/"/,"",$3); print $3}' Cargo.lock)
   have=$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)
@@ -85,7 +85,7 @@ if [ -z "${SKIP_WASM_NODE:-}" ]; then
       --bin wasm-bindgen-test-runner --debug --root "$TOOLS" --quiet
   fi
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-    cargo test -p portcullis-core --target wasm32-unknown-unknown --locked
+    cargo test -p portcullis-core -p portcullis-adapter --target wasm32-unknown-unknown --locked
   elapsed
 fi
 

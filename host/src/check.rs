@@ -2,8 +2,9 @@
 
 use std::io::{BufRead, Write};
 
+use portcullis_adapter::request::RequestSpec;
 use portcullis_core::Labeled;
-use portcullis_core::{Decision, NoRevocations, OwnedRequest, Policy, RequestSpec};
+use portcullis_core::{Decision, NoRevocations, OwnedRequest, Policy};
 
 /// Something that decides requests: the native core here, the component in the sidecar.
 pub trait Decider {

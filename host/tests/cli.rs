@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use portcullis_core::testkit::{check, parse_corpus};
+use portcullis_adapter::testkit::{Case, Decider, Outcome, parse_corpus, run};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -109,35 +109,58 @@ fn help_is_complete_for_every_command() {
     }
 }
 
-/// The whole corpus through `--batch`: the CLI is one more runtime that must agree.
+/// `portcullis check --batch` as a corpus runtime: one process per corpus, one line per case.
+struct BatchCli {
+    policy: String,
+}
+
+impl Decider for BatchCli {
+    fn load(&mut self, policy: &str) -> Result<(), String> {
+        policy.clone_into(&mut self.policy);
+        Ok(())
+    }
+
+    fn decide(&mut self, case: &Case) -> Result<Outcome, String> {
+        self.decide_all(std::slice::from_ref(case)).pop().unwrap_or(Err("no output".into()))
+    }
+
+    fn decide_all(&mut self, cases: &[Case]) -> Vec<Result<Outcome, String>> {
+        let input: String = cases
+            .iter()
+            .map(|c| {
+                let mut spec = c.spec.clone();
+                spec["id"] = c.id.clone().into();
+                format!("{spec}\n")
+            })
+            .collect();
+        let out = portcullis(&["check", "--policy", &self.policy, "--batch", "-"], Some(&input));
+        if out.status.code() != Some(0) {
+            let e = format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+            return cases.iter().map(|_| Err(e.clone())).collect();
+        }
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        cases
+            .iter()
+            .zip(lines)
+            .map(|(c, got)| {
+                if got["id"] == c.id.as_str() {
+                    Ok(Outcome::Decided(got))
+                } else {
+                    Err(format!("out of order: got {}", got["id"]))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every corpus through `--batch`: the CLI is one more runtime that must agree.
 #[test]
-fn the_corpus_through_batch_mode_decides_as_expected() {
-    let corpus = std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap();
-    let cases = parse_corpus(&corpus).unwrap();
-    let input: String = cases
-        .iter()
-        .map(|c| {
-            let mut spec = c.spec.clone();
-            spec["id"] = c.id.clone().into();
-            format!("{spec}\n")
-        })
-        .collect();
-    let out = portcullis(&["check", "--policy", "policies/example.yaml", "--batch", "-"], Some(&input));
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), cases.len());
-    let failures: Vec<String> = cases
-        .iter()
-        .zip(&lines)
-        .filter_map(|(c, got)| {
-            if got["id"] != c.id.as_str() {
-                return Some(format!("{}: out of order ({})", c.id, got["id"]));
-            }
-            check(&c.expect, got).err().map(|e| format!("{}: {e}", c.id))
-        })
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+fn every_corpus_through_batch_mode_decides_as_expected() {
+    let report = run(&mut BatchCli { policy: String::new() }, &|p| {
+        std::fs::read_to_string(root().join(p)).map_err(|e| e.to_string())
+    });
+    report.assert_ok(100);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use portcullis_adapter::testkit::{Case, Decider, Outcome, SUITES, run};
 use portcullis_core::NoRevocations;
-use portcullis_core::testkit::{Case, Decider, Outcome, SUITES, run};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -247,7 +247,7 @@ fn metric(body: &str, name: &str) -> f64 {
 async fn a_cached_signature_never_spares_the_claim_checks() {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
     let corpus = std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap();
-    let case = portcullis_core::testkit::parse_corpus(&corpus)
+    let case = portcullis_adapter::testkit::parse_corpus(&corpus)
         .unwrap()
         .into_iter()
         .find(|c| c.id == "jwt-rs256-valid")

@@ -40,3 +40,5 @@ pub mod bundle;
 pub mod deny;
 pub mod request;
 pub mod revocation;
+#[cfg(feature = "testkit")]
+pub mod testkit;

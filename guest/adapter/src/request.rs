@@ -107,6 +107,81 @@ impl<'a> RequestParts<'a> {
     }
 }
 
+/// A request described as JSON: one line of `portcullis check --batch`, and the request part of
+/// every corpus case. Unknown members are errors.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Echoed back on the decision line.
+    #[serde(default)]
+    pub id: Option<serde_json::Value>,
+    /// A bearer credential, sent as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Unix seconds; the host's clock when absent.
+    #[serde(default)]
+    pub now: Option<i64>,
+    /// Default `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Default `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Default empty.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path, optionally with `?query`. Default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `{"Name": "value"}` or `[["Name", "value"], ...]` (the latter allows repeats).
+    #[serde(default)]
+    pub headers: HeaderSpec,
+    /// The client address.
+    #[serde(default)]
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Headers as an object or as a list of pairs.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSpec {
+    /// `[["Name", "value"], ...]`
+    Pairs(Vec<(String, String)>),
+    /// `{"Name": "value"}`
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+impl Default for HeaderSpec {
+    fn default() -> Self {
+        HeaderSpec::Pairs(Vec::new())
+    }
+}
+
+impl RequestSpec {
+    /// Builds the request, using `default_now` when the spec has no time.
+    pub fn to_owned_request(&self, default_now: i64) -> OwnedRequest {
+        let target = self.path.as_deref().unwrap_or("/");
+        let (path, query) = split_path_and_query(target);
+        let mut headers: Vec<(String, String)> = match &self.headers {
+            HeaderSpec::Pairs(p) => p.clone(),
+            HeaderSpec::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        if let Some(t) = &self.token {
+            headers.push(("Authorization".into(), format!("Bearer {t}")));
+        }
+        OwnedRequest {
+            method: self.method.clone().unwrap_or_else(|| "GET".into()),
+            scheme: self.scheme.clone().unwrap_or_else(|| "https".into()),
+            host: self.host.clone().unwrap_or_default(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers,
+            client_ip: self.client_ip,
+            now: self.now.unwrap_or(default_now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

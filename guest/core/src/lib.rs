@@ -56,8 +56,6 @@ mod reason;
 mod request;
 mod revocation;
 pub mod revocation_log;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 #[cfg(test)]
 mod testutil;
 mod time;
@@ -75,7 +73,7 @@ pub use decision::{Decision, Labeled, Shadow};
 pub use identity::{CredentialKind, Identity, Names};
 pub use policy::{FileSource, NoFiles, Policy, PolicyError};
 pub use reason::Reason;
-pub use request::{Limits, OwnedRequest, Request, RequestSpec, split_path_and_query};
+pub use request::{Limits, OwnedRequest, Request, split_path_and_query};
 pub use revocation::{
     NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations, subject_revoked,
 };

@@ -4,7 +4,9 @@
 //! decision as the same JSON object the CLI prints, and [`check`] compares only the fields the
 //! case names, so one corpus checks the native core, the component, the CLI and Envoy alike.
 
-use crate::request::{OwnedRequest, RequestSpec};
+use portcullis_core::OwnedRequest;
+
+use crate::request::RequestSpec;
 
 /// One corpus case.
 #[derive(Debug, Clone)]
@@ -61,6 +63,15 @@ pub const SUITES: &[(&str, &str)] = &[
 pub enum Outcome {
     /// The decision, rendered as the CLI prints it.
     Decided(serde_json::Value),
+    /// What a runtime behind a proxy can observe of the decision (the status and reason a
+    /// client gets, the headers an upstream gets), rendered with the decision's field names:
+    /// only the case's expectations for these `fields` are compared, and at least one must be.
+    Observed {
+        /// The observed fields.
+        got: serde_json::Value,
+        /// Which fields the runtime can observe.
+        fields: &'static [&'static str],
+    },
     /// The runtime cannot carry this case unchanged (say why): counted, not compared.
     Skipped(&'static str),
 }
@@ -73,6 +84,11 @@ pub trait Decider {
     fn load(&mut self, policy: &str) -> Result<(), String>;
     /// Decides one case.
     fn decide(&mut self, case: &Case) -> Result<Outcome, String>;
+    /// Decides every case of one corpus, in order (a runtime with a batch mode overrides this
+    /// to decide them in one go).
+    fn decide_all(&mut self, cases: &[Case]) -> Vec<Result<Outcome, String>> {
+        cases.iter().map(|c| self.decide(c)).collect()
+    }
 }
 
 /// What a corpus run found.
@@ -124,18 +140,73 @@ pub fn run(decider: &mut dyn Decider, read: &dyn Fn(&str) -> Result<String, Stri
             report.failures.push(format!("{policy}: {e}"));
             continue;
         }
-        for case in &cases {
+        let outcomes = decider.decide_all(&cases);
+        if outcomes.len() != cases.len() {
+            report.failures.push(format!("{policy}: {} outcomes for {} cases", outcomes.len(), cases.len()));
+            continue;
+        }
+        for (case, outcome) in cases.iter().zip(outcomes) {
             report.total += 1;
-            match decider.decide(case) {
-                Ok(Outcome::Decided(got)) => {
-                    if let Err(e) = check(&case.expect, &got) {
-                        report.failures.push(format!("{policy} {}: {e}", case.id));
+            let checked = match outcome {
+                Ok(Outcome::Decided(got)) => check(&case.expect, &got),
+                Ok(Outcome::Observed { got, fields }) => {
+                    let expect: serde_json::Map<_, _> = case
+                        .expect
+                        .iter()
+                        .filter(|(k, _)| fields.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if expect.is_empty() {
+                        Err(format!("expects none of the observable fields {fields:?}"))
+                    } else {
+                        check(&expect, &got)
                     }
                 }
-                Ok(Outcome::Skipped(_)) => report.skipped += 1,
-                Err(e) => report.failures.push(format!("{policy} {}: {e}", case.id)),
+                Ok(Outcome::Skipped(_)) => {
+                    report.skipped += 1;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                report.failures.push(format!("{policy} {}: {e}", case.id));
             }
         }
     }
     report
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// Answers every case from a fixed JSON value, to test the runner itself.
+    struct Fixed(Outcome);
+
+    impl Decider for Fixed {
+        fn load(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn decide(&mut self, _: &Case) -> Result<Outcome, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn read(path: &str) -> Result<String, String> {
+        let mut p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        p.pop();
+        p.pop();
+        std::fs::read_to_string(p.join(path)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_runner_fails_wrong_decisions_and_observations_and_never_passes_by_skipping() {
+        let wrong = run(&mut Fixed(Outcome::Decided(serde_json::json!({"allow": true}))), &read);
+        assert!(wrong.total >= 180 && !wrong.failures.is_empty());
+        let observed = Outcome::Observed { got: serde_json::json!({"reason": "nope"}), fields: &["reason"] };
+        assert_eq!(run(&mut Fixed(observed), &read).failures.len(), wrong.total, "every case names a reason");
+        let skipped = run(&mut Fixed(Outcome::Skipped("test")), &read);
+        assert!(skipped.failures.is_empty() && skipped.skipped == skipped.total);
+        assert!(std::panic::catch_unwind(|| skipped.assert_ok(90)).is_err(), "skipping everything is not a pass");
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_core::testkit::{check, parse_corpus};
+use portcullis_adapter::testkit::{check, parse_corpus};
 use portcullis_core::{NoRevocations, Policy};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
