@@ -181,14 +181,15 @@ impl<N: Need> axum::extract::FromRequestParts<Arc<AdminState>> for Caller<N> {
         req.scheme = "http".into();
         req.client_ip = peer;
         let authz = Arc::clone(&s.authz);
-        let d = tokio::task::spawn_blocking(move || authz.check(&req, "admin"))
+        let (d, generation) = tokio::task::spawn_blocking(move || authz.check_pinned(&req, "admin"))
             .await
             .map_err(|_| denied(Reason::InternalError))?;
         if !d.allowed() {
             return Err(denied(d.reason).into());
         }
         let Some(identity) = d.identity else { return Err(denied(Reason::MissingCredential).into()) };
-        if !s.authz.generation().policy.grants(&identity, N::scope(r)) {
+        // The policy that authenticated the caller is the one asked about the grant.
+        if !generation.policy.grants(&identity, N::scope(r)) {
             return Err(denied(Reason::InsufficientScope).into());
         }
         Ok(Caller { identity, need: std::marker::PhantomData })

@@ -199,13 +199,19 @@ impl Authorizer {
 
     /// Decides one check. Never fails: any fault is a 503 `internal_error`, counted and logged.
     pub fn check(&self, req: &OwnedRequest, api: &'static str) -> Decision {
+        self.check_pinned(req, api).0
+    }
+
+    /// [`Authorizer::check`], also returning the generation that decided, for a caller that asks
+    /// the same policy a follow-up question (the admin API's scope grants) across a reload.
+    pub fn check_pinned(&self, req: &OwnedRequest, api: &'static str) -> (Decision, Arc<Generation>) {
         let started = Instant::now();
+        let generation = self.current.load_full();
         if self.gate.as_ref().is_some_and(|live| !live.synced()) {
             let decision = Decision::deny(Reason::RevocationStale);
             self.metrics.decisions.get_or_create(&DecisionLabels { reason: decision.reason.code(), api }).inc();
-            return decision;
+            return (decision, generation);
         }
-        let generation = self.current.load_full();
         let with_audit = self.audit.is_some();
         let outcome = match &generation.mode {
             Mode::Warm { pool } => self.check_warm(&generation, pool, req, with_audit),
@@ -242,7 +248,7 @@ impl Authorizer {
             subject = decision.identity.as_ref().and_then(|i| i.subject.as_deref()),
             "decision"
         );
-        decision
+        (decision, generation)
     }
 
     #[allow(clippy::type_complexity)]
