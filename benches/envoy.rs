@@ -1,8 +1,12 @@
-//! Envoy side by side: the same requests through three Envoys in the same run.
+//! Envoy side by side: the same requests through five Envoys in the same run.
 //!
 //! - `no auth`: Envoy answering the route itself (the floor);
 //! - `jwt_authn + rbac`: Envoy's own JWT filter and RBAC configured for the same policy;
-//! - `ext_authz -> portcullis`: Envoy's gRPC `ext_authz` calling `portcullis serve`.
+//! - `portcullis filter`: the Portcullis proxy-wasm filter inside Envoy (V8; RSA and ECDSA
+//!   checked by Envoy's BoringSSL through `verify_signature`), no sidecar;
+//! - `ext_authz gRPC/HTTP -> portcullis`: Envoy's `ext_authz` calling `portcullis serve`.
+//!
+//! Envoy's resident memory per configuration is printed at the end of each cache setting.
 //!
 //! The policy: `GET /v1/orders` needs a JWT from one of two issuers (RS256 and ES256 keys from
 //! `policies/keys/jwks.json`, HS256 keys from `policies/keys/hmac-jwks.json`), audience
@@ -41,7 +45,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_benches::{BenchSidecar, free_port, mint, root, unix_now};
-use portcullis_e2e::{EXT_AUTHZ_FILTER, Envoy, HTTP2, TempDir, bootstrap, cluster, envoy_bin, request};
+use portcullis_e2e::{
+    EXT_AUTHZ_FILTER, Envoy, HTTP2, TempDir, bootstrap, cluster, envoy_bin, plugin_config, request, wasm_filter,
+};
 
 const ALGORITHMS: [&str; 3] = ["hs256", "rs256", "es256"];
 const CACHE_ENTRIES: usize = 16_384;
@@ -80,17 +86,19 @@ identity_headers:
 enum Setup {
     NoAuth,
     JwtAuthn,
+    Filter,
     ExtAuthz,
     ExtAuthzHttp,
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [Setup::NoAuth, Setup::JwtAuthn, Setup::ExtAuthz, Setup::ExtAuthzHttp];
+    const ALL: [Setup; 5] = [Setup::NoAuth, Setup::JwtAuthn, Setup::Filter, Setup::ExtAuthz, Setup::ExtAuthzHttp];
 
     fn name(self) -> &'static str {
         match self {
             Setup::NoAuth => "no auth",
             Setup::JwtAuthn => "jwt_authn + rbac",
+            Setup::Filter => "portcullis filter (in Envoy)",
             Setup::ExtAuthz => "ext_authz gRPC -> portcullis",
             Setup::ExtAuthzHttp => "ext_authz HTTP -> portcullis",
         }
@@ -104,7 +112,7 @@ fn quoted(text: &str) -> String {
 
 /// The Envoy bootstrap for `setup`: a listener whose only route answers 200 itself, behind the
 /// setup's filters.
-fn envoy_yaml(setup: Setup, cache: bool, sidecar: Sidecar) -> String {
+fn envoy_yaml(setup: Setup, cache: bool, sidecar: Sidecar, plugin: &serde_json::Value) -> String {
     let jwks = std::fs::read_to_string(root().join("policies/keys/jwks.json")).unwrap();
     let hmac_jwks = std::fs::read_to_string(root().join("policies/keys/hmac-jwks.json")).unwrap();
     let cache_config = if cache {
@@ -133,6 +141,7 @@ fn envoy_yaml(setup: Setup, cache: bool, sidecar: Sidecar) -> String {
     };
     let filters = match setup {
         Setup::NoAuth => String::new(),
+        Setup::Filter => wasm_filter(plugin),
         Setup::JwtAuthn => format!(
             "
           - name: envoy.filters.http.jwt_authn
@@ -360,6 +369,7 @@ fn main() {
         if quick { (1, 1) } else { (env("PORTCULLIS_ENVOY_BENCH_SECS", 5), env("PORTCULLIS_ENVOY_BENCH_ROUNDS", 3)) };
     let dir = TempDir::new("envoy-bench");
     let policy = write_policy(dir.path());
+    let plugin = plugin_config(policy.to_str().unwrap(), serde_json::json!({}));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     eprintln!("Envoy: {}", envoy_bin().display());
     let now = unix_now();
@@ -382,7 +392,7 @@ fn main() {
         let envoys: Vec<(Setup, Envoy)> = rt.block_on(async {
             let mut v = Vec::new();
             for setup in Setup::ALL {
-                v.push((setup, Envoy::start(&envoy_yaml(setup, cache, listeners)).await));
+                v.push((setup, Envoy::start(&envoy_yaml(setup, cache, listeners, &plugin)).await));
             }
             v
         });
@@ -427,7 +437,31 @@ fn main() {
                 );
             }
         }
+        // Memory: each Envoy's resident set after its load, against the Envoy without auth. The
+        // filter's Envoy holds one VM on the main thread and one per worker (one here).
+        let rss: Vec<f64> = envoys.iter().map(|(_, e)| rss_mib(e.pid().unwrap())).collect();
+        let base = rss[Setup::ALL.iter().position(|s| *s == Setup::NoAuth).unwrap()];
+        for ((setup, _), r) in envoys.iter().zip(&rss) {
+            eprintln!(
+                "caches {}: {} Envoy RSS {r:.1} MiB ({:+.1} MiB vs no auth)",
+                if cache { "on" } else { "off" },
+                setup.name(),
+                r - base
+            );
+        }
         drop(envoys);
         drop(sidecar);
     }
+}
+
+/// A process's resident set, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
 }

@@ -35,6 +35,11 @@ fn io(error: anyhow::Error) -> LoadError {
     LoadError::new("policy_io", error)
 }
 
+/// A bundle in the inline form (`{"policy", "files"}`), for the Envoy filter's configuration.
+pub fn inline_json(bundle: &Bundle) -> serde_json::Value {
+    serde_json::json!({ "policy": bundle.text, "files": bundle.inline_files() })
+}
+
 /// Reads a policy or a file it references: regular files only, at most [`MAX_FILE_BYTES`].
 pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
     crate::files::read_regular(path, MAX_FILE_BYTES).with_context(|| format!("cannot read {}", path.display()))

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+
 use portcullis_core::{Policy, PolicyError};
 
 /// A policy's text and the files it references, keyed as written in the policy.
@@ -77,6 +79,53 @@ impl Bundle {
     pub fn compile(&self) -> Result<Policy, BundleError> {
         Policy::load(&self.text, &self.files).map_err(|error| BundleError::Policy { name: self.name.clone(), error })
     }
+
+    /// The bundle from a configuration that carries it inline (the Envoy filter's plugin
+    /// configuration): the policy text and its files by the name written in the policy.
+    pub fn from_inline(name: &str, text: &str, files: &BTreeMap<String, InlineFile>) -> Result<Bundle, BundleError> {
+        Bundle::assemble(name, text, |file| match files.get(file) {
+            Some(f) => f.bytes(),
+            None => Err(format!("not among the {} files carried with the policy", files.len())),
+        })
+    }
+
+    /// The files in the inline form: text when UTF-8, base64 otherwise.
+    pub fn inline_files(&self) -> BTreeMap<String, InlineFile> {
+        self.files.iter().map(|(k, v)| (k.clone(), InlineFile::of(v))).collect()
+    }
+}
+
+/// A referenced file carried inline in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum InlineFile {
+    /// UTF-8 text (JWKS documents, API key lists, text secrets).
+    Text(String),
+    /// Any bytes.
+    Base64 {
+        /// Standard base64 with padding.
+        base64: String,
+    },
+}
+
+impl InlineFile {
+    /// `bytes` as text when they are UTF-8, as base64 otherwise.
+    pub fn of(bytes: &[u8]) -> InlineFile {
+        match std::str::from_utf8(bytes) {
+            Ok(t) => InlineFile::Text(t.to_owned()),
+            Err(_) => InlineFile::Base64 { base64: base64::engine::general_purpose::STANDARD.encode(bytes) },
+        }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            InlineFile::Text(t) => Ok(t.as_bytes().to_vec()),
+            InlineFile::Base64 { base64 } => {
+                base64::engine::general_purpose::STANDARD.decode(base64).map_err(|_| "not valid base64".to_owned())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +162,19 @@ mod tests {
         let e = b.compile().unwrap_err();
         assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
         assert!(e.to_string().starts_with("in p.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn the_inline_form_carries_text_and_binary_files_unchanged() {
+        let b = Bundle::assemble("p.yaml", POLICY, |_| Ok(JWKS.to_vec())).unwrap();
+        let files = b.inline_files();
+        assert_eq!(files["keys/set.json"], InlineFile::Text(String::from_utf8(JWKS.to_vec()).unwrap()));
+        let again = Bundle::from_inline("inline", &b.text, &files).unwrap();
+        assert_eq!(again.files, b.files);
+        let binary = InlineFile::of(&[0xff, 0, 1]);
+        assert_eq!(binary, InlineFile::Base64 { base64: "/wAB".into() });
+        assert_eq!(binary.bytes().unwrap(), [0xff, 0, 1]);
+        let e = Bundle::from_inline("inline", POLICY, &BTreeMap::new()).unwrap_err();
+        assert_eq!(e.code(), "policy_file");
     }
 }

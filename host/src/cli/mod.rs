@@ -240,6 +240,14 @@ enum LogFormat {
 enum PolicyCommand {
     /// Print the policy format's JSON Schema (for editors and CI validation).
     Schema,
+    /// Print a policy and every file it references as one JSON object, `{"policy", "files"}`:
+    /// the inline form the Envoy filter's configuration carries. The policy is compiled first;
+    /// a policy that does not load prints nothing. Secrets in referenced files are included:
+    /// treat the output like them.
+    Bundle {
+        /// The policy file.
+        file: PathBuf,
+    },
     /// Check a policy: load errors, plus what loads but deserves a look. Exit 1 on errors.
     #[command(after_help = LINT_HELP)]
     Lint {
@@ -589,6 +597,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
+        }
+        Command::Policy(PolicyCommand::Bundle { file }) => {
+            let bundle = policy_files::PolicyBundle::read(&file)?;
+            bundle.compile()?;
+            outln!("{}", crate::policy_files::inline_json(&bundle))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&portcullis_core::json_schema())

@@ -252,12 +252,17 @@ impl Drop for TempDir {
 impl Envoy {
     /// Starts Envoy with `config` and waits until its listener accepts connections.
     pub async fn start(config: &str) -> Envoy {
+        Envoy::try_start(config).await.unwrap_or_else(|log| panic!("Envoy did not start: {log}"))
+    }
+
+    /// [`Envoy::start`], or Envoy's log when it exits or its listener never comes up.
+    pub async fn try_start(config: &str) -> Result<Envoy, String> {
         let dir = TempDir::new("envoy");
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.txt");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let child = Command::new(envoy_bin())
+        let mut child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")
@@ -269,13 +274,20 @@ impl Envoy {
             .spawn()
             .expect("cannot start Envoy");
         let deadline = Instant::now() + Duration::from_secs(30);
+        let failed = |child: &mut Child, what: &str| -> Option<String> {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            (exited || Instant::now() >= deadline)
+                .then(|| format!("{what} (exited: {exited}): {}", read_log(dir.path())))
+        };
         let admin: SocketAddr = loop {
             if let Ok(s) = std::fs::read_to_string(&admin_path)
                 && let Ok(a) = s.trim().parse()
             {
                 break a;
             }
-            assert!(Instant::now() < deadline, "Envoy did not start: {}", read_log(dir.path()));
+            if let Some(e) = failed(&mut child, "no admin address") {
+                return Err(e);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let listener = loop {
@@ -284,10 +296,12 @@ impl Envoy {
             {
                 break SocketAddr::from(([127, 0, 0, 1], port));
             }
-            assert!(Instant::now() < deadline, "Envoy's listener never came up: {}", read_log(dir.path()));
+            if let Some(e) = failed(&mut child, "the listener never came up") {
+                return Err(e);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        Envoy { child, listener, admin, _dir: dir }
+        Ok(Envoy { child, listener, admin, _dir: dir })
     }
 
     /// Envoy's process id (while it runs).
@@ -366,8 +380,7 @@ pub async fn request_with_body(
         req.push_str("\r\n");
     }
     s.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
+    let raw = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s, method == "HEAD")).await??;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -381,6 +394,37 @@ pub async fn request_with_body(
     Ok(Response { status, headers, body })
 }
 
+/// Reads one response: its head only (a `HEAD` request), up to its `content-length`, the end of its chunks, or the end of the
+/// connection. Not to the end of the connection when the length is known: after a local reply
+/// Envoy sends the whole response at once but closes the socket only after its
+/// `delayed_close_timeout` (1 s), which a client that knows the length never waits for.
+async fn read_response(s: &mut tokio::net::TcpStream, head_only: bool) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let body = raw.len() - end - 4;
+        let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
+        let complete = match length {
+            _ if head_only => true,
+            Some(len) => body >= len,
+            None if head.contains("transfer-encoding: chunked") => {
+                raw.ends_with(b"\r\n0\r\n\r\n") || raw.ends_with(b"0\r\n\r\n") && body == 5
+            }
+            None => false,
+        };
+        if complete {
+            return Ok(raw);
+        }
+    }
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
@@ -392,4 +436,130 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// The Envoy filter's wasm module, built once per test process for `wasm32-wasip1` with the
+/// `guest` profile (what users deploy); `$PORTCULLIS_ENVOY_WASM` names a prebuilt one.
+pub fn filter_wasm() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY_WASM") {
+                return PathBuf::from(p);
+            }
+            let target = root().join("target");
+            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--quiet", "-p", "portcullis-envoy", "--target", "wasm32-wasip1", "--profile", "guest"])
+                .arg("--target-dir")
+                .arg(&target)
+                .current_dir(root())
+                .status()
+                .expect("cannot run cargo to build the Envoy filter");
+            assert!(status.success(), "building the Envoy filter failed (is the wasm32-wasip1 target installed?)");
+            target.join("wasm32-wasip1/guest/portcullis_envoy.wasm")
+        })
+        .clone()
+}
+
+/// The filter's plugin configuration for `policy` (a path from the repository root): the
+/// bundle inline, as `portcullis policy bundle` prints it, with `extra` members merged in.
+pub fn plugin_config(policy: &str, extra: serde_json::Value) -> serde_json::Value {
+    let bundle = portcullis_host::policy_files::PolicyBundle::read(&root().join(policy)).unwrap();
+    let mut config = portcullis_host::policy_files::inline_json(&bundle);
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    config
+}
+
+/// The head of the Portcullis wasm filter, fail closed, with `config` (the plugin
+/// configuration) and the module built by [`filter_wasm`].
+pub fn wasm_filter(config: &serde_json::Value) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    let value = serde_json::to_string(&config.to_string()).unwrap();
+    format!(
+        "
+          - name: envoy.filters.http.wasm
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: portcullis
+                failure_policy: FAIL_CLOSED
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: {value}
+                vm_config:
+                  vm_id: portcullis
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {} }} }}",
+        filter_wasm().display()
+    )
+}
+
+/// An Envoy with the Portcullis filter in front of `upstream`; `clusters` adds clusters (the
+/// sidecar's admin listener for the revocation feed).
+pub fn filter_envoy_config(config: &serde_json::Value, upstream: SocketAddr, clusters: &str) -> String {
+    bootstrap("route: { cluster: upstream }", &wasm_filter(config), &(cluster("upstream", upstream, "") + clusters))
+}
+
+/// Why Envoy cannot carry a corpus case unchanged, if it cannot.
+pub fn not_carried(c: &portcullis_adapter::testkit::Case) -> Option<&'static str> {
+    if c.request.client_ip.is_some() {
+        return Some("Envoy reports its own peer (127.0.0.1) as the client address");
+    }
+    if c.request.headers.iter().any(|(k, v)| v.chars().any(char::is_control) || k.is_empty()) {
+        return Some("Envoy itself rejects control characters in header values");
+    }
+    if c.request.headers.len() > 90 {
+        return Some("Envoy's own header-count limit (100) answers first");
+    }
+    None
+}
+
+/// Sends a corpus case's request through the Envoy listening on `listener`.
+pub async fn send(listener: SocketAddr, c: &portcullis_adapter::testkit::Case) -> std::io::Result<Response> {
+    let r = &c.request;
+    let target = if r.query.is_empty() { r.path.clone() } else { format!("{}?{}", r.path, r.query) };
+    let host = if r.host.is_empty() { "api.example.com" } else { &r.host };
+    request(listener, &r.method, &target, host, &r.headers).await
+}
+
+/// What a client and the echo upstream saw of a corpus case's decision: the status and reason of
+/// a denial; for an allow, what the upstream received under each name the decision sets, and
+/// an error when a header the decision removes reached it anyway.
+pub fn observe(
+    c: &portcullis_adapter::testkit::Case,
+    resp: &Response,
+) -> Result<portcullis_adapter::testkit::Outcome, String> {
+    use portcullis_adapter::testkit::Outcome;
+    if resp.status != 200 {
+        let got = serde_json::json!({
+            "allow": false,
+            "status": resp.status,
+            "reason": resp.header("x-portcullis-reason"),
+            "body": resp.body,
+        });
+        return Ok(Outcome::Observed { got, fields: &["allow", "status", "reason"] });
+    }
+    if c.request.method == "HEAD" {
+        // No body to read the upstream's view from.
+        return Ok(Outcome::Observed { got: serde_json::json!({"allow": true}), fields: &["allow"] });
+    }
+    let echo: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| format!("upstream echo: {e}"))?;
+    let upstream = &echo["headers"];
+    let set = c.expect.get("headers_to_set").and_then(|v| v.as_object()).cloned().unwrap_or_default();
+    let received: serde_json::Map<String, serde_json::Value> =
+        set.keys().map(|name| (name.clone(), upstream[name.to_ascii_lowercase()].clone())).collect();
+    for name in c.expect.get("headers_to_remove").and_then(|v| v.as_array()).into_iter().flatten() {
+        let name = name.as_str().unwrap_or_default();
+        if !set.contains_key(name)
+            && let Some(v) = upstream.get(name.to_ascii_lowercase())
+        {
+            return Err(format!("{name} reached the upstream: {v}"));
+        }
+    }
+    Ok(Outcome::Observed {
+        got: serde_json::json!({"allow": true, "headers_to_set": received}),
+        fields: &["allow", "headers_to_set"],
+    })
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use portcullis_adapter::testkit::{Case, Decider, Outcome, run};
-use portcullis_e2e::{AuthzApi, Envoy, TempDir, echo_upstream, envoy_config, request, root};
+use portcullis_e2e::{
+    AuthzApi, Envoy, TempDir, echo_upstream, envoy_config, not_carried, observe, request, root, send,
+};
 use portcullis_host::runtime::RuntimeConfig;
 use portcullis_host::serve::authz::{Clock, Isolation, Settings, system_clock};
 use portcullis_host::serve::{Config, Handle, Sidecar};
@@ -35,20 +37,6 @@ async fn sidecar(policy: &Path, clock: Clock) -> Handle {
         ..Config::local(policy.to_owned())
     };
     Sidecar::build(config).await.unwrap().serve().unwrap()
-}
-
-/// Why Envoy cannot carry a case unchanged, if it cannot.
-fn not_carried(c: &Case) -> Option<&'static str> {
-    if c.request.client_ip.is_some() {
-        return Some("Envoy reports its own peer (127.0.0.1) as the client address");
-    }
-    if c.request.headers.iter().any(|(k, v)| v.chars().any(char::is_control) || k.is_empty()) {
-        return Some("Envoy itself rejects control characters in header values");
-    }
-    if c.request.headers.len() > 90 {
-        return Some("Envoy's own header-count limit (100) answers first");
-    }
-    None
 }
 
 /// Envoy in front of a sidecar as a corpus runtime: a client sees the status and reason of a
@@ -102,42 +90,8 @@ impl Decider for ThroughEnvoy {
         let (_, envoy) = self.running.as_ref().ok_or("no policy loaded")?;
         let r = &c.request;
         self.time.store(r.now, Ordering::SeqCst);
-        let target = if r.query.is_empty() { r.path.clone() } else { format!("{}?{}", r.path, r.query) };
-        let host = if r.host.is_empty() { "api.example.com" } else { &r.host };
-        let resp = self
-            .rt
-            .block_on(request(envoy.listener, &r.method, &target, host, &r.headers))
-            .map_err(|e| format!("request failed: {e}"))?;
-        if resp.status != 200 {
-            let got = serde_json::json!({
-                "allow": false,
-                "status": resp.status,
-                "reason": resp.header("x-portcullis-reason"),
-                "body": resp.body,
-            });
-            return Ok(Outcome::Observed { got, fields: &["allow", "status", "reason"] });
-        }
-        if r.method == "HEAD" {
-            // No body to read the upstream's view from.
-            return Ok(Outcome::Observed { got: serde_json::json!({"allow": true}), fields: &["allow"] });
-        }
-        let echo: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| format!("upstream echo: {e}"))?;
-        let upstream = &echo["headers"];
-        // What the upstream received under each name the decision sets.
-        let set = c.expect.get("headers_to_set").and_then(|v| v.as_object()).cloned().unwrap_or_default();
-        let received: serde_json::Map<String, serde_json::Value> =
-            set.keys().map(|name| (name.clone(), upstream[name.to_ascii_lowercase()].clone())).collect();
-        // A removed header the client sent must not reach the upstream (unless the decision sets it).
-        for name in c.expect.get("headers_to_remove").and_then(|v| v.as_array()).into_iter().flatten() {
-            let name = name.as_str().unwrap_or_default();
-            if !set.contains_key(name)
-                && let Some(v) = upstream.get(name.to_ascii_lowercase())
-            {
-                return Err(format!("{name} reached the upstream: {v}"));
-            }
-        }
-        let got = serde_json::json!({"allow": true, "headers_to_set": received});
-        Ok(Outcome::Observed { got, fields: &["allow", "headers_to_set"] })
+        let resp = self.rt.block_on(send(envoy.listener, c)).map_err(|e| format!("request failed: {e}"))?;
+        observe(c, &resp)
     }
 }
 

