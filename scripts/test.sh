@@ -53,10 +53,18 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo clippy -p portcullis-component -p portcullis-faulty-guest --target wasm32-wasip2 --locked -- -D warnings
+cargo clippy -p portcullis-envoy --target wasm32-wasip1 --locked -- -D warnings
+elapsed
+
+step "the Envoy filter (wasm32-wasip1, guest profile), loaded by the end-to-end tests and the bench"
+cargo build -p portcullis-envoy --target wasm32-wasip1 --profile guest --locked
+PORTCULLIS_ENVOY_WASM="$ROOT/target/wasm32-wasip1/guest/portcullis_envoy.wasm"
+export PORTCULLIS_ENVOY_WASM
+ls -l "$PORTCULLIS_ENVOY_WASM" | awk '{ print "    " $5 " bytes" }'
 elapsed
 
 step "unit, property, corpus, CLI, component, sidecar, Envoy and Postgres end-to-end tests"
-# The guests (cdylibs) link only for wasm32-wasip2; their behaviour is tested through the host.
+# The guests (cdylibs) link only for wasm; their behaviour is tested through the host and Envoy.
 cargo test --workspace --exclude portcullis-component --exclude portcullis-faulty-guest --all-features --locked
 elapsed
 

@@ -1,21 +1,15 @@
-//! Signatures already verified, so a token seen again skips the cryptography.
-//!
-//! It sits in the host's answer to the guest's `signatures` import, shared by every instance
-//! (warm or fresh), so it works in both isolation modes. An entry is the SHA-256 of the whole
-//! check (algorithm, key, message, signature): a hit can only be the very same signature over
-//! the very same bytes with the very same key. Only *valid* answers are kept, so a flood of
-//! forged tokens cannot fill it. Every claim check (times, audience, revocation, policy) still
-//! runs on every request: the cache answers one primitive, never a decision. Bounded
-//! (oldest entries evicted first), emptied when the policy (and so the keys) changes.
+//! The sidecar's cache of verified signatures: the adapter kit's [`VerifiedSignatures`] behind
+//! a lock, shared by every instance (warm or fresh) in the host's answer to the guest's
+//! `signatures` import, with Prometheus counters; emptied on each new policy generation. What
+//! is kept, and why it is safe, is said in the kit.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use portcullis_core::{PublicKeyRef, SignatureCheck, SignatureVerdict};
+use portcullis_adapter::signatures::VerifiedSignatures;
+use portcullis_core::{SignatureCheck, SignatureVerdict};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sha2::{Digest as _, Sha256};
 
 use crate::runtime::HostSignatures;
 
@@ -43,17 +37,10 @@ impl CacheMetrics {
     }
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    set: HashSet<[u8; 32], foldhash::fast::FixedState>,
-    order: VecDeque<[u8; 32]>,
-}
-
 /// A bounded set of verified signatures.
 #[derive(Debug)]
 pub struct SignatureCache {
-    capacity: usize,
-    entries: Mutex<Entries>,
+    entries: Mutex<VerifiedSignatures>,
     /// Its counters.
     pub metrics: CacheMetrics,
 }
@@ -61,48 +48,25 @@ pub struct SignatureCache {
 impl SignatureCache {
     /// A cache of at most `capacity` signatures (0 keeps none).
     pub fn new(capacity: usize) -> SignatureCache {
-        SignatureCache { capacity, entries: Mutex::default(), metrics: CacheMetrics::default() }
+        SignatureCache { entries: Mutex::new(VerifiedSignatures::new(capacity)), metrics: CacheMetrics::default() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VerifiedSignatures> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn digest(check: &SignatureCheck<'_>) -> [u8; 32] {
-        let mut h = Sha256::new();
-        // Each field length-prefixed, so no two checks share an encoding.
-        let mut field = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        };
-        field(check.alg.name().as_bytes());
-        match check.key {
-            PublicKeyRef::Rsa { n, e } => {
-                field(b"rsa");
-                field(n);
-                field(e);
-            }
-            PublicKeyRef::Ec { point } => {
-                field(b"ec");
-                field(point);
-            }
-        }
-        field(check.message);
-        field(check.signature);
-        h.finalize().into()
-    }
-
-    /// Answers `check` from the cache, or with `verify` (storing a valid answer).
+    /// Answers `check` from the cache, or with `verify` (storing a valid answer). The lock is
+    /// not held while `verify` runs.
     pub fn verify(
         &self,
         check: &SignatureCheck<'_>,
         verify: impl FnOnce(&SignatureCheck<'_>) -> Result<SignatureVerdict, String>,
     ) -> Result<SignatureVerdict, String> {
-        if self.capacity == 0 {
+        if self.lock().capacity() == 0 {
             return verify(check);
         }
-        let key = Self::digest(check);
-        if self.lock().set.contains(&key) {
+        let key = VerifiedSignatures::digest(check);
+        if self.lock().contains(&key) {
             self.metrics.hits.inc();
             return Ok(SignatureVerdict::Valid);
         }
@@ -110,31 +74,21 @@ impl SignatureCache {
         let verdict = verify(check)?;
         if verdict == SignatureVerdict::Valid {
             let mut e = self.lock();
-            if e.set.insert(key) {
-                e.order.push_back(key);
-                while e.order.len() > self.capacity {
-                    if let Some(old) = e.order.pop_front() {
-                        e.set.remove(&old);
-                        self.metrics.evictions.inc();
-                    }
-                }
-            }
-            self.metrics.entries.set(i64::try_from(e.order.len()).unwrap_or(i64::MAX));
+            self.metrics.evictions.inc_by(e.insert(key));
+            self.metrics.entries.set(i64::try_from(e.len()).unwrap_or(i64::MAX));
         }
         Ok(verdict)
     }
 
     /// Forgets every entry (a new policy generation: its keys may differ).
     pub fn clear(&self) {
-        let mut e = self.lock();
-        e.set.clear();
-        e.order.clear();
+        self.lock().clear();
         self.metrics.entries.set(0);
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.lock().order.len()
+        self.lock().len()
     }
 
     /// True when empty.
@@ -151,7 +105,7 @@ pub fn cached(inner: HostSignatures, cache: Arc<SignatureCache>) -> HostSignatur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_core::Alg;
+    use portcullis_core::{Alg, PublicKeyRef};
 
     fn check<'a>(message: &'a [u8], signature: &'a [u8]) -> SignatureCheck<'a> {
         SignatureCheck { alg: Alg::ES256, key: PublicKeyRef::Ec { point: b"point" }, message, signature }

@@ -9,7 +9,8 @@
 //!   `x-portcullis-reason`), and which headers an allow sets and removes;
 //! - [`revocation`]: a revocation set that follows a numbered change log (snapshot, changes
 //!   after a cursor, no gap, never un-revoking on a bad snapshot), its freshness bound, and a
-//!   client of the sidecar's feed as a state machine over a transport trait.
+//!   client of the sidecar's feed as a state machine over a transport trait;
+//! - [`signatures`]: the bounded cache of verified signatures every runtime keeps.
 //!
 //! ```
 //! use portcullis_adapter::{bundle::Bundle, deny::Denial, request::RequestParts};
@@ -40,5 +41,6 @@ pub mod bundle;
 pub mod deny;
 pub mod request;
 pub mod revocation;
+pub mod signatures;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -31,6 +31,13 @@ pub struct FilterConfig {
     /// corpus; the filter logs a warning when it is set.
     #[serde(default)]
     pub fixed_now: Option<i64>,
+    /// Verified signatures kept per worker VM (0: none). Default 4096, about 0.4 MiB.
+    #[serde(default = "default_cache_entries")]
+    pub signature_cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    4096
 }
 
 /// Following the sidecar's revocation feed through an Envoy cluster.
@@ -156,6 +163,8 @@ pub struct Compiled {
     pub client_address_header: Option<String>,
     /// See [`FilterConfig::fixed_now`].
     pub fixed_now: Option<i64>,
+    /// See [`FilterConfig::signature_cache_entries`].
+    pub signature_cache_entries: usize,
 }
 
 /// Parses and compiles a plugin configuration.
@@ -172,7 +181,16 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
     {
         return Err(invalid("`client_address_header` names a request header"));
     }
-    Ok(Compiled { policy, feed, client_address_header: config.client_address_header, fixed_now: config.fixed_now })
+    if config.signature_cache_entries > 1 << 20 {
+        return Err(invalid("`signature_cache_entries` is above 1048576"));
+    }
+    Ok(Compiled {
+        policy,
+        feed,
+        client_address_header: config.client_address_header,
+        fixed_now: config.fixed_now,
+        signature_cache_entries: config.signature_cache_entries,
+    })
 }
 
 fn feed(f: FeedConfig) -> Result<Feed, ConfigError> {

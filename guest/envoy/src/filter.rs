@@ -13,6 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use portcullis_adapter::deny::{Denial, Forward};
 use portcullis_adapter::request::RequestParts;
 use portcullis_adapter::revocation::FeedClient;
+use portcullis_adapter::signatures::VerifiedSignatures;
 use portcullis_core::{
     Decision, PublicKeyRef, Reason, RevocationQuery, RevocationStatus, Revocations, SignatureCheck, SignatureVerdict,
 };
@@ -53,6 +54,8 @@ struct Metrics {
     signatures_by_envoy: Option<u32>,
     /// Signatures left to the core's own code (an algorithm or key the function does not take).
     signatures_in_vm: Option<u32>,
+    /// Signatures answered from the cache of verified ones.
+    signatures_cached: Option<u32>,
 }
 
 impl Metrics {
@@ -69,6 +72,7 @@ impl Metrics {
             feed_stale: define(MetricType::Gauge, "portcullis.revocations.stale"),
             signatures_by_envoy: define(MetricType::Counter, "portcullis.signatures.by_envoy"),
             signatures_in_vm: define(MetricType::Counter, "portcullis.signatures.in_vm"),
+            signatures_cached: define(MetricType::Counter, "portcullis.signatures.cached"),
         }
     }
 
@@ -103,6 +107,8 @@ struct Shared {
     /// SubjectPublicKeyInfo DER of each public key the core asked about, by the address of its
     /// bytes in the policy (which lives as long as this cache).
     spki: RefCell<SpkiCache>,
+    /// Signatures Envoy found valid, by digest (see the adapter kit's `signatures`).
+    verified: RefCell<VerifiedSignatures>,
 }
 
 /// See [`Shared::spki`].
@@ -133,11 +139,13 @@ impl Revocations for EnvoyHost<'_> {
 
     fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
         let metrics = &self.0.metrics;
-        let verdict = self.by_envoy(check);
-        let counter = if verdict == SignatureVerdict::Unsupported {
-            metrics.signatures_in_vm
-        } else {
-            metrics.signatures_by_envoy
+        let (verdict, lookup) =
+            self.0.verified.borrow_mut().verify(check, |c| Ok::<_, std::convert::Infallible>(self.by_envoy(c)));
+        let verdict = verdict.unwrap_or(SignatureVerdict::Unsupported);
+        let counter = match verdict {
+            _ if lookup.hit => metrics.signatures_cached,
+            SignatureVerdict::Unsupported => metrics.signatures_in_vm,
+            _ => metrics.signatures_by_envoy,
         };
         Metrics::count(counter);
         verdict
@@ -229,6 +237,7 @@ impl RootContext for Root {
             log(LogLevel::Warn, "portcullis: `fixed_now` is set: decisions use a fixed time, not Envoy's clock");
         }
         let feed = compiled.feed.as_ref().map(|f| FeedClient::new(f.mode, f.stale_after, clock()));
+        let cache_entries = compiled.signature_cache_entries;
         if feed.is_some() {
             self.set_tick_period(FIRST_LOAD_TICK);
         }
@@ -248,6 +257,7 @@ impl RootContext for Root {
             feed,
             metrics: Metrics::define(),
             spki: RefCell::new(HashMap::new()),
+            verified: RefCell::new(VerifiedSignatures::new(cache_entries)),
         })));
         self.in_flight = None;
         self.polling = false;
@@ -318,8 +328,7 @@ struct Filter {
 impl Context for Filter {}
 
 impl Filter {
-    fn decide(&self, s: &Shared) -> Decision {
-        let headers = self.get_http_request_headers_bytes();
+    fn decide(&self, s: &Shared, headers: &[(String, Vec<u8>)]) -> Decision {
         let pseudo = |name: &str| {
             headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v)).unwrap_or_default()
         };
@@ -351,13 +360,15 @@ impl HttpContext for Filter {
             return self.deny(Reason::InternalError);
         };
         let s = shared.borrow();
-        let decision = self.decide(&s);
+        let headers = self.get_http_request_headers_bytes();
+        let decision = self.decide(&s, &headers);
         s.metrics.decided(decision.reason);
         if !decision.allowed() {
             return self.deny(decision.reason);
         }
         let forward = Forward::of(&decision);
-        for name in &forward.remove {
+        // Only names the request carries: each removal is a call across the ABI.
+        for name in forward.remove.iter().filter(|n| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n))) {
             self.set_http_request_header(name, None);
         }
         for (name, value) in &forward.set {

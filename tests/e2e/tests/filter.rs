@@ -306,8 +306,11 @@ async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
         let resp = send(envoy.listener, &c).await.unwrap();
         assert_eq!(resp.status, want, "{}: {}", c.id, resp.body);
     }
+    // Seen again: answered from the worker's cache of verified signatures.
+    assert_eq!(send(envoy.listener, &case("jwt-rs256-valid")).await.unwrap().status, 200);
     let stats =
         request(envoy.admin, "GET", "/stats?filter=portcullis.signatures", "localhost", &[]).await.unwrap().body;
     assert!(stats.contains("portcullis.signatures.by_envoy: 3"), "{stats}");
+    assert!(stats.contains("portcullis.signatures.cached: 1"), "{stats}");
     assert!(stats.contains("portcullis.signatures.in_vm: 0"), "{stats}");
 }
