@@ -15,8 +15,9 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// The policy text (YAML or JSON), exactly as the sidecar reads it from its file.
-    pub policy: String,
+    /// The policy: its text (YAML or JSON, exactly as the sidecar reads it from its file), or
+    /// the policy document itself as a JSON object.
+    pub policy: PolicySource,
     /// The files the policy references, by the path written in the policy.
     #[serde(default)]
     pub files: BTreeMap<String, InlineFile>,
@@ -38,6 +39,16 @@ pub struct FilterConfig {
 
 fn default_cache_entries() -> usize {
     4096
+}
+
+/// A policy as text or as a document.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PolicySource {
+    /// YAML or JSON text.
+    Text(String),
+    /// The document (`{"version": 1, ...}`).
+    Document(serde_json::Map<String, serde_json::Value>),
 }
 
 /// Following the sidecar's revocation feed through an Envoy cluster.
@@ -172,7 +183,12 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
     // serde_json's messages name the field and position, never a value.
     let config: FilterConfig =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("the plugin configuration: {e}")))?;
-    let bundle = Bundle::from_inline("the plugin configuration", &config.policy, &config.files)
+    let text = match &config.policy {
+        PolicySource::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+        // JSON text is policy text (the loader reads JSON when it starts with `{`).
+        PolicySource::Document(d) => std::borrow::Cow::Owned(serde_json::Value::Object(d.clone()).to_string()),
+    };
+    let bundle = Bundle::from_inline("the plugin configuration", &text, &config.files)
         .map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
     let policy = bundle.compile().map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
     let feed = config.revocations.map(feed).transpose()?;
@@ -236,6 +252,15 @@ mod tests {
             o.extend(e.clone());
         }
         serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn the_policy_may_be_a_document_instead_of_text() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&portcullis_core::parse_text(POLICY).unwrap().to_string()).unwrap();
+        assert!(compile(&config(serde_json::json!({ "policy": doc }))).is_ok());
+        let e = compile(&config(serde_json::json!({ "policy": 7 }))).unwrap_err();
+        assert_eq!(e.code, "config_invalid");
     }
 
     #[test]

@@ -314,3 +314,26 @@ async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
     assert!(stats.contains("portcullis.signatures.cached: 1"), "{stats}");
     assert!(stats.contains("portcullis.signatures.in_vm: 0"), "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_example_configuration_runs_as_documented() {
+    let yaml = std::fs::read_to_string(root().join("examples/envoy-filter.yaml"))
+        .unwrap()
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 10000", "port_value: 0")
+        .replace(
+            "target/wasm32-wasip1/guest/portcullis_envoy.wasm",
+            &portcullis_e2e::filter_wasm().display().to_string(),
+        );
+    let envoy = Envoy::start(&yaml).await;
+    let resp = request(envoy.listener, "GET", "/v1/orders", "localhost", &[]).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (401, Some("missing_credential")));
+    let key = headers(&[("X-API-Key", "ask_envoydemo1secret-for-the-example")]);
+    let resp = request(envoy.listener, "GET", "/v1/orders", "localhost", &key).await.unwrap();
+    assert_eq!((resp.status, resp.body.as_str()), (200, "reached the upstream\n"));
+    let resp = request(envoy.listener, "GET", "/healthz", "localhost", &[]).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let wrong = headers(&[("X-API-Key", "ask_envoydemo1secret-for-the-exampl3")]);
+    let resp = request(envoy.listener, "GET", "/v1/orders", "localhost", &wrong).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (401, Some("unknown_api_key")));
+}
