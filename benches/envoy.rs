@@ -15,8 +15,8 @@
 //! `POLICY`). Every process shares the machine's cores: Envoy runs one worker
 //! (`--concurrency 1`), the sidecar two, wrk one thread with 16 connections.
 //!
-//! For each cache setting (Envoy's `jwt_cache_config` and Portcullis's verified-signature caches,
-//! the sidecar's and the filter's, all off, then all on) and each algorithm, rounds alternate the three configurations (the
+//! For each cache setting (Envoy's `jwt_cache_config`, the sidecar's verified-signature cache and
+//! the filter's caches of verified signatures and tokens: all off, then all on) and each algorithm, rounds alternate the three configurations (the
 //! order rotates every round) so drift affects all of them alike. Printed per configuration:
 //! median req/s, p50 and p99 latency over the rounds, CPU time per request spent in Envoy and in
 //! the sidecar (from `/proc`), and the per-round throughput ratio to `jwt_authn + rbac`.
@@ -390,7 +390,10 @@ fn main() {
         let (sidecar, listeners) = start_sidecar(&policy, cache, !quick);
         // The filter's own cache of verified signatures follows the setting too.
         let entries = if cache { CACHE_ENTRIES } else { 0 };
-        let plugin = plugin_config(policy.to_str().unwrap(), serde_json::json!({ "signature_cache_entries": entries }));
+        let plugin = plugin_config(
+            policy.to_str().unwrap(),
+            serde_json::json!({ "signature_cache_entries": entries, "token_cache_entries": entries }),
+        );
         let sidecar_pid = matches!(sidecar, BenchSidecar::Process(_)).then(|| sidecar.pid());
         let envoys: Vec<(Setup, Envoy)> = rt.block_on(async {
             let mut v = Vec::new();

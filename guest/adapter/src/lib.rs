@@ -10,7 +10,8 @@
 //! - [`revocation`]: a revocation set that follows a numbered change log (snapshot, changes
 //!   after a cursor, no gap, never un-revoking on a bad snapshot), its freshness bound, and a
 //!   client of the sidecar's feed as a state machine over a transport trait;
-//! - [`signatures`]: the bounded cache of verified signatures every runtime keeps.
+//! - [`signatures`]: the bounded cache of verified signatures every runtime keeps;
+//! - [`tokens`]: the bounded store of verified JWTs behind the core's `TokenCache`.
 //!
 //! ```
 //! use portcullis_adapter::{bundle::Bundle, deny::Denial, request::RequestParts};
@@ -44,3 +45,4 @@ pub mod revocation;
 pub mod signatures;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tokens;

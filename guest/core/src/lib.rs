@@ -69,13 +69,15 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 // Deciding.
+pub use credential::jwt::VerifiedToken;
 pub use decision::{Decision, Labeled, Shadow};
 pub use identity::{CredentialKind, Identity, Names};
 pub use policy::{FileSource, NoFiles, Policy, PolicyError};
 pub use reason::Reason;
 pub use request::{Limits, OwnedRequest, Request, split_path_and_query};
 pub use revocation::{
-    NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations, subject_revoked,
+    NoRevocations, RevocationKind, RevocationQuery, RevocationSet, RevocationStatus, Revocations, TokenCache,
+    subject_revoked,
 };
 pub use time::UnixTime;
 pub use types::ValueError;

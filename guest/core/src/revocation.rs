@@ -105,6 +105,23 @@ pub trait Revocations {
         let _ = check;
         SignatureVerdict::Unsupported
     }
+
+    /// The host's cache of verified JWTs, if it keeps one for this policy (see [`TokenCache`]).
+    fn verified_tokens(&self) -> Option<&dyn TokenCache> {
+        None
+    }
+}
+
+/// JWTs that passed every check once, kept by a host per compiled policy (it must drop them
+/// with the policy: they name its issuers). On a hit the core skips decoding, the signature,
+/// the claims and building the identity, and still checks what depends on the request: the
+/// route's accepted issuers, the token's times against the request's clock, and revocations.
+/// A hit therefore decides exactly as the full path would.
+pub trait TokenCache {
+    /// The verification of `token` (the whole compact JWT), if kept.
+    fn get(&self, token: &str) -> Option<std::sync::Arc<crate::credential::jwt::VerifiedToken>>;
+    /// Keeps a verification (the core calls this only for tokens that passed every check).
+    fn put(&self, token: &str, verified: std::sync::Arc<crate::credential::jwt::VerifiedToken>);
 }
 
 use crate::keys::{SignatureCheck, SignatureVerdict};

@@ -14,8 +14,10 @@ use portcullis_adapter::deny::{Denial, Forward};
 use portcullis_adapter::request::RequestParts;
 use portcullis_adapter::revocation::FeedClient;
 use portcullis_adapter::signatures::VerifiedSignatures;
+use portcullis_adapter::tokens::VerifiedTokens;
 use portcullis_core::{
     Decision, PublicKeyRef, Reason, RevocationQuery, RevocationStatus, Revocations, SignatureCheck, SignatureVerdict,
+    TokenCache, VerifiedToken,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -56,6 +58,8 @@ struct Metrics {
     signatures_in_vm: Option<u32>,
     /// Signatures answered from the cache of verified ones.
     signatures_cached: Option<u32>,
+    /// Tokens answered from the cache of verified ones.
+    tokens_cached: Option<u32>,
 }
 
 impl Metrics {
@@ -73,6 +77,7 @@ impl Metrics {
             signatures_by_envoy: define(MetricType::Counter, "portcullis.signatures.by_envoy"),
             signatures_in_vm: define(MetricType::Counter, "portcullis.signatures.in_vm"),
             signatures_cached: define(MetricType::Counter, "portcullis.signatures.cached"),
+            tokens_cached: define(MetricType::Counter, "portcullis.tokens.cached"),
         }
     }
 
@@ -109,6 +114,8 @@ struct Shared {
     spki: RefCell<SpkiCache>,
     /// Signatures Envoy found valid, by digest (see the adapter kit's `signatures`).
     verified: RefCell<VerifiedSignatures>,
+    /// JWTs that passed every check (see the adapter kit's `tokens`).
+    tokens: RefCell<VerifiedTokens>,
 }
 
 /// See [`Shared::spki`].
@@ -137,6 +144,10 @@ impl Revocations for EnvoyHost<'_> {
         }
     }
 
+    fn verified_tokens(&self) -> Option<&dyn TokenCache> {
+        (self.0.compiled.token_cache_entries > 0).then_some(self as &dyn TokenCache)
+    }
+
     fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
         let metrics = &self.0.metrics;
         let (verdict, lookup) =
@@ -149,6 +160,20 @@ impl Revocations for EnvoyHost<'_> {
         };
         Metrics::count(counter);
         verdict
+    }
+}
+
+impl TokenCache for EnvoyHost<'_> {
+    fn get(&self, token: &str) -> Option<std::sync::Arc<VerifiedToken>> {
+        let hit = self.0.tokens.borrow().get(token);
+        if hit.is_some() {
+            Metrics::count(self.0.metrics.tokens_cached);
+        }
+        hit
+    }
+
+    fn put(&self, token: &str, verified: std::sync::Arc<VerifiedToken>) {
+        self.0.tokens.borrow_mut().put(token, verified);
     }
 }
 
@@ -237,7 +262,7 @@ impl RootContext for Root {
             log(LogLevel::Warn, "portcullis: `fixed_now` is set: decisions use a fixed time, not Envoy's clock");
         }
         let feed = compiled.feed.as_ref().map(|f| FeedClient::new(f.mode, f.stale_after, clock()));
-        let cache_entries = compiled.signature_cache_entries;
+        let (cache_entries, token_entries) = (compiled.signature_cache_entries, compiled.token_cache_entries);
         if feed.is_some() {
             self.set_tick_period(FIRST_LOAD_TICK);
         }
@@ -258,6 +283,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             spki: RefCell::new(HashMap::new()),
             verified: RefCell::new(VerifiedSignatures::new(cache_entries)),
+            tokens: RefCell::new(VerifiedTokens::new(token_entries)),
         })));
         self.in_flight = None;
         self.polling = false;

@@ -286,7 +286,11 @@ async fn with_a_feed_nothing_passes_before_the_first_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
     let upstream = echo_upstream().await;
-    let config = plugin_config("policies/example.yaml", serde_json::json!({ "fixed_now": CORPUS_NOW }));
+    // The token cache off, so that a repeated token reaches the signature cache.
+    let config = plugin_config(
+        "policies/example.yaml",
+        serde_json::json!({ "fixed_now": CORPUS_NOW, "token_cache_entries": 0 }),
+    );
     let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
     let cases = portcullis_adapter::testkit::parse_corpus(
         &std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap(),
@@ -312,6 +316,20 @@ async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
         request(envoy.admin, "GET", "/stats?filter=portcullis.signatures", "localhost", &[]).await.unwrap().body;
     assert!(stats.contains("portcullis.signatures.by_envoy: 3"), "{stats}");
     assert!(stats.contains("portcullis.signatures.cached: 1"), "{stats}");
+    drop(envoy);
+
+    // With the token cache (the default), a repeated token skips the signature altogether.
+    let config = plugin_config("policies/example.yaml", serde_json::json!({ "fixed_now": CORPUS_NOW }));
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
+    for _ in 0..3 {
+        assert_eq!(send(envoy.listener, &case("jwt-rs256-valid")).await.unwrap().status, 200);
+    }
+    let stats = request(envoy.admin, "GET", "/stats?filter=portcullis.(signatures|tokens)", "localhost", &[])
+        .await
+        .unwrap()
+        .body;
+    assert!(stats.contains("portcullis.tokens.cached: 2"), "{stats}");
+    assert!(stats.contains("portcullis.signatures.by_envoy: 1"), "{stats}");
     assert!(stats.contains("portcullis.signatures.in_vm: 0"), "{stats}");
 }
 

@@ -130,13 +130,67 @@ pub const CHECKS: &[(&str, &[Reason])] = &[
 ];
 
 /// Verifies a JWT and builds its identity.
+/// A JWT that passed every check, as a host's [`TokenCache`](crate::TokenCache) keeps it: what
+/// the checks that depend on the request need again, and the identity.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    issuer: usize,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+    jti: Option<Box<str>>,
+    sub: Option<Box<str>>,
+    identity: Arc<Identity>,
+}
+
 pub(crate) fn verify(
     token: &str,
     ctx: &JwtContext<'_>,
     accept: Option<&[usize]>,
     now: UnixTime,
     revocations: &dyn Revocations,
-) -> Result<Identity, Reason> {
+) -> Result<Arc<Identity>, Reason> {
+    let cache = revocations.verified_tokens();
+    if let Some(hit) = cache.and_then(|c| c.get(token)) {
+        return recheck(&hit, ctx, accept, now, revocations);
+    }
+    let (identity, verified) = verify_fully(token, ctx, accept, now, revocations)?;
+    if let Some(c) = cache {
+        c.put(token, Arc::new(verified));
+    }
+    Ok(identity)
+}
+
+/// What the full path checks that can change between two requests with the same token, in the
+/// same order: the route's accepted issuers, the times, the revocations.
+fn recheck(
+    v: &VerifiedToken,
+    ctx: &JwtContext<'_>,
+    accept: Option<&[usize]>,
+    now: UnixTime,
+    revocations: &dyn Revocations,
+) -> Result<Arc<Identity>, Reason> {
+    let issuer = ctx.issuers.get(v.issuer).ok_or(Reason::InternalError)?;
+    if accept.is_some_and(|a| !a.contains(&v.issuer)) {
+        return Err(Reason::CredentialNotAccepted);
+    }
+    claims::check_times(now, issuer.leeway, v.exp, v.nbf, v.iat, issuer.max_lifetime)?;
+    if let Some(jti) = &v.jti {
+        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::TokenId(jti))?;
+    }
+    if let Some(sub) = &v.sub {
+        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::Subject { subject: sub, issued_at: v.iat })?;
+    }
+    Ok(Arc::clone(&v.identity))
+}
+
+fn verify_fully(
+    token: &str,
+    ctx: &JwtContext<'_>,
+    accept: Option<&[usize]>,
+    now: UnixTime,
+    revocations: &dyn Revocations,
+) -> Result<(Arc<Identity>, VerifiedToken), Reason> {
     let parts = split(token, ctx.max_token_bytes)?;
     let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
     let signature = b64::decode_into(parts.signature, &mut sig_buf).ok_or(Reason::Malformed)?;
@@ -210,7 +264,17 @@ pub(crate) fn verify(
         )?;
     }
 
-    build_identity(issuer, key, audience, &registered, &claims)
+    let identity = Arc::new(build_identity(issuer, key, audience, &registered, &claims)?);
+    let verified = VerifiedToken {
+        issuer: index,
+        exp: registered.exp,
+        nbf: registered.nbf,
+        iat: registered.iat,
+        jti: registered.jti.map(Box::from),
+        sub: registered.sub.map(Box::from),
+        identity: Arc::clone(&identity),
+    };
+    Ok((identity, verified))
 }
 
 pub(crate) fn refuse_if_revoked(
@@ -569,5 +633,93 @@ mod tests {
                 seen.push(*r);
             }
         }
+    }
+
+    /// A host with a token cache and a revocation set it can change, counting what the core
+    /// asks of the cache.
+    #[derive(Default)]
+    struct Caching {
+        tokens: std::cell::RefCell<std::collections::HashMap<String, std::sync::Arc<super::VerifiedToken>>>,
+        hits: std::cell::Cell<u32>,
+        revoked: std::cell::RefCell<RevocationSet>,
+    }
+
+    impl crate::Revocations for Caching {
+        fn status(&self, q: crate::RevocationQuery<'_>) -> crate::RevocationStatus {
+            self.revoked.borrow().status(q)
+        }
+        fn verified_tokens(&self) -> Option<&dyn crate::TokenCache> {
+            Some(self)
+        }
+    }
+
+    impl crate::TokenCache for Caching {
+        fn get(&self, token: &str) -> Option<std::sync::Arc<super::VerifiedToken>> {
+            let hit = self.tokens.borrow().get(token).cloned();
+            self.hits.set(self.hits.get() + u32::from(hit.is_some()));
+            hit
+        }
+        fn put(&self, token: &str, verified: std::sync::Arc<super::VerifiedToken>) {
+            self.tokens.borrow_mut().insert(token.to_owned(), verified);
+        }
+    }
+
+    fn at(policy: &crate::Policy, token: &str, now: i64, host: &Caching) -> crate::Decision {
+        let auth = format!("Bearer {token}");
+        let headers = [("Authorization", auth.as_str())];
+        policy.decide(
+            &crate::Request { headers: &headers, ..crate::Request::new("GET", "/", crate::UnixTime(now)) },
+            host,
+        )
+    }
+
+    #[test]
+    fn a_cached_token_decides_exactly_as_the_full_path_every_time() {
+        let p = hs_policy("");
+        let host = Caching::default();
+        let t = hs256(SECRET, H, &claims(r#""jti":"j1","scope":"a b""#));
+        let first = at(&p, &t, NOW, &host);
+        assert!(first.allowed());
+        assert_eq!((host.tokens.borrow().len(), host.hits.get()), (1, 0));
+        let again = at(&p, &t, NOW, &host);
+        assert_eq!(host.hits.get(), 1, "the second decision is a hit");
+        assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&first).unwrap());
+
+        // What depends on the request is checked on every hit, with the full path's reasons.
+        for (now, want) in [(NOW + 300 + 10, Reason::Expired), (NOW - 10 - 11, Reason::IssuedInFuture)] {
+            assert_eq!(at(&p, &t, now, &host).reason, want, "at {now}");
+            assert_eq!(decide_with(&p, &t, &crate::NoRevocations).reason, Reason::Allowed);
+            let uncached = {
+                let auth = format!("Bearer {t}");
+                let headers = [("Authorization", auth.as_str())];
+                p.decide(
+                    &crate::Request { headers: &headers, ..crate::Request::new("GET", "/", crate::UnixTime(now)) },
+                    &crate::NoRevocations,
+                )
+            };
+            assert_eq!(uncached.reason, want, "the full path agrees at {now}");
+        }
+        host.revoked.borrow_mut().revoke_token_id("j1");
+        assert_eq!(at(&p, &t, NOW, &host).reason, Reason::Revoked);
+        *host.revoked.borrow_mut() = RevocationSet::default();
+        host.revoked.borrow_mut().revoke_subject("alice", NOW);
+        assert_eq!(at(&p, &t, NOW, &host).reason, Reason::Revoked, "a subject revoked after issue");
+        assert!(host.hits.get() >= 5);
+    }
+
+    #[test]
+    fn only_tokens_that_passed_everything_are_kept() {
+        let p = hs_policy("");
+        let host = Caching::default();
+        let forged = hs256(b"another-secret-another-secret-xx", H, &claims(""));
+        let expired = hs256(SECRET, H, &claims("").replace(&format!(r#""exp":{}"#, NOW + 300), r#""exp":1"#));
+        assert_eq!(at(&p, &expired, NOW, &host).reason, Reason::Expired);
+        host.revoked.borrow_mut().revoke_token_id("gone");
+        let revoked = hs256(SECRET, H, &claims(r#""jti":"gone""#));
+        for t in [&forged, &expired, &revoked] {
+            assert!(!at(&p, t, NOW, &host).allowed());
+            assert!(!at(&p, t, NOW, &host).allowed());
+        }
+        assert_eq!((host.tokens.borrow().len(), host.hits.get()), (0, 0));
     }
 }

@@ -90,7 +90,7 @@ impl Credentials {
                     max_token_bytes: self.max_token_bytes,
                     statics: &self.statics,
                 };
-                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations).map(Arc::new)
+                jwt::verify(token, &ctx, accept.issuers.as_deref(), req.now, revocations)
             }
             Presented::ServiceToken(token, policy) => policy
                 .verify(
