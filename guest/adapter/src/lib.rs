@@ -38,6 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod bounded;
 pub mod bundle;
 pub mod deny;
 pub mod request;

@@ -9,10 +9,10 @@
 //! primitive, never a decision. Bounded (oldest entries evicted first); a runtime empties it
 //! when the policy, and so the keys, change.
 
-use std::collections::{HashSet, VecDeque};
-
 use portcullis_core::{PublicKeyRef, SignatureCheck, SignatureVerdict};
 use sha2::{Digest as _, Sha256};
+
+use crate::bounded::Bounded;
 
 /// What one lookup did, for a runtime's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,15 +26,13 @@ pub struct Lookup {
 /// A bounded set of verified signatures.
 #[derive(Debug, Default)]
 pub struct VerifiedSignatures {
-    capacity: usize,
-    set: HashSet<[u8; 32], foldhash::fast::FixedState>,
-    order: VecDeque<[u8; 32]>,
+    entries: Bounded<[u8; 32], ()>,
 }
 
 impl VerifiedSignatures {
     /// A cache of at most `capacity` signatures (0 keeps none).
     pub fn new(capacity: usize) -> VerifiedSignatures {
-        VerifiedSignatures { capacity, ..VerifiedSignatures::default() }
+        VerifiedSignatures { entries: Bounded::new(capacity) }
     }
 
     /// The entry for `check`: every field length-prefixed, so no two checks share an encoding.
@@ -63,23 +61,12 @@ impl VerifiedSignatures {
 
     /// Whether `digest` was verified before.
     pub fn contains(&self, digest: &[u8; 32]) -> bool {
-        self.capacity > 0 && self.set.contains(digest)
+        self.entries.get(digest).is_some()
     }
 
     /// Records a *valid* verification; returns how many old entries made room.
     pub fn insert(&mut self, digest: [u8; 32]) -> u64 {
-        if self.capacity == 0 || !self.set.insert(digest) {
-            return 0;
-        }
-        self.order.push_back(digest);
-        let mut evicted = 0;
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-                evicted += 1;
-            }
-        }
-        evicted
+        self.entries.insert(digest, ())
     }
 
     /// Answers `check` from the cache, or with `verify` (keeping a valid answer). For a runtime
@@ -89,7 +76,7 @@ impl VerifiedSignatures {
         check: &SignatureCheck<'_>,
         verify: impl FnOnce(&SignatureCheck<'_>) -> Result<SignatureVerdict, E>,
     ) -> (Result<SignatureVerdict, E>, Lookup) {
-        if self.capacity == 0 {
+        if self.entries.capacity() == 0 {
             return (verify(check), Lookup::default());
         }
         let digest = Self::digest(check);
@@ -103,23 +90,22 @@ impl VerifiedSignatures {
 
     /// Forgets every entry.
     pub fn clear(&mut self) {
-        self.set.clear();
-        self.order.clear();
+        self.entries.clear();
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.len() == 0
     }
 
     /// The most it holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.entries.capacity()
     }
 }
 

@@ -8,57 +8,42 @@
 //! fill it. Bounded (oldest evicted first); a runtime keeps one per compiled policy and drops it
 //! with the policy.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use portcullis_core::VerifiedToken;
 
+use crate::bounded::Bounded;
+
 /// A bounded map from token to its verification.
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    capacity: usize,
-    // A fixed seed is safe here: only tokens that verified are inserted, so an attacker cannot
-    // choose the keys that collide.
-    map: HashMap<Box<str>, Arc<VerifiedToken>, foldhash::fast::FixedState>,
-    order: VecDeque<Box<str>>,
+    entries: Bounded<Box<str>, Arc<VerifiedToken>>,
 }
 
 impl VerifiedTokens {
     /// A store of at most `capacity` tokens (0 keeps none).
     pub fn new(capacity: usize) -> VerifiedTokens {
-        VerifiedTokens { capacity, ..VerifiedTokens::default() }
+        VerifiedTokens { entries: Bounded::new(capacity) }
     }
 
     /// The verification of `token`, when it was verified before.
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
-        self.map.get(token).cloned()
+        self.entries.get(token).cloned()
     }
 
     /// Keeps a verification; returns how many old entries made room.
     pub fn put(&mut self, token: &str, verified: Arc<VerifiedToken>) -> u64 {
-        if self.capacity == 0 || self.map.contains_key(token) {
-            return 0;
-        }
-        self.map.insert(token.into(), verified);
-        self.order.push_back(token.into());
-        let mut evicted = 0;
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-                evicted += 1;
-            }
-        }
-        evicted
+        self.entries.insert(token.into(), verified)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.len() == 0
     }
 }
 

@@ -171,17 +171,32 @@ fn recheck(
     revocations: &dyn Revocations,
 ) -> Result<Arc<Identity>, Reason> {
     let issuer = ctx.issuers.get(v.issuer).ok_or(Reason::InternalError)?;
-    if accept.is_some_and(|a| !a.contains(&v.issuer)) {
-        return Err(Reason::CredentialNotAccepted);
-    }
+    accepted(accept, v.issuer)?;
     claims::check_times(now, issuer.leeway, v.exp, v.nbf, v.iat, issuer.max_lifetime)?;
-    if let Some(jti) = &v.jti {
+    not_revoked(ctx, revocations, v.jti.as_deref(), v.sub.as_deref(), v.iat)?;
+    Ok(Arc::clone(&v.identity))
+}
+
+/// Whether the route accepts tokens from the issuer at `index`.
+fn accepted(accept: Option<&[usize]>, index: usize) -> Result<(), Reason> {
+    if accept.is_some_and(|a| !a.contains(&index)) { Err(Reason::CredentialNotAccepted) } else { Ok(()) }
+}
+
+/// The token's id and its subject (as of its issue time) against both revocation sources.
+fn not_revoked(
+    ctx: &JwtContext<'_>,
+    revocations: &dyn Revocations,
+    jti: Option<&str>,
+    sub: Option<&str>,
+    iat: Option<f64>,
+) -> Result<(), Reason> {
+    if let Some(jti) = jti {
         refuse_if_revoked(ctx.statics, revocations, RevocationQuery::TokenId(jti))?;
     }
-    if let Some(sub) = &v.sub {
-        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::Subject { subject: sub, issued_at: v.iat })?;
+    if let Some(sub) = sub {
+        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::Subject { subject: sub, issued_at: iat })?;
     }
-    Ok(Arc::clone(&v.identity))
+    Ok(())
 }
 
 fn verify_fully(
@@ -218,9 +233,7 @@ fn verify_fully(
     };
     let (index, issuer) =
         ctx.issuers.iter().enumerate().find(|(_, i)| i.issuer.as_str() == iss).ok_or(Reason::WrongIssuer)?;
-    if accept.is_some_and(|a| !a.contains(&index)) {
-        return Err(Reason::CredentialNotAccepted);
-    }
+    accepted(accept, index)?;
 
     let alg = Alg::from_name(alg).filter(|a| issuer.algorithms.contains(*a)).ok_or(Reason::AlgNotAllowed)?;
     let key = match issuer.keys.choose(alg, kid) {
@@ -253,16 +266,7 @@ fn verify_fully(
         return Err(Reason::WrongAudience);
     }
 
-    if let Some(jti) = registered.jti {
-        refuse_if_revoked(ctx.statics, revocations, RevocationQuery::TokenId(jti))?;
-    }
-    if let Some(sub) = registered.sub {
-        refuse_if_revoked(
-            ctx.statics,
-            revocations,
-            RevocationQuery::Subject { subject: sub, issued_at: registered.iat },
-        )?;
-    }
+    not_revoked(ctx, revocations, registered.jti, registered.sub, registered.iat)?;
 
     let identity = Arc::new(build_identity(issuer, key, audience, &registered, &claims)?);
     let verified = VerifiedToken {
