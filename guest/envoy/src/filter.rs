@@ -200,6 +200,19 @@ struct Root {
     in_flight: Option<(u32, Duration)>,
     /// Ticking at the poll period (after the first snapshot), not the first-load period.
     polling: bool,
+    /// The last feed failure logged: a failure that repeats every poll is logged once (the
+    /// `feed_errors` counter counts them all), and the recovery once.
+    last_feed_error: Option<String>,
+}
+
+impl Root {
+    fn feed_failed(&mut self, metrics: &Metrics, message: String) {
+        metrics.feed_error();
+        if self.last_feed_error.as_deref() != Some(message.as_str()) {
+            log(LogLevel::Warn, &format!("portcullis: revocation feed: {message}; the set in force stays"));
+            self.last_feed_error = Some(message);
+        }
+    }
 }
 
 impl Context for Root {
@@ -209,7 +222,7 @@ impl Context for Root {
             return;
         }
         self.in_flight = None;
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = self.shared.clone() else { return };
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
         let status = self.get_http_call_response_header(":status");
@@ -229,6 +242,9 @@ impl Context for Root {
                 if let Some(feed) = s.feed.as_mut() {
                     feed.tick(clock());
                 }
+                if self.last_feed_error.take().is_some() {
+                    log(LogLevel::Info, "portcullis: revocation feed: answering again");
+                }
             }
             Err(e) => {
                 if status.as_deref() != Some("200")
@@ -236,8 +252,7 @@ impl Context for Root {
                 {
                     feed.on_failure();
                 }
-                s.metrics.feed_error();
-                log(LogLevel::Warn, &format!("portcullis: revocation feed: {e}; the set in force stays"));
+                self.feed_failed(&s.metrics, e);
             }
         }
         let synced = s.feed.as_ref().is_some_and(|f| f.replica().synced());
@@ -326,14 +341,8 @@ impl RootContext for Root {
                 if let Some(feed) = s.feed.as_mut() {
                     feed.on_failure();
                 }
-                s.metrics.feed_error();
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "portcullis: cannot call the revocation feed ({status:?}); is cluster `{}` defined?",
-                        f.cluster
-                    ),
-                );
+                let message = format!("cannot call it ({status:?}); is cluster `{}` defined?", f.cluster);
+                self.feed_failed(&s.metrics, message);
             }
         }
     }
