@@ -466,3 +466,38 @@ fn rotation_plans_name_the_signer_and_when_each_old_key_may_go() {
     let out = hmac_plan("nope");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn policy_bundle_prints_the_policy_and_every_file_it_references_or_nothing() {
+    let out = portcullis(&["policy", "bundle", "policies/example.yaml"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = std::fs::read_to_string(root().join("policies/example.yaml")).unwrap();
+    assert_eq!(v["policy"], text.as_str());
+    let files = v["files"].as_object().unwrap();
+    let mut names: Vec<&str> = files.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let mut want = portcullis_core::Policy::referenced_files(&text).unwrap();
+    want.sort();
+    assert_eq!(names, want);
+    let jwks = std::fs::read_to_string(root().join("policies/keys/jwks.json")).unwrap();
+    assert_eq!(files["keys/jwks.json"], jwks.as_str(), "text files are carried as text, unchanged");
+
+    let dir = std::env::temp_dir().join(format!("portcullis-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("p.yaml");
+    std::fs::write(
+        &broken,
+        "version: 1\nissuers:\n  - issuer: x\n    audiences: [a]\n    algorithms: [HS256]\n    jwks_file: gone.json\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "bundle", broken.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "a policy that does not load prints nothing");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error[policy_file]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
