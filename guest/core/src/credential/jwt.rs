@@ -150,25 +150,33 @@ pub(crate) fn verify(
     now: UnixTime,
     revocations: &dyn Revocations,
 ) -> Result<Arc<Identity>, Reason> {
+    let checks = Checks { ctx, accept, now, revocations };
     let cache = revocations.verified_tokens();
     if let Some(hit) = cache.and_then(|c| c.get(token)) {
-        return recheck(&hit, ctx, accept, now, revocations);
+        return recheck(&hit, checks);
     }
-    let (identity, verified) = verify_fully(token, ctx, accept, now, revocations)?;
+    let (identity, verified) = verify_fully(token, checks)?;
     if let Some(c) = cache {
         c.put(token, Arc::new(verified));
     }
     Ok(identity)
 }
 
+/// What one request brings to a token's checks.
+#[derive(Clone, Copy)]
+struct Checks<'a, 'c> {
+    ctx: &'a JwtContext<'c>,
+    /// The route's accepted issuers (`None`: all).
+    accept: Option<&'a [usize]>,
+    now: UnixTime,
+    revocations: &'a dyn Revocations,
+}
+
 /// What the full path checks that can change between two requests with the same token, in the
 /// same order: the route's accepted issuers, the times, the revocations.
 fn recheck(
     v: &VerifiedToken,
-    ctx: &JwtContext<'_>,
-    accept: Option<&[usize]>,
-    now: UnixTime,
-    revocations: &dyn Revocations,
+    Checks { ctx, accept, now, revocations }: Checks<'_, '_>,
 ) -> Result<Arc<Identity>, Reason> {
     let issuer = ctx.issuers.get(v.issuer).ok_or(Reason::InternalError)?;
     accepted(accept, v.issuer)?;
@@ -201,10 +209,7 @@ fn not_revoked(
 
 fn verify_fully(
     token: &str,
-    ctx: &JwtContext<'_>,
-    accept: Option<&[usize]>,
-    now: UnixTime,
-    revocations: &dyn Revocations,
+    Checks { ctx, accept, now, revocations }: Checks<'_, '_>,
 ) -> Result<(Arc<Identity>, VerifiedToken), Reason> {
     let parts = split(token, ctx.max_token_bytes)?;
     let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
