@@ -5,7 +5,7 @@
 //! compiled policy and, when configured, its own follower of the sidecar's revocation feed,
 //! shared by `Rc` with the worker's HTTP contexts (all on that thread).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -35,6 +35,8 @@ proxy_wasm::main! {{
 const MAX_FEED_BYTES: usize = 64 << 20;
 /// The tick while no snapshot has loaded yet (requests are denied until one has).
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(100);
+/// The longest tick: counters reach Envoy's stats at least this often.
+const FLUSH_TICK: Duration = Duration::from_secs(1);
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -45,45 +47,70 @@ fn clock() -> Duration {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
-/// Counters and gauges, as Envoy stats (`wasmcustom.portcullis.*`).
+/// A counter kept in the VM and added to Envoy's stat on the root context's tick: one call
+/// across the ABI per tick instead of one per request.
+struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn define(name: &str) -> Counter {
+        Counter { id: hostcalls::define_metric(MetricType::Counter, name).ok(), pending: Cell::new(0) }
+    }
+
+    fn add(&self) {
+        self.pending.set(self.pending.get().saturating_add(1));
+    }
+
+    fn flush(&self) {
+        let n = self.pending.take();
+        if let (Some(id), true) = (self.id, n > 0) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Counters and gauges, as Envoy stats (`wasmcustom.portcullis.*`). Counters reach Envoy on
+/// the next tick (at most [`FLUSH_TICK`] later); gauges are set on the tick.
 struct Metrics {
-    decisions: Vec<(Reason, u32)>,
+    decisions: Vec<(Reason, Counter)>,
     feed_age_ms: Option<u32>,
-    feed_errors: Option<u32>,
+    feed_errors: Counter,
     feed_entries: Option<u32>,
     feed_stale: Option<u32>,
     /// Signatures Envoy's BoringSSL verified (valid or not).
-    signatures_by_envoy: Option<u32>,
+    signatures_by_envoy: Counter,
     /// Signatures left to the core's own code (an algorithm or key the function does not take).
-    signatures_in_vm: Option<u32>,
+    signatures_in_vm: Counter,
     /// Signatures answered from the cache of verified ones.
-    signatures_cached: Option<u32>,
+    signatures_cached: Counter,
     /// Tokens answered from the cache of verified ones.
-    tokens_cached: Option<u32>,
+    tokens_cached: Counter,
 }
 
 impl Metrics {
     fn define() -> Metrics {
-        let define = |kind, name: &str| hostcalls::define_metric(kind, name).ok();
+        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
         Metrics {
             decisions: Reason::ALL
                 .iter()
-                .filter_map(|&r| Some((r, define(MetricType::Counter, &format!("portcullis.decisions.{}", r.code()))?)))
+                .map(|&r| (r, Counter::define(&format!("portcullis.decisions.{}", r.code()))))
                 .collect(),
-            feed_age_ms: define(MetricType::Gauge, "portcullis.revocations.feed_age_ms"),
-            feed_errors: define(MetricType::Counter, "portcullis.revocations.feed_errors"),
-            feed_entries: define(MetricType::Gauge, "portcullis.revocations.entries"),
-            feed_stale: define(MetricType::Gauge, "portcullis.revocations.stale"),
-            signatures_by_envoy: define(MetricType::Counter, "portcullis.signatures.by_envoy"),
-            signatures_in_vm: define(MetricType::Counter, "portcullis.signatures.in_vm"),
-            signatures_cached: define(MetricType::Counter, "portcullis.signatures.cached"),
-            tokens_cached: define(MetricType::Counter, "portcullis.tokens.cached"),
+            feed_age_ms: gauge("portcullis.revocations.feed_age_ms"),
+            feed_errors: Counter::define("portcullis.revocations.feed_errors"),
+            feed_entries: gauge("portcullis.revocations.entries"),
+            feed_stale: gauge("portcullis.revocations.stale"),
+            signatures_by_envoy: Counter::define("portcullis.signatures.by_envoy"),
+            signatures_in_vm: Counter::define("portcullis.signatures.in_vm"),
+            signatures_cached: Counter::define("portcullis.signatures.cached"),
+            tokens_cached: Counter::define("portcullis.tokens.cached"),
         }
     }
 
     fn decided(&self, reason: Reason) {
-        if let Some((_, id)) = self.decisions.iter().find(|(r, _)| *r == reason) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some((_, counter)) = self.decisions.iter().find(|(r, _)| *r == reason) {
+            counter.add();
         }
     }
 
@@ -93,20 +120,25 @@ impl Metrics {
         }
     }
 
-    fn count(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+    fn flush(&self) {
+        let counters = [
+            &self.feed_errors,
+            &self.signatures_by_envoy,
+            &self.signatures_in_vm,
+            &self.signatures_cached,
+            &self.tokens_cached,
+        ];
+        for c in self.decisions.iter().map(|(_, c)| c).chain(counters) {
+            c.flush();
         }
-    }
-
-    fn feed_error(&self) {
-        Metrics::count(self.feed_errors);
     }
 }
 
 /// What a worker's contexts share.
 struct Shared {
     compiled: Compiled,
+    /// Whether a decision can depend on the peer address (read across the ABI only then).
+    reads_peer: bool,
     feed: Option<FeedClient>,
     metrics: Metrics,
     /// SubjectPublicKeyInfo DER of each public key the core asked about, by the address of its
@@ -154,11 +186,11 @@ impl Revocations for EnvoyHost<'_> {
             self.0.verified.borrow_mut().verify(check, |c| Ok::<_, std::convert::Infallible>(self.by_envoy(c)));
         let verdict = verdict.unwrap_or(SignatureVerdict::Unsupported);
         let counter = match verdict {
-            _ if lookup.hit => metrics.signatures_cached,
-            SignatureVerdict::Unsupported => metrics.signatures_in_vm,
-            _ => metrics.signatures_by_envoy,
+            _ if lookup.hit => &metrics.signatures_cached,
+            SignatureVerdict::Unsupported => &metrics.signatures_in_vm,
+            _ => &metrics.signatures_by_envoy,
         };
-        Metrics::count(counter);
+        counter.add();
         verdict
     }
 }
@@ -167,7 +199,7 @@ impl TokenCache for EnvoyHost<'_> {
     fn get(&self, token: &str) -> Option<std::sync::Arc<VerifiedToken>> {
         let hit = self.0.tokens.borrow().get(token);
         if hit.is_some() {
-            Metrics::count(self.0.metrics.tokens_cached);
+            self.0.metrics.tokens_cached.add();
         }
         hit
     }
@@ -198,8 +230,11 @@ struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
     /// The feed call in flight: its token and when it was sent.
     in_flight: Option<(u32, Duration)>,
-    /// Ticking at the poll period (after the first snapshot), not the first-load period.
-    polling: bool,
+    /// The tick period in force: [`FIRST_LOAD_TICK`] until the first snapshot, then the poll
+    /// period or [`FLUSH_TICK`], whichever is shorter.
+    period: Duration,
+    /// When the last feed call was sent.
+    last_sent: Option<Duration>,
     /// The last feed failure logged: a failure that repeats every poll is logged once (the
     /// `feed_errors` counter counts them all), and the recovery once.
     last_feed_error: Option<String>,
@@ -207,7 +242,7 @@ struct Root {
 
 impl Root {
     fn feed_failed(&mut self, metrics: &Metrics, message: String) {
-        metrics.feed_error();
+        metrics.feed_errors.add();
         if self.last_feed_error.as_deref() != Some(message.as_str()) {
             log(LogLevel::Warn, &format!("portcullis: revocation feed: {message}; the set in force stays"));
             self.last_feed_error = Some(message);
@@ -256,9 +291,24 @@ impl Context for Root {
             }
         }
         let synced = s.feed.as_ref().is_some_and(|f| f.replica().synced());
-        if let (true, false, Some(f)) = (synced, self.polling, &s.compiled.feed) {
-            self.set_tick_period(f.poll);
-            self.polling = true;
+        if let (true, Some(f)) = (synced, &s.compiled.feed) {
+            self.tick_every(f.poll.min(FLUSH_TICK));
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(shared) = &self.shared {
+            shared.borrow().metrics.flush();
+        }
+        true
+    }
+}
+
+impl Root {
+    fn tick_every(&mut self, period: Duration) {
+        if self.period != period {
+            self.set_tick_period(period);
+            self.period = period;
         }
     }
 }
@@ -278,9 +328,8 @@ impl RootContext for Root {
         }
         let feed = compiled.feed.as_ref().map(|f| FeedClient::new(f.mode, f.stale_after, clock()));
         let (cache_entries, token_entries) = (compiled.signature_cache_entries, compiled.token_cache_entries);
-        if feed.is_some() {
-            self.set_tick_period(FIRST_LOAD_TICK);
-        }
+        self.period = Duration::ZERO;
+        self.tick_every(if feed.is_some() { FIRST_LOAD_TICK } else { FLUSH_TICK });
         log(
             LogLevel::Info,
             &format!(
@@ -292,7 +341,9 @@ impl RootContext for Root {
                 }
             ),
         );
+        let reads_peer = compiled.client_address_header.is_none() && compiled.policy.reads_client_address();
         self.shared = Some(Rc::new(RefCell::new(Shared {
+            reads_peer,
             compiled,
             feed,
             metrics: Metrics::define(),
@@ -301,7 +352,7 @@ impl RootContext for Root {
             tokens: RefCell::new(VerifiedTokens::new(token_entries)),
         })));
         self.in_flight = None;
-        self.polling = false;
+        self.last_sent = None;
         true
     }
 
@@ -309,6 +360,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else { return };
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
+        s.metrics.flush();
         let now = clock();
         let Some(feed) = s.feed.as_mut() else { return };
         if let Some(stale) = feed.tick(now) {
@@ -329,6 +381,12 @@ impl RootContext for Root {
             // only a guard against a lost callback.
             self.in_flight = None;
         }
+        // Before the first snapshot every tick asks; after it, once per poll period (half a
+        // tick early rather than a whole tick late).
+        let synced = s.feed.as_ref().is_some_and(|f| f.replica().synced());
+        if synced && self.last_sent.is_some_and(|t| now.saturating_sub(t) + self.period / 2 < f.poll) {
+            return;
+        }
         let headers = vec![
             (":method", "GET"),
             (":path", target.as_str()),
@@ -336,7 +394,10 @@ impl RootContext for Root {
             (f.header.as_str(), f.value.as_str()),
         ];
         match self.dispatch_http_call(&f.cluster, headers, None, vec![], f.timeout) {
-            Ok(token) => self.in_flight = Some((token, now)),
+            Ok(token) => {
+                self.in_flight = Some((token, now));
+                self.last_sent = Some(now);
+            }
             Err(status) => {
                 if let Some(feed) = s.feed.as_mut() {
                     feed.on_failure();
@@ -369,8 +430,10 @@ impl Filter {
         };
         let (method, path, authority, scheme) =
             (pseudo(":method"), pseudo(":path"), pseudo(":authority"), pseudo(":scheme"));
-        let peer = self
-            .get_property(vec!["source", "address"])
+        let peer = s
+            .reads_peer
+            .then(|| self.get_property(vec!["source", "address"]))
+            .flatten()
             .and_then(|a| String::from_utf8(a).ok())
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
             .map(|a| a.ip());

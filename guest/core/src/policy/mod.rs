@@ -203,6 +203,26 @@ mod error_tests {
     }
 
     #[test]
+    fn the_policy_says_whether_decisions_can_depend_on_the_client_address() {
+        let keys = |cidrs: &str| {
+            let file = format!(
+                "keys:\n  - id: k\n    prefix: ask_live0001\n    sha256: {}\n{cidrs}",
+                "8dada70aedd83fca2789408648347f3e775ede597228e359306436aa72d79d0f"
+            );
+            BTreeMap::from([("keys.yaml".to_string(), file.into_bytes())])
+        };
+        let text = "version: 1\napi_keys: {prefix: ask_, keys_file: keys.yaml}\n";
+        assert!(!Policy::load(text, &keys("")).unwrap().reads_client_address());
+        assert!(Policy::load(text, &keys("    allowed_cidrs: [203.0.113.0/24]\n")).unwrap().reads_client_address());
+        let rule = |when: &str| {
+            let text = format!("{text}rules:\n  - {{id: r, effect: deny, when: {{{when}}}}}\n");
+            Policy::load(&text, &keys("")).unwrap().reads_client_address()
+        };
+        assert!(rule("client_cidrs: [10.0.0.0/8]"));
+        assert!(!rule("methods: [DELETE]"));
+    }
+
+    #[test]
     fn values_are_cut_from_type_errors_but_the_rest_stays() {
         assert_eq!(without_values("invalid type: string \"abc\", expected u32"), "invalid type: string, expected u32");
         assert_eq!(
@@ -246,6 +266,19 @@ impl Policy {
     /// The service token section, for tooling that mints tokens.
     pub fn service_tokens(&self) -> Option<&ServiceTokenPolicy> {
         self.credentials.service_tokens.as_ref()
+    }
+
+    /// Whether any decision can depend on the client address: a rule with `client_cidrs` or an
+    /// API key with `allowed_cidrs`. A runtime for which reading the peer address costs
+    /// something (a call across the proxy-wasm ABI) may leave it unknown when this is false;
+    /// decisions are the same either way.
+    pub fn reads_client_address(&self) -> bool {
+        self.engine.rules.iter().any(|r| !r.client_cidrs.is_empty())
+            || self
+                .credentials
+                .api_keys
+                .as_ref()
+                .is_some_and(|k| k.entries().iter().any(|e| !e.allowed_cidrs.is_empty()))
     }
 
     /// The compiled routes, roles and rules.
