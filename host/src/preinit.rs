@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use anyhow::bail;
 use portcullis_core::NoRevocations;
-use wasmtime::component::{Component, Instance, WasmList};
+use wasmtime::component::{Component, Instance, Linker, WasmList};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
@@ -27,6 +27,77 @@ pub fn preinitialize(bundle: &PolicyBundle) -> anyhow::Result<Vec<u8>> {
 
 /// Returns `component` with `bundle`'s policy installed in its memory.
 pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyhow::Result<Vec<u8>> {
+    snapshot_after(component, crate::runtime::linker, |store, instance| {
+        let files = crate::runtime::files(bundle);
+        let authz = crate::runtime::bindings_for(&mut *store, instance)?;
+        let installed = authz
+            .portcullis_authz_authorizer()
+            .call_install(&mut *store, &bundle.text, &files)
+            .context("install trapped")?;
+        if let Err(e) = installed {
+            let e = crate::runtime::load_error(&e);
+            bail!("the policy did not load: [{}] {e}", e.code());
+        }
+        Ok(())
+    })
+}
+
+/// The Spin component's `portcullis:spin/setup` export.
+const SPIN_SETUP: &str = "portcullis:spin/setup@0.1.0";
+
+/// Returns the Spin component (`guest/spin`, either world of `wit/spin/world.wit`) with
+/// `bundle`'s policy installed in its memory and `settings` as its build-time defaults. Its
+/// imports (WASI HTTP, Spin's variables and key-value store) are not called while installing,
+/// so they are stubbed with traps here, except the one Rust's standard library calls on the
+/// first `HashMap`: `wasi:random/insecure-seed`, answered from the OS's random source. (That
+/// seed is then part of the image: every instance of one build shares it, as it shares the
+/// policy; it keys only hash tables, never a secret.)
+pub fn preinitialize_spin(
+    component: &[u8],
+    bundle: &PolicyBundle,
+    settings: &[(String, String)],
+) -> anyhow::Result<Vec<u8>> {
+    let linker = |engine: &Engine, compiled: &Component| {
+        let mut linker = Linker::new(engine);
+        // Under the exact name the component imports (the version follows Rust's std).
+        let seeds: Vec<String> = compiled
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.starts_with("wasi:random/insecure-seed@0.2."))
+            .collect();
+        for name in seeds {
+            linker.instance(&name)?.func_wrap("insecure-seed", |_, ()| -> wasmtime::Result<((u64, u64),)> {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes).map_err(|e| wasmtime::Error::msg(e.to_string()))?;
+                let (a, b) = bytes.split_at(8);
+                let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+                Ok(((word(a), word(b)),))
+            })?;
+        }
+        linker.define_unknown_imports_as_traps(compiled)?;
+        Ok(linker)
+    };
+    snapshot_after(component, linker, |store, instance| {
+        let (_, setup) = instance
+            .get_export(&mut *store, None, SPIN_SETUP)
+            .with_context(|| format!("not a Portcullis Spin component: no `{SPIN_SETUP}` export"))?;
+        let (_, install) =
+            instance.get_export(&mut *store, Some(&setup), "install").context("no `install` in the setup export")?;
+        type Install<'a> = (&'a str, &'a [crate::runtime::wit::PolicyFile], &'a [(String, String)]);
+        let install = instance.get_typed_func::<Install<'_>, (Result<(), String>,)>(&mut *store, install)?;
+        let files = crate::runtime::files(bundle);
+        let (installed,) = install.call(&mut *store, (&bundle.text, &files, settings)).context("install trapped")?;
+        installed.map_err(|e| anyhow::anyhow!("the component refused: {e}"))
+    })
+}
+
+/// Instruments `component`, instantiates it with `linker`, runs `install`, and snapshots it.
+fn snapshot_after(
+    component: &[u8],
+    linker: impl FnOnce(&Engine, &Component) -> anyhow::Result<Linker<HostState>>,
+    install: impl FnOnce(&mut Store<HostState>, &Instance) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
     let wizer = Wizer::new();
     let (cx, instrumented) = wizer.instrument_component(component).context("cannot instrument the component")?;
 
@@ -34,21 +105,11 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
     config.wasm_component_model(true);
     let engine = Engine::new(&config).context("cannot configure wasmtime")?;
     let compiled = Component::new(&engine, &instrumented).context("cannot compile the instrumented component")?;
-    let linker = crate::runtime::linker(&engine, &compiled)?;
+    let linker = linker(&engine, &compiled)?;
     let state = HostState::new(StoreLimitsBuilder::new().build(), Arc::new(NoRevocations), None);
     let mut store = Store::new(&engine, state);
     let instance = linker.instantiate(&mut store, &compiled).context("cannot instantiate the component")?;
-
-    let files = crate::runtime::files(bundle);
-    let authz = crate::runtime::bindings_for(&mut store, &instance)?;
-    let installed = authz
-        .portcullis_authz_authorizer()
-        .call_install(&mut store, &bundle.text, &files)
-        .context("install trapped")?;
-    if let Err(e) = installed {
-        let e = crate::runtime::load_error(&e);
-        bail!("the policy did not load: [{}] {e}", e.code());
-    }
+    install(&mut store, &instance)?;
 
     let mut access = Access { store: &mut store, instance, error: None };
     let snapshot = block_on(wizer.snapshot_component(&cx, &mut access)).context("cannot snapshot the component")?;

@@ -81,12 +81,17 @@ impl<'a> RequestParts<'a> {
     }
 
     /// Takes the client address from the last entry of `header` (for example `x-forwarded-for`
-    /// when the proxy in front appends the peer it saw). Only for a listener reachable solely
-    /// from that proxy: anyone else could write the header. Unparsable: unknown.
+    /// when the proxy in front appends the peer it saw, or Spin's `spin-client-addr`, which Spin
+    /// writes after the client's own headers). Only for a listener reachable solely from that
+    /// proxy: anyone else could write the header. An address with a port (`ip:port`,
+    /// `[ipv6]:port`) counts as its address. Unparsable: unknown.
     #[must_use]
     pub fn client_address_from(mut self, header: &str) -> RequestParts<'a> {
         let last = self.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(header));
-        self.client_ip = last.and_then(|(_, v)| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok());
+        self.client_ip = last
+            .and_then(|(_, v)| v.rsplit(',').next())
+            .map(str::trim)
+            .and_then(|v| v.parse::<IpAddr>().ok().or_else(|| v.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())));
         self
     }
 
@@ -222,5 +227,12 @@ mod tests {
         assert_eq!(r.client_address_from("x-forwarded-for").build(0).client_ip, None);
         let r = RequestParts::new("GET", "/", "").headers([("x-forwarded-for", b"192.0.2.7".as_slice())]).build(0);
         assert_eq!(r.client_ip, None, "never from a header unless asked");
+        // Spin's `spin-client-addr`: the client's own copy first, Spin's (with a port) last.
+        let hs = [("spin-client-addr", b"10.0.0.1".as_slice()), ("spin-client-addr", b"[2001:db8::7]:51000")];
+        let r = RequestParts::new("GET", "/", "").headers(hs).client_address_from("spin-client-addr").build(0);
+        assert_eq!(r.client_ip, Some("2001:db8::7".parse().unwrap()));
+        let hs = [("spin-client-addr", b"203.0.113.9:443".as_slice())];
+        let r = RequestParts::new("GET", "/", "").headers(hs).client_address_from("spin-client-addr").build(0);
+        assert_eq!(r.client_ip, Some("203.0.113.9".parse().unwrap()));
     }
 }

@@ -378,6 +378,19 @@ pub trait FeedTransport {
     fn fetch(&mut self, target: &str) -> Result<Vec<u8>, String>;
 }
 
+/// A [`FeedClient`]'s state between runs, for a runtime with no memory between requests (the
+/// Spin component keeps it in a key-value store): the set as a snapshot at its cursor, when it
+/// was last confirmed fresh, and whether the next fetch must ask for a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedFeed {
+    /// The set, in the feed's snapshot form; `None` before the first snapshot.
+    pub set: Option<Feed>,
+    /// The last confirmation, in milliseconds on the runtime's clock.
+    pub confirmed_ms: Option<u64>,
+    /// See [`FeedClient::target`].
+    pub resnapshot: bool,
+}
+
 /// Follows the sidecar's feed (`GET /v1/revocations/feed`) and answers lookups from it.
 #[derive(Debug)]
 pub struct FeedClient {
@@ -407,6 +420,34 @@ impl FeedClient {
             resnapshot: false,
             stats: FeedStats::default(),
         }
+    }
+
+    /// The state to [`FeedClient::restore`] from later.
+    pub fn save(&self) -> SavedFeed {
+        SavedFeed {
+            set: self.replica.feed(None, false),
+            confirmed_ms: self.confirmations.confirmed_at.map(|c| u64::try_from(c.as_millis()).unwrap_or(u64::MAX)),
+            resnapshot: self.resnapshot,
+        }
+    }
+
+    /// A client continuing from `saved` at `now`: the same set, cursor and confirmation, so it
+    /// asks for the changes after the cursor and keeps the staleness bound.
+    pub fn restore(saved: SavedFeed, mode: StaleMode, bound: Duration, now: Duration) -> Result<FeedClient, FeedError> {
+        let mut client = FeedClient::new(mode, bound, now);
+        if let Some(feed) = saved.set {
+            let entries = feed.snapshot.ok_or_else(|| FeedError::Malformed("a saved set without a snapshot".into()))?;
+            client.replica.replace(set_of_snapshot(&entries), &feed.source, feed.cursor)?;
+        }
+        client.confirmations.confirmed_at = saved.confirmed_ms.map(Duration::from_millis);
+        client.resnapshot = saved.resnapshot;
+        client.tick(now);
+        Ok(client)
+    }
+
+    /// When the set was last confirmed fresh, on the runtime's clock.
+    pub fn confirmed_at(&self) -> Option<Duration> {
+        self.confirmations.confirmed_at
     }
 
     /// The request target for the next fetch: the feed's path, with `source` and `since` once
@@ -705,6 +746,34 @@ mod tests {
         assert_eq!(c.tick(s(11)), None);
         assert!(!c.is_stale());
         assert_eq!(c.stats(), FeedStats { snapshots: 2, changes: 1, errors: 1 });
+    }
+
+    #[test]
+    fn a_saved_client_continues_where_it_stopped() {
+        let s = Duration::from_secs;
+        let mut server = Replica::new(8);
+        server.replace(RevocationSet::default(), "pg:log", 0).unwrap();
+        assert!(server.apply(&[change(1, Op::Revoke, "x")]));
+        let mut t = Loopback { server, fresh: true, down: false, targets: Vec::new() };
+        let mut c = FeedClient::new(StaleMode::FailClosed, s(5), s(0));
+        c.sync(&mut t, s(1)).unwrap();
+        let saved: SavedFeed = serde_json::from_slice(&serde_json::to_vec(&c.save()).unwrap()).unwrap();
+
+        let mut again = FeedClient::restore(saved.clone(), StaleMode::FailClosed, s(5), s(3)).unwrap();
+        assert_eq!((again.replica().cursor(), again.confirmed_at()), (Some(1), Some(s(1))));
+        assert_eq!(again.status(token("x")), RevocationStatus::Revoked);
+        assert!(!again.is_stale());
+        assert!(t.server.apply(&[change(2, Op::Unrevoke, "x")]));
+        assert_eq!(again.sync(&mut t, s(4)).unwrap(), Synced::Changes { applied: 1 }, "changes, not a snapshot");
+        assert_eq!(again.status(token("x")), RevocationStatus::Active);
+
+        // Restored past the bound: stale at once (fail-closed answers unavailable).
+        let late = FeedClient::restore(saved, StaleMode::FailClosed, s(5), s(7)).unwrap();
+        assert_eq!(late.status(token("q")), RevocationStatus::Unavailable);
+        // Never synced: as new.
+        let none = SavedFeed { set: None, confirmed_ms: None, resnapshot: false };
+        let fresh = FeedClient::restore(none, StaleMode::Serve, s(5), s(0)).unwrap();
+        assert_eq!(fresh.status(token("q")), RevocationStatus::Unavailable);
     }
 
     #[test]

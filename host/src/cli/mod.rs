@@ -80,6 +80,49 @@ enum Command {
     /// Write the embedded Portcullis component, optionally with a policy pre-installed.
     #[command(after_help = COMPONENT_HELP)]
     Component(ComponentArgs),
+    /// Spin tooling: build the Spin component with a policy pre-installed.
+    #[command(subcommand)]
+    Spin(SpinCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SpinCommand {
+    /// Compile a policy into the Spin component (wizer), with build-time defaults for its
+    /// settings; application variables override the defaults at run time.
+    #[command(after_help = SPIN_BUILD_HELP)]
+    Build(SpinBuildArgs),
+}
+
+const SPIN_BUILD_HELP: &str = "\
+The component comes from `cargo build -p portcullis-spin --target wasm32-wasip2 --profile guest`
+(target/wasm32-wasip2/guest/portcullis_spin.wasm; add `--no-default-features` for the build that
+imports nothing Spin-specific and runs under `wasmtime serve`). Settings (docs/spin.md): upstream,
+client_address_header, revocations_feed, revocations_credential, revocations_poll_ms,
+revocations_stale_after_ms, revocations_stale_mode, revocations_store, fixed_now.
+
+Examples:
+  portcullis spin build --component target/wasm32-wasip2/guest/portcullis_spin.wasm \\
+      --policy policies/api-gateway.yaml --set upstream=http://127.0.0.1:8080 -o gate.wasm";
+
+#[derive(Debug, Args)]
+struct SpinBuildArgs {
+    /// The Spin component, as cargo built it.
+    #[arg(long, value_name = "FILE")]
+    component: PathBuf,
+    /// The policy to compile in (YAML or JSON; referenced files are read relative to it).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// A setting's build-time default, `NAME=VALUE` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = setting)]
+    settings: Vec<(String, String)>,
+    /// Where to write the component.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 const COMPONENT_HELP: &str = "\
@@ -594,6 +637,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Revocations(cmd) => revocations::revocations(cmd),
         Command::Db(cmd) => revocations::db(cmd),
         Command::Component(args) => component(&args),
+        Command::Spin(SpinCommand::Build(args)) => spin_build(&args),
         Command::Policy(PolicyCommand::Lint { file, production, format }) => lint(&file, production, format),
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
@@ -636,6 +680,20 @@ fn component(args: &ComponentArgs) -> Result<ExitCode, Failure> {
             crate::preinit::preinitialize(&bundle).map_err(|error| Failure::new("runtime", error))?
         }
     };
+    std::fs::write(&args.output, &wasm)
+        .with_context(|| format!("cannot write {}", args.output.display()))
+        .map_err(|error| Failure::new("io", error))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spin_build(args: &SpinBuildArgs) -> Result<ExitCode, Failure> {
+    let component = std::fs::read(&args.component)
+        .with_context(|| format!("cannot read {}", args.component.display()))
+        .map_err(|error| Failure::new("io", error))?;
+    let bundle = policy_files::PolicyBundle::read(&args.policy)?;
+    bundle.compile()?;
+    let wasm = crate::preinit::preinitialize_spin(&component, &bundle, &args.settings)
+        .map_err(|error| Failure::new("runtime", error))?;
     std::fs::write(&args.output, &wasm)
         .with_context(|| format!("cannot write {}", args.output.display()))
         .map_err(|error| Failure::new("io", error))?;

@@ -80,6 +80,36 @@ pub async fn echo_upstream() -> SocketAddr {
     addr
 }
 
+/// The wasmtime CLI: `$WASMTIME_BIN`, or the one `scripts/install-wasmtime.sh` installs (run
+/// here when missing).
+pub fn wasmtime_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASMTIME_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = std::process::Command::new(root().join("scripts/install-wasmtime.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("cannot run scripts/install-wasmtime.sh");
+    assert!(out.status.success(), "installing the wasmtime CLI failed");
+    root().join(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The time most corpus cases are decided at (runtimes with a fixed clock skip the others).
+pub const CORPUS_NOW: i64 = 1_800_000_000;
+
+/// The live API key of `policies/keys/api-keys.yaml` (`ci-deployer`), in plain text.
+pub fn live_api_key() -> String {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["live"].as_str().unwrap().to_owned()
+}
+
+/// The headers the echo upstream received, from its answer (which must be a 200).
+pub fn echoed_headers(resp: &Response) -> serde_json::Value {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    serde_json::from_str::<serde_json::Value>(&resp.body).unwrap()["headers"].clone()
+}
+
 /// How Envoy reaches the authorization service.
 #[derive(Debug, Clone, Copy)]
 pub enum AuthzApi {
@@ -444,21 +474,57 @@ pub fn filter_wasm() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            if let Some(p) = std::env::var_os("PORTCULLIS_ENVOY_WASM") {
-                return PathBuf::from(p);
-            }
-            let target = root().join("target");
-            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--quiet", "-p", "portcullis-envoy", "--target", "wasm32-wasip1", "--profile", "guest"])
-                .arg("--target-dir")
-                .arg(&target)
-                .current_dir(root())
-                .status()
-                .expect("cannot run cargo to build the Envoy filter");
-            assert!(status.success(), "building the Envoy filter failed (is the wasm32-wasip1 target installed?)");
-            target.join("wasm32-wasip1/guest/portcullis_envoy.wasm")
+            built_guest(
+                "PORTCULLIS_ENVOY_WASM",
+                &["-p", "portcullis-envoy", "--target", "wasm32-wasip1"],
+                "wasm32-wasip1/guest/portcullis_envoy.wasm",
+                "portcullis_envoy.wasm",
+            )
         })
         .clone()
+}
+
+/// The Spin component (`guest/spin`, `wasm32-wasip2`, `guest` profile), built once per test
+/// process: with Spin's imports (`spin`), or the build that imports only WASI HTTP.
+/// `$PORTCULLIS_SPIN_WASM` and `$PORTCULLIS_SPIN_WASI_WASM` name prebuilt ones.
+pub fn spin_wasm(spin: bool) -> PathBuf {
+    // One build at a time: both flavours are the same crate in the same target directory.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static BUILT: [std::sync::OnceLock<PathBuf>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    BUILT[usize::from(spin)]
+        .get_or_init(|| {
+            let _one = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let base = ["-p", "portcullis-spin", "--target", "wasm32-wasip2"];
+            let artifact = "wasm32-wasip2/guest/portcullis_spin.wasm";
+            if spin {
+                built_guest("PORTCULLIS_SPIN_WASM", &base, artifact, "portcullis_spin.wasm")
+            } else {
+                let args = [&base[..], &["--no-default-features"]].concat();
+                built_guest("PORTCULLIS_SPIN_WASI_WASM", &args, artifact, "portcullis_spin_wasi.wasm")
+            }
+        })
+        .clone()
+}
+
+/// `$env` if set; else `cargo build --profile guest <args>`, with the artifact copied to
+/// `target/<name>` (two builds of one crate share an artifact path).
+fn built_guest(env: &str, args: &[&str], artifact: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let target = root().join("target");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--profile", "guest"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(root())
+        .status()
+        .expect("cannot run cargo to build a guest");
+    assert!(status.success(), "building {args:?} failed (is the wasm target installed?)");
+    let copy = target.join(name);
+    std::fs::copy(target.join(artifact), &copy).expect("cannot copy the built guest");
+    copy
 }
 
 /// The filter's plugin configuration for `policy` (a path from the repository root): the
@@ -562,4 +628,37 @@ pub fn observe(
         got: serde_json::json!({"allow": true, "headers_to_set": received}),
         fields: &["allow", "headers_to_set"],
     })
+}
+
+/// The sidecar with a revocations file and its admin listener (the feed), on the real clock.
+pub async fn feed_sidecar(file: &portcullis_host::revocation::file::FileStore) -> portcullis_host::serve::Handle {
+    use portcullis_host::revocation::{FollowOptions, Freshness, LiveRevocations, StaleMode, Store};
+    use portcullis_host::serve::{Config, RevocationConfig, Sidecar};
+    let mode = StaleMode::Serve;
+    let config = Config {
+        revocation: Some(RevocationConfig {
+            store: Store::File(file.clone()),
+            live: std::sync::Arc::new(LiveRevocations::new(mode)),
+            freshness: Freshness { stale_after: std::time::Duration::from_secs(30), mode },
+            follow: FollowOptions {
+                poll: std::time::Duration::from_millis(50),
+                query_timeout: std::time::Duration::from_secs(2),
+            },
+            scopes: ("portcullis:revocations:read".into(), "portcullis:revocations:write".into()),
+        }),
+        ..Config::local(root().join("policies/example.yaml"))
+    };
+    Sidecar::build(config).await.unwrap().serve().unwrap()
+}
+
+/// The `portcullis` binary (debug), built if needed.
+pub fn portcullis_bin() -> std::path::PathBuf {
+    let bin = root().join("target/debug/portcullis");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "-p", "portcullis", "--bin", "portcullis"])
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bin
 }

@@ -12,13 +12,11 @@ use std::time::Duration;
 
 use portcullis_adapter::testkit::{Case, Decider, Outcome, run};
 use portcullis_e2e::{
-    AuthzApi, Envoy, TempDir, echo_upstream, envoy_config, not_carried, observe, request, root, send,
+    AuthzApi, CORPUS_NOW, Envoy, TempDir, echo_upstream, envoy_config, not_carried, observe, request, root, send,
 };
 use portcullis_host::runtime::RuntimeConfig;
 use portcullis_host::serve::authz::{Clock, Isolation, Settings, system_clock};
 use portcullis_host::serve::{Config, Handle, Sidecar};
-
-const CORPUS_NOW: i64 = 1_800_000_000;
 
 async fn sidecar(policy: &Path, clock: Clock) -> Handle {
     let config = Config {

@@ -6,20 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::print_stderr)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_adapter::testkit::{Case, Decider, Outcome, run};
 use portcullis_e2e::{
-    Envoy, Response, TempDir, cluster, echo_upstream, filter_envoy_config, hs256, not_carried, observe, plugin_config,
-    request, root, send,
+    CORPUS_NOW, Envoy, TempDir, cluster, echo_upstream, echoed_headers, feed_sidecar, filter_envoy_config, hs256,
+    live_api_key, not_carried, observe, plugin_config, portcullis_bin, request, root, send,
 };
 use portcullis_host::revocation::file::FileStore;
-use portcullis_host::revocation::{FollowOptions, Freshness, LiveRevocations, StaleMode, Store};
-use portcullis_host::serve::{Config, Handle, RevocationConfig, Sidecar};
-
-/// The corpus's clock: the filter decides at this time (`fixed_now`), not Envoy's.
-const CORPUS_NOW: i64 = 1_800_000_000;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -77,18 +71,6 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-fn live_key() -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
-            .unwrap();
-    v["live"].as_str().unwrap().to_owned()
-}
-
-fn echo(resp: &Response) -> serde_json::Value {
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    serde_json::from_str::<serde_json::Value>(&resp.body).unwrap()["headers"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_reaches_the_upstream_and_forgeries_do_not() {
     let upstream = echo_upstream().await;
@@ -98,14 +80,14 @@ async fn identity_reaches_the_upstream_and_forgeries_do_not() {
         [("X-Auth-User", "root"), ("X-Auth-Roles", "admin"), ("X-Internal-User", "root"), ("X-Remote-User", "root")];
     // A public route: no identity at all may arrive.
     let resp = request(envoy.listener, "GET", "/login", "app.example.com", &headers(&forged)).await.unwrap();
-    let seen = echo(&resp);
+    let seen = echoed_headers(&resp);
     for (name, _) in forged {
         assert!(seen.get(name.to_ascii_lowercase()).is_none(), "{name} was forwarded: {seen}");
     }
     // An authenticated route: the real identity replaces the forgery.
     let mut hs = headers(&forged);
-    hs.push(("X-API-Key".into(), live_key()));
-    let seen = echo(&request(envoy.listener, "GET", "/app/home", "app.example.com", &hs).await.unwrap());
+    hs.push(("X-API-Key".into(), live_api_key()));
+    let seen = echoed_headers(&request(envoy.listener, "GET", "/app/home", "app.example.com", &hs).await.unwrap());
     assert_eq!(seen["x-auth-user"], "ci-deployer");
     assert_eq!(seen["x-auth-roles"], "deployer");
     assert!(seen.get("x-internal-user").is_none() && seen.get("x-remote-user").is_none(), "{seen}");
@@ -137,7 +119,7 @@ async fn denials_carry_the_sidecars_status_body_and_challenge() {
     assert_eq!(resp.body, r#"{"error":"missing_credential","status":401}"#);
     assert_eq!(resp.header("www-authenticate"), Some(r#"Bearer realm="portcullis""#));
     assert_eq!(resp.header("content-type"), Some("application/json"));
-    let key = headers(&[("X-API-Key", &live_key())]);
+    let key = headers(&[("X-API-Key", &live_api_key())]);
     let resp = request(envoy.listener, "GET", "/nowhere", "api.example.com", &key).await.unwrap();
     assert_eq!((resp.status, resp.header("x-portcullis-reason")), (403, Some("no_route")));
     let forged = headers(&[("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl")]);
@@ -159,7 +141,7 @@ async fn rules_on_the_client_address_see_envoys_peer() {
     let text = config["policy"].as_str().unwrap().replacen("rules:\n", rule, 1);
     config["policy"] = text.into();
     let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
-    let key = headers(&[("X-API-Key", &live_key())]);
+    let key = headers(&[("X-API-Key", &live_api_key())]);
     let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &key).await.unwrap();
     assert_eq!((resp.status, resp.header("x-portcullis-reason")), (403, Some("policy_denied")), "{}", resp.body);
 }
@@ -181,40 +163,13 @@ async fn a_broken_configuration_lets_nothing_through() {
             Err(log) => assert!(log.contains("portcullis: configuration refused"), "{what}: {log}"),
             // ...or starts and answers every request itself.
             Ok(envoy) => {
-                let key = headers(&[("X-API-Key", &live_key())]);
+                let key = headers(&[("X-API-Key", &live_api_key())]);
                 let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &key).await.unwrap();
                 assert!(resp.status >= 500, "{what}: {} {}", resp.status, resp.body);
                 assert!(envoy.log().contains("portcullis: configuration refused"), "{what}: {}", envoy.log());
             }
         }
     }
-}
-
-/// The sidecar with a revocations file and its admin listener (the feed), on the real clock.
-async fn feed_sidecar(file: &FileStore) -> Handle {
-    let mode = StaleMode::Serve;
-    let config = Config {
-        revocation: Some(RevocationConfig {
-            store: Store::File(file.clone()),
-            live: Arc::new(LiveRevocations::new(mode)),
-            freshness: Freshness { stale_after: Duration::from_secs(30), mode },
-            follow: FollowOptions { poll: Duration::from_millis(50), query_timeout: Duration::from_secs(2) },
-            scopes: ("portcullis:revocations:read".into(), "portcullis:revocations:write".into()),
-        }),
-        ..Config::local(root().join("policies/example.yaml"))
-    };
-    Sidecar::build(config).await.unwrap().serve().unwrap()
-}
-
-fn portcullis_bin() -> std::path::PathBuf {
-    let bin = root().join("target/debug/portcullis");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "-p", "portcullis", "--bin", "portcullis"])
-        .current_dir(root())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    bin
 }
 
 async fn until_status(envoy: &Envoy, hs: &[(String, String)], want: u16, limit: Duration) -> Duration {
@@ -310,7 +265,7 @@ async fn with_a_feed_nothing_passes_before_the_first_snapshot() {
         }}),
     );
     let envoy = Envoy::start(&filter_envoy_config(&config, upstream, &cluster("portcullis_admin", nowhere, ""))).await;
-    let key = headers(&[("X-API-Key", &live_key())]);
+    let key = headers(&[("X-API-Key", &live_api_key())]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let resp = request(envoy.listener, "GET", "/v1/orders", "api.example.com", &key).await.unwrap();
     assert_eq!((resp.status, resp.header("x-portcullis-reason")), (503, Some("revocation_stale")), "{}", resp.body);

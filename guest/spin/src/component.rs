@@ -1,0 +1,415 @@
+//! The WASI HTTP glue: the incoming request in, the core in the middle, the upstream's answer
+//! or the denial out. Nothing here decides anything.
+
+use std::sync::OnceLock;
+
+use portcullis_adapter::deny::{Denial, Forward};
+use portcullis_adapter::request::RequestParts;
+use portcullis_core::{Decision, NoRevocations, Policy, Reason, Revocations};
+
+use crate::settings::{self, Settings, Url};
+
+#[cfg(feature = "spin")]
+mod store {
+    //! Spin's key-value store and the feed over outbound HTTP, for [`crate::revocations`].
+    use std::time::Duration;
+
+    use portcullis_adapter::revocation::{FEED_PATH, FeedTransport};
+
+    use super::bindings::fermyon::spin::key_value;
+    use crate::revocations::{self, Store};
+    use crate::settings::Feed;
+
+    /// Largest feed answer read (a snapshot of about a million revocations).
+    const MAX_FEED_BYTES: usize = 64 << 20;
+
+    pub(super) struct Spin(pub(super) key_value::Store);
+
+    impl Store for Spin {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.0.get(key).map_err(|e| format!("key-value get: {e:?}"))
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            self.0.set(key, value).map_err(|e| format!("key-value set: {e:?}"))
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            self.0.delete(key).map_err(|e| format!("key-value delete: {e:?}"))
+        }
+    }
+
+    struct Http<'a>(&'a Feed);
+
+    impl FeedTransport for Http<'_> {
+        fn fetch(&mut self, target: &str) -> Result<Vec<u8>, String> {
+            debug_assert!(target.starts_with(FEED_PATH));
+            let auth = [("authorization".to_owned(), self.0.credential.as_bytes().to_vec())];
+            let (status, body) = super::get(&self.0.url, target, &auth, MAX_FEED_BYTES)?;
+            if status != 200 {
+                return Err(format!("the feed answered {status}"));
+            }
+            Ok(body)
+        }
+    }
+
+    /// Opens the store and syncs it when due; a failed sync is logged (the store keeps its set).
+    pub(super) fn open(feed: &Feed, now: Duration) -> Result<Spin, String> {
+        let store =
+            Spin(key_value::Store::open(&feed.store).map_err(|e| format!("key-value store `{}`: {e:?}", feed.store))?);
+        if revocations::due(&store, feed, now)
+            && let Err(e) = revocations::sync(&store, feed, &mut Http(feed), now)
+        {
+            super::log(&format!("revocation feed: {e}; the stored set stays"));
+        }
+        Ok(store)
+    }
+}
+
+#[allow(unsafe_code, missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+mod bindings {
+    #[cfg(feature = "spin")]
+    wit_bindgen::generate!({ world: "gate", path: "../../wit/spin", generate_all });
+    #[cfg(not(feature = "spin"))]
+    wit_bindgen::generate!({ world: "gate-wasi", path: "../../wit/spin", generate_all });
+
+    use super::Component;
+    export!(Component with_types_in self);
+}
+
+use bindings::exports::portcullis::spin::setup;
+use bindings::exports::wasi::http::incoming_handler;
+use bindings::wasi::http::outgoing_handler;
+use bindings::wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+struct Component;
+
+/// The policy, compiled at build time (wizer) by [`setup::Guest::install`]: every instance
+/// starts with it in its memory image.
+static POLICY: OnceLock<Policy> = OnceLock::new();
+/// The settings fixed at build time; application variables override them.
+static DEFAULTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// Largest chunk a WASI output stream takes in one `blocking-write-and-flush`, and the size of a
+/// read.
+const CHUNK: u64 = 4096;
+
+/// Header names and values, as WASI HTTP lists them.
+type Headers = Vec<(String, Vec<u8>)>;
+
+/// Headers that belong to one hop, never forwarded either way (RFC 9110 §7.6.1), and `host`,
+/// which the outgoing request's authority replaces.
+/// `proxy-authenticate` and `proxy-authorization` are hop-by-hop too, and WASI HTTP hosts refuse
+/// them from a guest.
+const HOP_BY_HOP: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "http2-settings",
+];
+
+impl setup::Guest for Component {
+    fn install(policy: String, files: Vec<setup::File>, settings: Vec<(String, String)>) -> Result<(), String> {
+        let files = files.into_iter().map(|f| (f.path, f.contents)).collect();
+        let bundle = portcullis_adapter::bundle::Bundle { name: "the policy".into(), text: policy, files };
+        let compiled = bundle.compile().map_err(|e| format!("[{}] {e}", e.code()))?;
+        if let Some((name, _)) = settings.iter().find(|(n, _)| !settings::NAMES.contains(&n.as_str())) {
+            return Err(format!("[config_invalid] unknown setting `{name}`"));
+        }
+        POLICY.set(compiled).map_err(|_| "[config_invalid] a policy is already installed".to_owned())?;
+        let _ = DEFAULTS.set(settings);
+        Ok(())
+    }
+}
+
+/// A setting: the application variable when the host has one, else the build-time default.
+fn setting(name: &'static str) -> Option<String> {
+    #[cfg(feature = "spin")]
+    if let Ok(v) = bindings::fermyon::spin::variables::get(name) {
+        return Some(v);
+    }
+    DEFAULTS.get()?.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+}
+
+// Spin and `wasmtime serve` keep a component's stderr as its log.
+#[allow(clippy::print_stderr)]
+fn log(message: &str) {
+    eprintln!("portcullis: {message}");
+}
+
+impl incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let Some(policy) = POLICY.get() else {
+            log("no policy in this component: build it with `portcullis spin build`");
+            return respond_denied(out, Reason::InternalError);
+        };
+        let settings = match Settings::read(setting) {
+            Ok(s) => s,
+            Err(e) => {
+                log(&e.to_string());
+                return respond_denied(out, Reason::InternalError);
+            }
+        };
+        let headers = request.headers().entries();
+        let decision = match &settings.feed {
+            None => decide(policy, &settings, &request, &headers, &NoRevocations),
+            #[cfg(feature = "spin")]
+            Some(feed) => {
+                let now = since_epoch();
+                match store::open(feed, now) {
+                    Ok(kv) => {
+                        let stored = crate::revocations::Stored::open(&kv, feed, now);
+                        decide(policy, &settings, &request, &headers, &stored)
+                    }
+                    Err(e) => {
+                        log(&e);
+                        return respond_denied(out, Reason::InternalError);
+                    }
+                }
+            }
+            #[cfg(not(feature = "spin"))]
+            Some(_) => {
+                log("`revocations_feed` needs the Spin build (a key-value store); this build has none");
+                return respond_denied(out, Reason::InternalError);
+            }
+        };
+        if !decision.allowed() {
+            return respond_denied(out, decision.reason);
+        }
+        let forward = Forward::of(&decision);
+        let mut sent: Vec<(String, Vec<u8>)> = headers
+            .into_iter()
+            .filter(|(k, _)| {
+                !HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h))
+                    && !forward.remove.iter().any(|r| k.eq_ignore_ascii_case(r))
+                    && !forward.set.iter().any(|(s, _)| k.eq_ignore_ascii_case(s))
+            })
+            .collect();
+        sent.extend(forward.set.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())));
+        if let Err(e) = pass_on(&settings.upstream, request, sent, out) {
+            log(&format!("the upstream: {e}"));
+        }
+    }
+}
+
+fn method_name(m: &Method) -> &str {
+    match m {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(s) => s,
+    }
+}
+
+fn decide(
+    policy: &Policy,
+    settings: &Settings,
+    request: &IncomingRequest,
+    headers: &[(String, Vec<u8>)],
+    revocations: &dyn Revocations,
+) -> Decision {
+    let method = request.method();
+    let target = request.path_with_query().unwrap_or_default();
+    let authority = request.authority().unwrap_or_default();
+    let scheme = match request.scheme() {
+        Some(Scheme::Https) => "https",
+        Some(Scheme::Other(_)) | Some(Scheme::Http) | None => "http",
+    };
+    let mut parts = RequestParts::new(method_name(&method), &target, &authority)
+        .scheme(scheme)
+        .headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    if let Some(h) = &settings.client_address_header {
+        parts = parts.client_address_from(h);
+    }
+    let now = settings.fixed_now.unwrap_or_else(|| i64::try_from(since_epoch().as_secs()).unwrap_or(i64::MAX));
+    parts.build(now).with_request(|r| policy.decide(r, revocations))
+}
+
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// How long an outbound request may wait to connect and for its first byte.
+const OUTBOUND_TIMEOUT_NS: u64 = 2_000_000_000;
+
+/// `GET target` from `url` with `headers`: the status and at most `limit` bytes of body.
+#[cfg_attr(not(feature = "spin"), allow(dead_code))]
+fn get(url: &Url, target: &str, headers: &[(String, Vec<u8>)], limit: usize) -> Result<(u16, Vec<u8>), String> {
+    use bindings::wasi::http::types::RequestOptions;
+    let fields = Fields::from_list(headers).map_err(|e| format!("headers: {e:?}"))?;
+    let request = OutgoingRequest::new(fields);
+    let path = url.target(target);
+    let ok = [
+        request.set_scheme(Some(if url.https { &Scheme::Https } else { &Scheme::Http })).is_ok(),
+        request.set_authority(Some(&url.authority)).is_ok(),
+        request.set_path_with_query(Some(&path)).is_ok(),
+    ];
+    if ok.contains(&false) {
+        return Err("the URL was refused".into());
+    }
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(OUTBOUND_TIMEOUT_NS));
+    let _ = options.set_first_byte_timeout(Some(OUTBOUND_TIMEOUT_NS));
+    let _ = options.set_between_bytes_timeout(Some(OUTBOUND_TIMEOUT_NS));
+    let pending = outgoing_handler::handle(request, Some(options)).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(r))) => r,
+        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+        _ => return Err("no response".into()),
+    };
+    let status = response.status();
+    let incoming = response.consume().map_err(|()| "no body".to_owned())?;
+    let mut body = Vec::new();
+    {
+        let stream = incoming.stream().map_err(|()| "no body stream".to_owned())?;
+        loop {
+            match stream.blocking_read(CHUNK * 16) {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(e) => return Err(format!("reading the body: {e:?}")),
+            }
+            if body.len() > limit {
+                return Err(format!("the answer is more than {limit} bytes"));
+            }
+        }
+    }
+    let _ = IncomingBody::finish(incoming);
+    Ok((status, body))
+}
+
+/// Answers with the denial, exactly as the sidecar renders it.
+fn respond_denied(out: ResponseOutparam, reason: Reason) {
+    let denial = Denial::of(reason).or_else(|| Denial::of(Reason::InternalError));
+    let (status, headers, body): (u16, Headers, &[u8]) = match &denial {
+        Some(d) => (
+            d.status,
+            d.headers.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect(),
+            d.body.as_bytes(),
+        ),
+        None => (503, Vec::new(), &b""[..]),
+    };
+    respond(out, status, &headers, body);
+}
+
+/// Answers with `status`, `headers` and `body`.
+fn respond(out: ResponseOutparam, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
+    let Ok(fields) = Fields::from_list(headers) else {
+        return respond(out, 503, &[], b"");
+    };
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else { return };
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(stream) = outgoing.write() {
+        let _ = write_all(&stream, body);
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), StreamError> {
+    bytes.chunks(4096).try_for_each(|chunk| stream.blocking_write_and_flush(chunk))
+}
+
+/// Copies `from` into `to` until `from` closes.
+fn copy(from: &InputStream, to: &OutputStream) -> Result<(), String> {
+    loop {
+        match from.blocking_read(CHUNK) {
+            Ok(chunk) => write_all(to, &chunk).map_err(|e| format!("writing: {e:?}"))?,
+            Err(StreamError::Closed) => return Ok(()),
+            Err(e) => return Err(format!("reading: {e:?}")),
+        }
+    }
+}
+
+/// Sends the request on to the upstream with `headers`, and its answer back.
+fn pass_on(
+    upstream: &Url,
+    request: IncomingRequest,
+    headers: Vec<(String, Vec<u8>)>,
+    out: ResponseOutparam,
+) -> Result<(), String> {
+    let bad_gateway = |out: ResponseOutparam, what: String| {
+        let body = br#"{"error":"bad_gateway","status":502}"#;
+        respond(out, 502, &[("content-type".into(), b"application/json".to_vec())], body);
+        Err(what)
+    };
+    let Ok(fields) = Fields::from_list(&headers) else {
+        return bad_gateway(out, "a request header the host refuses to forward".into());
+    };
+    let outgoing = OutgoingRequest::new(fields);
+    let target = upstream.target(&request.path_with_query().unwrap_or_default());
+    let set = [
+        outgoing.set_method(&request.method()).is_ok(),
+        outgoing.set_scheme(Some(if upstream.https { &Scheme::Https } else { &Scheme::Http })).is_ok(),
+        outgoing.set_authority(Some(&upstream.authority)).is_ok(),
+        outgoing.set_path_with_query(Some(&target)).is_ok(),
+    ];
+    if set.contains(&false) {
+        return bad_gateway(out, "the upstream URL or the request target was refused".into());
+    }
+    let Ok(body) = outgoing.body() else { return bad_gateway(out, "no request body".into()) };
+    let pending = match outgoing_handler::handle(outgoing, None) {
+        Ok(p) => p,
+        Err(e) => return bad_gateway(out, format!("cannot send: {e:?}")),
+    };
+    // The request body, streamed.
+    let copied = match (request.consume(), body.write()) {
+        (Ok(incoming), Ok(to)) => {
+            let copied = incoming.stream().map_err(|()| "no body stream".to_owned()).and_then(|from| copy(&from, &to));
+            drop(to);
+            let _ = IncomingBody::finish(incoming);
+            copied
+        }
+        _ => Err("the request body is not readable".into()),
+    };
+    if let Err(e) = OutgoingBody::finish(body, None) {
+        return bad_gateway(out, format!("finishing the request body: {e:?}"));
+    }
+    copied?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(r))) => r,
+        Some(Ok(Err(e))) => return bad_gateway(out, format!("{e:?}")),
+        _ => return bad_gateway(out, "no response".into()),
+    };
+    let headers: Vec<_> = response
+        .headers()
+        .entries()
+        .into_iter()
+        .filter(|(k, _)| !HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h)))
+        .collect();
+    let Ok(fields) = Fields::from_list(&headers) else {
+        return bad_gateway(out, "a response header the host refuses".into());
+    };
+    let answer = OutgoingResponse::new(fields);
+    let _ = answer.set_status_code(response.status());
+    let Ok(answer_body) = answer.body() else { return Err("no response body".into()) };
+    ResponseOutparam::set(out, Ok(answer));
+    let copied = match (response.consume(), answer_body.write()) {
+        (Ok(incoming), Ok(to)) => {
+            let copied = incoming.stream().map_err(|()| "no body stream".to_owned()).and_then(|from| copy(&from, &to));
+            drop(to);
+            let _ = IncomingBody::finish(incoming);
+            copied
+        }
+        _ => Err("the response body is not readable".into()),
+    };
+    let _ = OutgoingBody::finish(answer_body, None);
+    copied
+}
