@@ -88,8 +88,13 @@ fn main() {
     let upstream = rt.block_on(echo_upstream());
     let bundle = PolicyBundle::read(&root().join("policies/example.yaml")).unwrap();
     let component = std::fs::read(spin_wasm(true)).unwrap();
-    let settings = [("upstream".to_owned(), format!("http://{upstream}"))];
-    let wasm = portcullis_host::preinit::preinitialize_spin(&component, &bundle, &settings).unwrap();
+    let build = |extra: &[(&str, &str)]| {
+        let mut settings = vec![("upstream".to_owned(), format!("http://{upstream}"))];
+        settings.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        portcullis_host::preinit::preinitialize_spin(&component, &bundle, &settings).unwrap()
+    };
+    let wasm = build(&[]);
+    let remembering = build(&[("signature_cache_store", "default")]);
 
     let now = unix_now();
     let (hs, rs, key) = (
@@ -112,4 +117,20 @@ fn main() {
         let (w50, w99) = measure(warm.addr, Some(header), n);
         println!("| {name} | {f50:.0} µs | {f99:.0} µs | {w50:.0} µs | {w99:.0} µs | {:.2}x |", f50 / w50);
     }
+    // The same RS256 token again and again, its signature remembered in the key-value store.
+    let stores = vec!["default".to_owned()];
+    let fresh = rt
+        .block_on(portcullis_spin_host::start(&remembering, Options { stores: stores.clone(), ..Options::default() }));
+    let warm =
+        rt.block_on(portcullis_spin_host::start(&remembering, Options { stores, warm: true, ..Options::default() }));
+    let (fresh, warm) = (fresh.unwrap(), warm.unwrap());
+    let header = ("authorization", rs.as_str());
+    let (f50, f99) = measure(fresh.addr, Some(header), n);
+    let (w50, w99) = measure(warm.addr, Some(header), n);
+    println!(
+        "| RS256, signature remembered (`signature_cache_store`) | {f50:.0} µs | {f99:.0} µs | {w50:.0} µs | {w99:.0} µs | {:.2}x |",
+        f50 / w50
+    );
+    let remembered: usize = fresh.key_value.lock().unwrap().get("default").map_or(0, |s| s.len());
+    assert_eq!(remembered, 1, "one token, one bucket");
 }

@@ -46,7 +46,8 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
 const SPIN_SETUP: &str = "portcullis:spin/setup@0.1.0";
 
 /// Returns the Spin component (`guest/spin`, either world of `wit/spin/world.wit`) with
-/// `bundle`'s policy installed in its memory and `settings` as its build-time defaults. Its
+/// `bundle`'s policy installed in its memory, `settings` as its build-time defaults, and 32
+/// fresh random bytes as the build's secret (see `guest/spin/src/signatures.rs`). Its
 /// imports (WASI HTTP, Spin's variables and key-value store) are not called while installing,
 /// so they are stubbed with traps here, except the one Rust's standard library calls on the
 /// first `HashMap`: `wasi:random/insecure-seed`, answered from the OS's random source. (That
@@ -84,10 +85,13 @@ pub fn preinitialize_spin(
             .with_context(|| format!("not a Portcullis Spin component: no `{SPIN_SETUP}` export"))?;
         let (_, install) =
             instance.get_export(&mut *store, Some(&setup), "install").context("no `install` in the setup export")?;
-        type Install<'a> = (&'a str, &'a [crate::runtime::wit::PolicyFile], &'a [(String, String)]);
+        type Install<'a> = (&'a str, &'a [crate::runtime::wit::PolicyFile], &'a [(String, String)], &'a [u8]);
         let install = instance.get_typed_func::<Install<'_>, (Result<(), String>,)>(&mut *store, install)?;
         let files = crate::runtime::files(bundle);
-        let (installed,) = install.call(&mut *store, (&bundle.text, &files, settings)).context("install trapped")?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the build's secret: {e}"))?;
+        let (installed,) =
+            install.call(&mut *store, (&bundle.text, &files, settings, &secret[..])).context("install trapped")?;
         installed.map_err(|e| anyhow::anyhow!("the component refused: {e}"))
     })
 }

@@ -298,11 +298,16 @@ impl TrustedKey {
             _ => None,
         };
         if let Some(key) = key {
-            match host.verify_signature(&SignatureCheck { alg, key, message, signature: sig }) {
-                SignatureVerdict::Valid => return true,
-                SignatureVerdict::Invalid => return false,
-                SignatureVerdict::Unsupported => {}
-            }
+            let check = SignatureCheck { alg, key, message, signature: sig };
+            return match host.verify_signature(&check) {
+                SignatureVerdict::Valid => true,
+                SignatureVerdict::Invalid => false,
+                SignatureVerdict::Unsupported => {
+                    let valid = self.verify(alg, message, sig);
+                    host.signature_checked(&check, valid);
+                    valid
+                }
+            };
         }
         self.verify(alg, message, sig)
     }

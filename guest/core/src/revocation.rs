@@ -106,6 +106,15 @@ pub trait Revocations {
         SignatureVerdict::Unsupported
     }
 
+    /// Told what the core found when it verified `check` itself (after
+    /// [`Revocations::verify_signature`] answered `Unsupported`), so that a host with no
+    /// signature capability of its own can remember valid signatures and answer
+    /// [`SignatureVerdict::Valid`] next time (the Spin component keeps them in its key-value
+    /// store, which outlives its instances). The default forgets.
+    fn signature_checked(&self, check: &SignatureCheck<'_>, valid: bool) {
+        let _ = (check, valid);
+    }
+
     /// The host's cache of verified JWTs, if it keeps one for this policy (see [`TokenCache`]).
     fn verified_tokens(&self) -> Option<&dyn TokenCache> {
         None

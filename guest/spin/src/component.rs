@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use portcullis_adapter::deny::{Denial, Forward};
 use portcullis_adapter::request::RequestParts;
-use portcullis_core::{Decision, NoRevocations, Policy, Reason, Revocations};
+use portcullis_core::{Decision, Policy, Reason, Revocations};
 
 use crate::settings::{self, Settings, Url};
 
@@ -51,16 +51,45 @@ mod store {
         }
     }
 
-    /// Opens the store and syncs it when due; a failed sync is logged (the store keeps its set).
-    pub(super) fn open(feed: &Feed, now: Duration) -> Result<Spin, String> {
-        let store =
-            Spin(key_value::Store::open(&feed.store).map_err(|e| format!("key-value store `{}`: {e:?}", feed.store))?);
+    /// Opens the store labelled `label`.
+    pub(super) fn open(label: &str) -> Result<Spin, String> {
+        key_value::Store::open(label).map(Spin).map_err(|e| format!("key-value store `{label}`: {e:?}"))
+    }
+
+    /// Opens the revocation store and syncs it when due; a failed sync is logged (the store
+    /// keeps its set).
+    pub(super) fn synced(feed: &Feed, now: Duration) -> Result<Spin, String> {
+        let store = open(&feed.store)?;
         if revocations::due(&store, feed, now)
             && let Err(e) = revocations::sync(&store, feed, &mut Http(feed), now)
         {
             super::log(&format!("revocation feed: {e}; the stored set stays"));
         }
         Ok(store)
+    }
+
+    /// What the decision asks of Spin: revocations from the store, and valid signatures
+    /// remembered there.
+    pub(super) struct Host<'a> {
+        pub(super) revocations: Option<revocations::Stored<'a>>,
+        pub(super) signatures: Option<crate::signatures::Remembered<'a>>,
+    }
+
+    impl portcullis_core::Revocations for Host<'_> {
+        fn status(&self, query: portcullis_core::RevocationQuery<'_>) -> portcullis_core::RevocationStatus {
+            // Without a feed only the policy's own `revoked` lists apply (checked by the core).
+            self.revocations.as_ref().map_or(portcullis_core::RevocationStatus::Active, |r| r.status(query))
+        }
+
+        fn verify_signature(&self, check: &portcullis_core::SignatureCheck<'_>) -> portcullis_core::SignatureVerdict {
+            self.signatures.as_ref().map_or(portcullis_core::SignatureVerdict::Unsupported, |s| s.lookup(check))
+        }
+
+        fn signature_checked(&self, check: &portcullis_core::SignatureCheck<'_>, valid: bool) {
+            if let Some(s) = &self.signatures {
+                s.remember(check, valid);
+            }
+        }
     }
 }
 
@@ -91,6 +120,8 @@ struct Component;
 static POLICY: OnceLock<Policy> = OnceLock::new();
 /// The settings fixed at build time; application variables override them.
 static DEFAULTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+/// Random bytes from the build machine, keying what the component writes to shared stores.
+static SECRET: OnceLock<Vec<u8>> = OnceLock::new();
 
 /// Largest chunk a WASI output stream takes in one `blocking-write-and-flush`, and the size of a
 /// read.
@@ -118,7 +149,12 @@ const HOP_BY_HOP: [&str; 11] = [
 ];
 
 impl setup::Guest for Component {
-    fn install(policy: String, files: Vec<setup::File>, settings: Vec<(String, String)>) -> Result<(), String> {
+    fn install(
+        policy: String,
+        files: Vec<setup::File>,
+        settings: Vec<(String, String)>,
+        secret: Vec<u8>,
+    ) -> Result<(), String> {
         let files = files.into_iter().map(|f| (f.path, f.contents)).collect();
         let bundle = portcullis_adapter::bundle::Bundle { name: "the policy".into(), text: policy, files };
         let compiled = bundle.compile().map_err(|e| format!("[{}] {e}", e.code()))?;
@@ -127,6 +163,7 @@ impl setup::Guest for Component {
         }
         POLICY.set(compiled).map_err(|_| "[config_invalid] a policy is already installed".to_owned())?;
         let _ = DEFAULTS.set(settings);
+        let _ = SECRET.set(secret);
         Ok(())
     }
 }
@@ -160,25 +197,10 @@ impl incoming_handler::Guest for Component {
             }
         };
         let headers = request.headers().entries();
-        let decision = match &settings.feed {
-            None => decide(policy, &settings, &request, &headers, &NoRevocations),
-            #[cfg(feature = "spin")]
-            Some(feed) => {
-                let now = since_epoch();
-                match store::open(feed, now) {
-                    Ok(kv) => {
-                        let stored = crate::revocations::Stored::open(&kv, feed, now);
-                        decide(policy, &settings, &request, &headers, &stored)
-                    }
-                    Err(e) => {
-                        log(&e);
-                        return respond_denied(out, Reason::InternalError);
-                    }
-                }
-            }
-            #[cfg(not(feature = "spin"))]
-            Some(_) => {
-                log("`revocations_feed` needs the Spin build (a key-value store); this build has none");
+        let decision = match decide_here(policy, &settings, &request, &headers) {
+            Ok(d) => d,
+            Err(e) => {
+                log(&e);
                 return respond_denied(out, Reason::InternalError);
             }
         };
@@ -199,6 +221,42 @@ impl incoming_handler::Guest for Component {
             log(&format!("the upstream: {e}"));
         }
     }
+}
+
+/// Decides with what this build of the component has: Spin's key-value store for revocations
+/// and remembered signatures, or nothing but the policy.
+#[cfg(feature = "spin")]
+fn decide_here(
+    policy: &Policy,
+    settings: &Settings,
+    request: &IncomingRequest,
+    headers: &[(String, Vec<u8>)],
+) -> Result<Decision, String> {
+    let now = since_epoch();
+    let revocations = settings.feed.as_ref().map(|feed| store::synced(feed, now)).transpose()?;
+    let signatures = settings.signature_store.as_deref().map(store::open).transpose()?;
+    let secret = SECRET.get().map_or(&[][..], Vec::as_slice);
+    let host = store::Host {
+        revocations: revocations
+            .as_ref()
+            .zip(settings.feed.as_ref())
+            .map(|(kv, feed)| crate::revocations::Stored::open(kv, feed, now)),
+        signatures: signatures.as_ref().map(|kv| crate::signatures::Remembered::new(kv, secret)),
+    };
+    Ok(decide(policy, settings, request, headers, &host))
+}
+
+#[cfg(not(feature = "spin"))]
+fn decide_here(
+    policy: &Policy,
+    settings: &Settings,
+    request: &IncomingRequest,
+    headers: &[(String, Vec<u8>)],
+) -> Result<Decision, String> {
+    if settings.feed.is_some() || settings.signature_store.is_some() {
+        return Err("`revocations_feed` and `signature_cache_store` need the Spin build (a key-value store)".into());
+    }
+    Ok(decide(policy, settings, request, headers, &portcullis_core::NoRevocations))
 }
 
 fn method_name(m: &Method) -> &str {

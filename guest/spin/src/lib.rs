@@ -13,6 +13,8 @@
 //! - [`settings`]: the application variables (upstream, revocation feed, client address);
 //! - [`revocations`]: the sidecar's feed kept in Spin's key-value store, read per request by
 //!   key;
+//! - [`signatures`]: valid signatures remembered in the store, so a token seen again skips the
+//!   RSA or ECDSA verification in wasm;
 //! - the WASI HTTP glue (`component.rs`, wasm only).
 //!
 //! See docs/spin.md and `examples/spin/`.
@@ -21,3 +23,4 @@
 mod component;
 pub mod revocations;
 pub mod settings;
+pub mod signatures;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_adapter::revocation::StaleMode;
 
 /// Every setting, by its variable name (Spin: lowercase letters, digits and underscores).
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     UPSTREAM,
     CLIENT_ADDRESS_HEADER,
     FIXED_NOW,
@@ -17,6 +17,7 @@ pub const NAMES: [&str; 9] = [
     REVOCATIONS_STALE_AFTER_MS,
     REVOCATIONS_STALE_MODE,
     REVOCATIONS_STORE,
+    SIGNATURE_CACHE_STORE,
 ];
 
 /// Where allowed requests go: `http://host:port` or `https://host`, with an optional path
@@ -41,6 +42,10 @@ pub const REVOCATIONS_STALE_AFTER_MS: &str = "revocations_stale_after_ms";
 pub const REVOCATIONS_STALE_MODE: &str = "revocations_stale_mode";
 /// The key-value store holding the set (default `default`).
 pub const REVOCATIONS_STORE: &str = "revocations_store";
+
+/// The key-value store remembering valid signatures across instances (see
+/// [`crate::signatures`]); unset: every request verifies its signature.
+pub const SIGNATURE_CACHE_STORE: &str = "signature_cache_store";
 
 /// A bad setting: its name and what is wrong, never its value (it may be a credential).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,8 @@ pub struct Settings {
     pub fixed_now: Option<i64>,
     /// See [`REVOCATIONS_FEED`].
     pub feed: Option<Feed>,
+    /// See [`SIGNATURE_CACHE_STORE`].
+    pub signature_store: Option<String>,
 }
 
 fn number<T: std::str::FromStr>(name: &'static str, text: Option<String>, default: T) -> Result<T, SettingsError> {
@@ -190,7 +197,8 @@ impl Settings {
                 })
             }
         };
-        Ok(Settings { upstream, client_address_header, fixed_now, feed })
+        let signature_store = get(SIGNATURE_CACHE_STORE).filter(|s| !s.is_empty());
+        Ok(Settings { upstream, client_address_header, fixed_now, feed, signature_store })
     }
 }
 

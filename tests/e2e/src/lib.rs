@@ -104,6 +104,27 @@ pub fn live_api_key() -> String {
     v["live"].as_str().unwrap().to_owned()
 }
 
+/// `case` with one character of its bearer token's signature changed: a well-formed token whose
+/// signature fails.
+pub fn with_forged_signature(case: &portcullis_adapter::testkit::Case) -> portcullis_adapter::testkit::Case {
+    let mut forged = case.clone();
+    for (k, v) in &mut forged.request.headers {
+        if k.eq_ignore_ascii_case("authorization") {
+            let i = v.len() - 10;
+            let c = if &v[i..=i] == "A" { "B" } else { "A" };
+            v.replace_range(i..=i, c);
+        }
+    }
+    forged
+}
+
+/// The corpus case `id` of `tests/fixtures/corpus.jsonl`.
+pub fn corpus_case(id: &str) -> portcullis_adapter::testkit::Case {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap();
+    let cases = portcullis_adapter::testkit::parse_corpus(&text).unwrap();
+    cases.into_iter().find(|c| c.id == id).unwrap()
+}
+
 /// The headers the echo upstream received, from its answer (which must be a 200).
 pub fn echoed_headers(resp: &Response) -> serde_json::Value {
     assert_eq!(resp.status, 200, "{}", resp.body);

@@ -280,20 +280,8 @@ async fn rsa_and_ecdsa_signatures_are_checked_by_envoys_boringssl() {
         serde_json::json!({ "fixed_now": CORPUS_NOW, "token_cache_entries": 0 }),
     );
     let envoy = Envoy::start(&filter_envoy_config(&config, upstream, "")).await;
-    let cases = portcullis_adapter::testkit::parse_corpus(
-        &std::fs::read_to_string(root().join("tests/fixtures/corpus.jsonl")).unwrap(),
-    )
-    .unwrap();
-    let case = |id: &str| cases.iter().find(|c| c.id == id).unwrap().clone();
-    let mut forged = case("jwt-rs256-valid");
-    for (k, v) in &mut forged.request.headers {
-        if k.eq_ignore_ascii_case("authorization") {
-            // One signature character changed: a well-formed token whose signature fails.
-            let i = v.len() - 10;
-            let c = if &v[i..=i] == "A" { "B" } else { "A" };
-            v.replace_range(i..=i, c);
-        }
-    }
+    let case = portcullis_e2e::corpus_case;
+    let forged = portcullis_e2e::with_forged_signature(&case("jwt-rs256-valid"));
     for (c, want) in [(case("jwt-rs256-valid"), 200), (case("jwt-es256-valid"), 200), (forged, 401)] {
         let resp = send(envoy.listener, &c).await.unwrap();
         assert_eq!(resp.status, want, "{}: {}", c.id, resp.body);

@@ -293,3 +293,34 @@ async fn with_a_feed_nothing_passes_until_a_snapshot_is_stored() {
         .unwrap();
     assert_eq!((resp.status, resp.header("x-portcullis-reason")), (503, Some("revocation_stale")), "{}", resp.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_signatures_are_remembered_in_the_store_and_forged_ones_are_not() {
+    let upstream = echo_upstream().await;
+    let wasm = built(
+        "policies/example.yaml",
+        &[
+            ("upstream", format!("http://{upstream}")),
+            ("fixed_now", CORPUS_NOW.to_string()),
+            ("signature_cache_store", "signatures".into()),
+        ],
+    );
+    let options = Options { stores: vec!["signatures".into()], ..Options::default() };
+    let host = portcullis_spin_host::start(&wasm, options).await.unwrap();
+    let case = portcullis_e2e::corpus_case;
+    let entries = || -> usize {
+        let stores = host.key_value.lock().unwrap();
+        stores.get("signatures").map_or(0, |s| s.values().map(|v| v.len() / 32).sum())
+    };
+    for _ in 0..3 {
+        assert_eq!(send(host.addr, &case("jwt-rs256-valid")).await.unwrap().status, 200);
+    }
+    assert_eq!(entries(), 1, "one valid signature, remembered once");
+    assert_eq!(send(host.addr, &case("jwt-es256-valid")).await.unwrap().status, 200);
+    assert_eq!(entries(), 2);
+    let forged = portcullis_e2e::with_forged_signature(&case("jwt-rs256-valid"));
+    assert_eq!(send(host.addr, &forged).await.unwrap().status, 401);
+    assert_eq!(entries(), 2, "an invalid signature is never remembered");
+    let stored: Vec<String> = host.key_value.lock().unwrap()["signatures"].keys().cloned().collect();
+    assert!(stored.iter().all(|k| k.starts_with("portcullis.signatures.")), "{stored:?}");
+}
