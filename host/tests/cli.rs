@@ -501,3 +501,35 @@ fn policy_bundle_prints_the_policy_and_every_file_it_references_or_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn spin_build_names_what_is_wrong_and_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("portcullis-spin-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("gate.wasm");
+    let out = dir.to_str().unwrap().to_owned();
+    let run = |component: &str, set: &str| {
+        let args = ["spin", "build", "--component", component, "--policy", "policies/api-gateway.yaml", "--set", set];
+        portcullis(&[&args[..], &["-o", out_file.to_str().unwrap()]].concat(), None)
+    };
+    // A misspelt setting is refused before anything is read, with the names that exist.
+    let o = run("nowhere.wasm", "upstrem=http://127.0.0.1:8080");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error[config_invalid]: unknown setting `upstrem`"), "{stderr}");
+    assert!(stderr.contains("signature_cache_store"), "{stderr}");
+    // A component that is not there.
+    let o = run(&format!("{out}/nowhere.wasm"), "upstream=http://127.0.0.1:8080");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error[io]"), "{stderr}");
+    // A file that is not a Portcullis Spin component.
+    let not_wasm = dir.join("not.wasm");
+    std::fs::write(&not_wasm, b"not wasm").unwrap();
+    let o = run(not_wasm.to_str().unwrap(), "upstream=http://127.0.0.1:8080");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error[runtime]"), "{stderr}");
+    assert!(!out_file.exists(), "nothing is written on failure");
+    let _ = std::fs::remove_dir_all(&dir);
+}

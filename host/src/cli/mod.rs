@@ -98,7 +98,8 @@ The component comes from `cargo build -p portcullis-spin --target wasm32-wasip2 
 (target/wasm32-wasip2/guest/portcullis_spin.wasm; add `--no-default-features` for the build that
 imports nothing Spin-specific and runs under `wasmtime serve`). Settings (docs/spin.md): upstream,
 client_address_header, revocations_feed, revocations_credential, revocations_poll_ms,
-revocations_stale_after_ms, revocations_stale_mode, revocations_store, fixed_now.
+revocations_stale_after_ms, revocations_stale_mode, revocations_store, signature_cache_store,
+fixed_now.
 
 Examples:
   portcullis spin build --component target/wasm32-wasip2/guest/portcullis_spin.wasm \\
@@ -687,6 +688,11 @@ fn component(args: &ComponentArgs) -> Result<ExitCode, Failure> {
 }
 
 fn spin_build(args: &SpinBuildArgs) -> Result<ExitCode, Failure> {
+    if let Some((name, _)) = args.settings.iter().find(|(n, _)| !portcullis_spin::settings::NAMES.contains(&n.as_str()))
+    {
+        let known = portcullis_spin::settings::NAMES.join(", ");
+        return Err(Failure::msg("config_invalid", format!("unknown setting `{name}` (known: {known})")));
+    }
     let component = std::fs::read(&args.component)
         .with_context(|| format!("cannot read {}", args.component.display()))
         .map_err(|error| Failure::new("io", error))?;
