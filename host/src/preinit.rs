@@ -42,6 +42,24 @@ pub fn preinitialize_component(component: &[u8], bundle: &PolicyBundle) -> anyho
     })
 }
 
+/// What the Spin component's `install` refused, from its `[code] message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the component refused: [{code}] {message}")]
+pub struct Refused {
+    /// The stable code (`config_invalid`, `policy_invalid`, ...).
+    pub code: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Refused {
+    fn parse(text: &str) -> Refused {
+        let parsed = text.strip_prefix('[').and_then(|t| t.split_once("] "));
+        let (code, message) = parsed.unwrap_or(("runtime", text));
+        Refused { code: code.to_owned(), message: message.to_owned() }
+    }
+}
+
 /// The Spin component's `portcullis:spin/setup` export.
 const SPIN_SETUP: &str = "portcullis:spin/setup@0.1.0";
 
@@ -92,7 +110,7 @@ pub fn preinitialize_spin(
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the build's secret: {e}"))?;
         let (installed,) =
             install.call(&mut *store, (&bundle.text, &files, settings, &secret[..])).context("install trapped")?;
-        installed.map_err(|e| anyhow::anyhow!("the component refused: {e}"))
+        installed.map_err(|e| Refused::parse(&e).into())
     })
 }
 

@@ -159,7 +159,8 @@ impl setup::Guest for Component {
         let bundle = portcullis_adapter::bundle::Bundle { name: "the policy".into(), text: policy, files };
         let compiled = bundle.compile().map_err(|e| format!("[{}] {e}", e.code()))?;
         if let Some((name, _)) = settings.iter().find(|(n, _)| !settings::NAMES.contains(&n.as_str())) {
-            return Err(format!("[config_invalid] unknown setting `{name}`"));
+            let known = settings::NAMES.join(", ");
+            return Err(format!("[config_invalid] unknown setting `{name}` (known: {known})"));
         }
         POLICY.set(compiled).map_err(|_| "[config_invalid] a policy is already installed".to_owned())?;
         let _ = DEFAULTS.set(settings);
@@ -384,6 +385,17 @@ fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), StreamError> {
     bytes.chunks(4096).try_for_each(|chunk| stream.blocking_write_and_flush(chunk))
 }
 
+/// Streams an incoming body into an outgoing one (the caller finishes `to`).
+fn stream_body(from: Result<IncomingBody, ()>, to: &OutgoingBody, what: &str) -> Result<(), String> {
+    let (Ok(incoming), Ok(sink)) = (from, to.write()) else {
+        return Err(format!("the {what} body is not readable"));
+    };
+    let copied = incoming.stream().map_err(|()| "no body stream".to_owned()).and_then(|source| copy(&source, &sink));
+    drop(sink);
+    let _ = IncomingBody::finish(incoming);
+    copied
+}
+
 /// Copies `from` into `to` until `from` closes.
 fn copy(from: &InputStream, to: &OutputStream) -> Result<(), String> {
     loop {
@@ -427,15 +439,7 @@ fn pass_on(
         Err(e) => return bad_gateway(out, format!("cannot send: {e:?}")),
     };
     // The request body, streamed.
-    let copied = match (request.consume(), body.write()) {
-        (Ok(incoming), Ok(to)) => {
-            let copied = incoming.stream().map_err(|()| "no body stream".to_owned()).and_then(|from| copy(&from, &to));
-            drop(to);
-            let _ = IncomingBody::finish(incoming);
-            copied
-        }
-        _ => Err("the request body is not readable".into()),
-    };
+    let copied = stream_body(request.consume(), &body, "request");
     if let Err(e) = OutgoingBody::finish(body, None) {
         return bad_gateway(out, format!("finishing the request body: {e:?}"));
     }
@@ -459,15 +463,7 @@ fn pass_on(
     let _ = answer.set_status_code(response.status());
     let Ok(answer_body) = answer.body() else { return Err("no response body".into()) };
     ResponseOutparam::set(out, Ok(answer));
-    let copied = match (response.consume(), answer_body.write()) {
-        (Ok(incoming), Ok(to)) => {
-            let copied = incoming.stream().map_err(|()| "no body stream".to_owned()).and_then(|from| copy(&from, &to));
-            drop(to);
-            let _ = IncomingBody::finish(incoming);
-            copied
-        }
-        _ => Err("the response body is not readable".into()),
-    };
+    let copied = stream_body(response.consume(), &answer_body, "response");
     let _ = OutgoingBody::finish(answer_body, None);
     copied
 }

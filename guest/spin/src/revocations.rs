@@ -185,18 +185,16 @@ fn entries(set: &RevocationSet) -> BTreeMap<(RevocationKind, String), i64> {
     set.entries().map(|(kind, id, before)| ((kind, id.to_owned()), before)).collect()
 }
 
+/// A store in memory, for the tests of this crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod memory {
     use std::cell::RefCell;
+    use std::collections::BTreeMap;
 
-    use portcullis_adapter::revocation::Replica;
-    use portcullis_core::revocation_log::{Change, Op};
-
-    use super::*;
-    use crate::settings::Url;
+    use super::Store;
 
     #[derive(Default)]
-    struct Map(RefCell<BTreeMap<String, Vec<u8>>>);
+    pub(crate) struct Map(pub(crate) RefCell<BTreeMap<String, Vec<u8>>>);
 
     impl Store for Map {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -211,6 +209,17 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_adapter::revocation::Replica;
+    use portcullis_core::revocation_log::{Change, Op};
+
+    use super::*;
+    use crate::settings::Url;
+
+    use super::memory::Map;
 
     /// The sidecar's side: a replica serving its own feed.
     struct Sidecar {

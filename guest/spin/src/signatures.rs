@@ -87,29 +87,11 @@ impl<'a> Remembered<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
     use portcullis_core::{Alg, PublicKeyRef};
 
     use super::*;
 
-    #[derive(Default)]
-    struct Map(RefCell<BTreeMap<String, Vec<u8>>>);
-
-    impl Store for Map {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.0.borrow().get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
-            Ok(())
-        }
-        fn delete(&self, key: &str) -> Result<(), String> {
-            self.0.borrow_mut().remove(key);
-            Ok(())
-        }
-    }
+    use crate::revocations::memory::Map;
 
     fn check<'a>(message: &'a [u8], signature: &'a [u8]) -> SignatureCheck<'a> {
         SignatureCheck {

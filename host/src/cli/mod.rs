@@ -688,18 +688,21 @@ fn component(args: &ComponentArgs) -> Result<ExitCode, Failure> {
 }
 
 fn spin_build(args: &SpinBuildArgs) -> Result<ExitCode, Failure> {
-    if let Some((name, _)) = args.settings.iter().find(|(n, _)| !portcullis_spin::settings::NAMES.contains(&n.as_str()))
-    {
-        let known = portcullis_spin::settings::NAMES.join(", ");
-        return Err(Failure::msg("config_invalid", format!("unknown setting `{name}` (known: {known})")));
-    }
     let component = std::fs::read(&args.component)
         .with_context(|| format!("cannot read {}", args.component.display()))
         .map_err(|error| Failure::new("io", error))?;
     let bundle = policy_files::PolicyBundle::read(&args.policy)?;
     bundle.compile()?;
-    let wasm = crate::preinit::preinitialize_spin(&component, &bundle, &args.settings)
-        .map_err(|error| Failure::new("runtime", error))?;
+    let wasm = crate::preinit::preinitialize_spin(&component, &bundle, &args.settings).map_err(|error| {
+        // The component's own refusals come as `[code] message` (an unknown setting, say).
+        match error.downcast_ref::<crate::preinit::Refused>() {
+            Some(refused) => {
+                let known = ["config_invalid", "policy_syntax", "policy_invalid", "policy_file"];
+                Failure::msg(known.into_iter().find(|c| *c == refused.code).unwrap_or("runtime"), &refused.message)
+            }
+            None => Failure::new("runtime", error),
+        }
+    })?;
     std::fs::write(&args.output, &wasm)
         .with_context(|| format!("cannot write {}", args.output.display()))
         .map_err(|error| Failure::new("io", error))?;

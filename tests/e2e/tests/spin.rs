@@ -159,7 +159,9 @@ async fn an_unreachable_upstream_is_a_502_and_a_policy_that_does_not_load_is_ref
     let bundle = PolicyBundle::read(&root().join("policies/api-gateway.yaml")).unwrap();
     let e = portcullis_host::preinit::preinitialize_spin(&component, &bundle, &[("upstrem".into(), "x".into())])
         .unwrap_err();
-    assert!(format!("{e:#}").contains("unknown setting `upstrem`"), "{e:#}");
+    let refused = e.downcast_ref::<portcullis_host::preinit::Refused>().expect("the component's refusal");
+    assert_eq!(refused.code, "config_invalid");
+    assert!(refused.message.starts_with("unknown setting `upstrem` (known: upstream,"), "{refused:?}");
 }
 
 /// `wasmtime serve` on a free loopback port, killed when dropped.
