@@ -326,3 +326,18 @@ async fn valid_signatures_are_remembered_in_the_store_and_forged_ones_are_not() 
     let stored: Vec<String> = host.key_value.lock().unwrap()["signatures"].keys().cloned().collect();
     assert!(stored.iter().all(|k| k.starts_with("portcullis.signatures.")), "{stored:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_front_of_another_component_through_service_chaining() {
+    // `examples/spin/middleware.toml`: the upstream is the application's own component, reached
+    // as `http://app.spin.internal`. The test host stands the echo server in for that component.
+    let app = echo_upstream().await;
+    let wasm = built("policies/identity-forwarding.yaml", &[("upstream", "http://app.spin.internal".into())]);
+    let chained = BTreeMap::from([("app.spin.internal".to_owned(), app)]);
+    let host = portcullis_spin_host::start(&wasm, Options { chained, ..Options::default() }).await.unwrap();
+    let hs = headers(&[("X-API-Key", &live_api_key()), ("X-Auth-User", "root")]);
+    let resp = request(host.addr, "GET", "/app/home", "app.example.com", &hs).await.unwrap();
+    assert_eq!(echoed_headers(&resp)["x-auth-user"], "ci-deployer");
+    let resp = request(host.addr, "GET", "/app/home", "app.example.com", &[]).await.unwrap();
+    assert_eq!(resp.status, 401, "nothing reaches the component without a credential");
+}

@@ -55,6 +55,49 @@ pub struct Options {
     /// One instance per connection, reused for its requests, instead of Spin's fresh instance
     /// per request: the warm baseline benchmarks compare against.
     pub warm: bool,
+    /// Spin's service chaining, emulated: an outbound request to `http://<name>` (for example
+    /// `app.spin.internal`) goes to the server at the address given, standing in for the
+    /// application's component of that name (which Spin would run in process).
+    pub chained: BTreeMap<String, SocketAddr>,
+}
+
+/// Outbound HTTP as Spin routes it: chained names to their stand-ins, the rest as
+/// `wasmtime-wasi-http` sends it.
+struct Hooks {
+    chained: BTreeMap<String, SocketAddr>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let to = request.uri().host().and_then(|h| self.chained.get(h)).copied();
+        if let Some(addr) = to {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            if let Ok(uri) = format!("http://{addr}{path}").parse() {
+                *request.uri_mut() = uri;
+            }
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
+        })
+    }
 }
 
 /// A running host; stops when dropped.
@@ -82,6 +125,7 @@ struct Shared {
 struct State {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    hooks: Hooks,
     table: ResourceTable,
     shared: Arc<Shared>,
 }
@@ -94,7 +138,7 @@ impl WasiView for State {
 
 impl WasiHttpView for State {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -206,6 +250,7 @@ fn new_store(shared: &Arc<Shared>) -> Store<State> {
     let state = State {
         wasi: WasiCtx::builder().inherit_stderr().build(),
         http: WasiHttpCtx::new(),
+        hooks: Hooks { chained: shared.options.chained.clone() },
         table: ResourceTable::new(),
         shared: shared.clone(),
     };
