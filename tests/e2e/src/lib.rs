@@ -125,6 +125,39 @@ pub fn corpus_case(id: &str) -> portcullis_adapter::testkit::Case {
     cases.into_iter().find(|c| c.id == id).unwrap()
 }
 
+/// Owned header pairs from borrowed ones.
+pub fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Asserts, through a runtime listening on `addr` with `policies/identity-forwarding.yaml` in
+/// front of the echo upstream, that forged identity headers never reach the upstream and the
+/// real identity does; returns the authenticated request's answer (`target` is its target).
+pub async fn assert_identity_forwarding(addr: SocketAddr, target: &str) -> Response {
+    let forged =
+        [("X-Auth-User", "root"), ("X-Auth-Roles", "admin"), ("X-Internal-User", "root"), ("X-Remote-User", "root")];
+    let pairs = |extra: Option<(&str, String)>| -> Vec<(String, String)> {
+        let mut hs = headers(&forged);
+        hs.extend(extra.map(|(k, v)| (k.to_owned(), v)));
+        hs
+    };
+    // A public route: no identity at all may arrive.
+    let resp = request(addr, "GET", "/login", "app.example.com", &pairs(None)).await.unwrap();
+    let seen = echoed_headers(&resp);
+    for (name, _) in forged {
+        assert!(seen.get(name.to_ascii_lowercase()).is_none(), "{name} was forwarded: {seen}");
+    }
+    // An authenticated route: the real identity replaces the forgery.
+    let hs = pairs(Some(("X-API-Key", live_api_key())));
+    let resp = request(addr, "GET", target, "app.example.com", &hs).await.unwrap();
+    let seen = echoed_headers(&resp);
+    assert_eq!(seen["x-auth-user"], "ci-deployer", "{seen}");
+    assert_eq!(seen["x-auth-roles"], "deployer");
+    assert!(seen.get("x-internal-user").is_none() && seen.get("x-remote-user").is_none(), "{seen}");
+    assert!(seen.get("x-api-key").is_some(), "other headers pass unchanged");
+    resp
+}
+
 /// The headers the echo upstream received, from its answer (which must be a 200).
 pub fn echoed_headers(resp: &Response) -> serde_json::Value {
     assert_eq!(resp.status, 200, "{}", resp.body);

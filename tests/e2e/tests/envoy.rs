@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use portcullis_adapter::testkit::{Case, Decider, Outcome, run};
 use portcullis_e2e::{
-    AuthzApi, CORPUS_NOW, Envoy, TempDir, echo_upstream, envoy_config, not_carried, observe, request, root, send,
+    AuthzApi, CORPUS_NOW, Envoy, TempDir, echo_upstream, envoy_config, headers, live_api_key, not_carried, observe,
+    request, root, send,
 };
 use portcullis_host::runtime::RuntimeConfig;
 use portcullis_host::serve::authz::{Clock, Isolation, Settings, system_clock};
@@ -119,17 +120,6 @@ fn every_corpus_decides_the_same_through_envoy_http() {
     every_corpus_through_envoy(false);
 }
 
-fn live_key() -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
-            .unwrap();
-    v["live"].as_str().unwrap().to_owned()
-}
-
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_headers_never_reach_the_upstream() {
     let upstream = echo_upstream().await;
@@ -150,7 +140,7 @@ async fn forged_identity_headers_never_reach_the_upstream() {
             assert!(echo["headers"].get(name.to_ascii_lowercase()).is_none(), "{api:?}: {name} was forwarded: {echo}");
         }
         // An authenticated route: the real identity replaces the forgery.
-        let key = live_key();
+        let key = live_api_key();
         let mut hs = headers(&forged);
         hs.push(("X-API-Key".into(), key));
         let resp = request(envoy.listener, "GET", "/app/home", "app.example.com", &hs).await.unwrap();
@@ -173,7 +163,7 @@ async fn denials_reach_the_client_with_status_body_and_challenge() {
         assert_eq!(resp.body, r#"{"error":"missing_credential","status":401}"#);
         assert_eq!(resp.header("www-authenticate"), Some(r#"Bearer realm="portcullis""#));
         let resp =
-            request(envoy.listener, "GET", "/nowhere", "api.example.com", &headers(&[("X-API-Key", &live_key())]))
+            request(envoy.listener, "GET", "/nowhere", "api.example.com", &headers(&[("X-API-Key", &live_api_key())]))
                 .await
                 .unwrap();
         assert_eq!((resp.status, resp.header("x-portcullis-reason")), (403, Some("no_route")), "{api:?}");
@@ -186,7 +176,7 @@ async fn envoy_fails_closed_when_the_sidecar_is_down() {
     let upstream = echo_upstream().await;
     let h = sidecar(&root().join("policies/api-gateway.yaml"), system_clock()).await;
     let (grpc, http) = (h.grpc_addr, h.http_addr.unwrap());
-    let key = live_key();
+    let key = live_api_key();
     let envoys = [
         Envoy::start(&envoy_config(AuthzApi::Grpc(grpc), upstream)).await,
         Envoy::start(&envoy_config(AuthzApi::Http(http), upstream)).await,
@@ -222,7 +212,7 @@ async fn a_policy_change_takes_effect_through_envoy() {
     std::fs::write(&file, policy("/old")).unwrap();
     let h = sidecar(&file, system_clock()).await;
     let envoy = Envoy::start(&envoy_config(AuthzApi::Grpc(h.grpc_addr), upstream)).await;
-    let key = live_key();
+    let key = live_api_key();
     let get = |path: &'static str| {
         let hs = headers(&[("X-API-Key", &key)]);
         let addr = envoy.listener;
