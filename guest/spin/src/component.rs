@@ -56,16 +56,14 @@ mod store {
         key_value::Store::open(label).map(Spin).map_err(|e| format!("key-value store `{label}`: {e:?}"))
     }
 
-    /// Opens the revocation store and syncs it when due; a failed sync is logged (the store
-    /// keeps its set).
-    pub(super) fn synced(feed: &Feed, now: Duration) -> Result<Spin, String> {
-        let store = open(&feed.store)?;
-        if revocations::due(&store, feed, now)
-            && let Err(e) = revocations::sync(&store, feed, &mut Http(feed), now)
-        {
+    /// The stored set for this request, synced first when due; a failed sync is logged (the
+    /// store keeps its set).
+    pub(super) fn revocations<'a>(store: &'a Spin, feed: &Feed, now: Duration) -> revocations::Stored<'a> {
+        let (stored, error) = revocations::Stored::open_synced(store, feed, &mut Http(feed), now);
+        if let Some(e) = error {
             super::log(&format!("revocation feed: {e}; the stored set stays"));
         }
-        Ok(store)
+        stored
     }
 
     /// What the decision asks of Spin: revocations from the store, and valid signatures
@@ -234,14 +232,14 @@ fn decide_here(
     headers: &[(String, Vec<u8>)],
 ) -> Result<Decision, String> {
     let now = since_epoch();
-    let revocations = settings.feed.as_ref().map(|feed| store::synced(feed, now)).transpose()?;
+    let revocations = settings.feed.as_ref().map(|feed| store::open(&feed.store)).transpose()?;
     let signatures = settings.signature_store.as_deref().map(store::open).transpose()?;
     let secret = SECRET.get().map_or(&[][..], Vec::as_slice);
     let host = store::Host {
         revocations: revocations
             .as_ref()
             .zip(settings.feed.as_ref())
-            .map(|(kv, feed)| crate::revocations::Stored::open(kv, feed, now)),
+            .map(|(kv, feed)| store::revocations(kv, feed, now)),
         signatures: signatures.as_ref().map(|kv| crate::signatures::Remembered::new(kv, secret)),
     };
     Ok(decide(policy, settings, request, headers, &host))

@@ -96,7 +96,27 @@ impl<'a> Stored<'a> {
     /// Reads the record at `now` (since the Unix epoch). A store that cannot be read answers
     /// as a set never loaded: `unavailable`, never `active`.
     pub fn open(store: &'a dyn Store, feed: &Feed, now: Duration) -> Stored<'a> {
-        let record = read_record(store).unwrap_or_default();
+        Stored::with_record(store, read_record(store).unwrap_or_default(), feed, now)
+    }
+
+    /// One request's view, reading the record once: when a poll period has passed since the
+    /// last sync, the set is first brought up to date through `transport`. A failed sync is
+    /// returned beside the view, which then holds what the store kept.
+    pub fn open_synced(
+        store: &'a dyn Store,
+        feed: &Feed,
+        transport: &mut impl FeedTransport,
+        now: Duration,
+    ) -> (Stored<'a>, Option<String>) {
+        let (record, error) = match read_record(store).and_then(|r| sync_from(store, feed, transport, now, r)) {
+            Ok((record, _)) => (record, None),
+            // What a failed sync left (it may have claimed the period) is read again.
+            Err(e) => (read_record(store).unwrap_or_default(), Some(e)),
+        };
+        (Stored::with_record(store, record, feed, now), error)
+    }
+
+    fn with_record(store: &'a dyn Store, record: Record, feed: &Feed, now: Duration) -> Stored<'a> {
         let age = record.confirmed_ms.map(|c| millis(now).saturating_sub(c));
         let stale = !record.synced || age.is_none_or(|a| a > millis(feed.stale_after));
         Stored { store, record, stale, mode: feed.mode }
@@ -136,11 +156,6 @@ impl Revocations for Stored<'_> {
     }
 }
 
-/// Whether a sync is due at `now`.
-pub fn due(store: &dyn Store, feed: &Feed, now: Duration) -> bool {
-    read_record(store).map_or(true, |r| millis(now).saturating_sub(r.attempted_ms) >= millis(feed.poll))
-}
-
 /// Brings the stored set up to date through `transport` at `now`, when due. `Ok(None)`: not
 /// due.
 pub fn sync(
@@ -149,9 +164,19 @@ pub fn sync(
     transport: &mut impl FeedTransport,
     now: Duration,
 ) -> Result<Option<Synced>, String> {
-    let mut record = read_record(store)?;
+    sync_from(store, feed, transport, now, read_record(store)?).map(|(_, synced)| synced)
+}
+
+/// [`sync`] from the record already read; returns the record as it now is in the store.
+fn sync_from(
+    store: &dyn Store,
+    feed: &Feed,
+    transport: &mut impl FeedTransport,
+    now: Duration,
+    mut record: Record,
+) -> Result<(Record, Option<Synced>), String> {
     if millis(now).saturating_sub(record.attempted_ms) < millis(feed.poll) {
-        return Ok(None);
+        return Ok((record, None));
     }
     // Claim this period first, so that concurrent requests do not all fetch.
     record.attempted_ms = millis(now);
@@ -178,7 +203,7 @@ pub fn sync(
     record.synced = client.replica().synced();
     record.confirmed_ms = client.confirmed_at().map(millis);
     store.set(RECORD, &serde_json::to_vec(&record).map_err(|e| e.to_string())?)?;
-    Ok(Some(synced))
+    Ok((record, Some(synced)))
 }
 
 fn entries(set: &RevocationSet) -> BTreeMap<(RevocationKind, String), i64> {
@@ -193,11 +218,13 @@ pub(crate) mod memory {
 
     use super::Store;
 
+    /// The values, and how many reads were made.
     #[derive(Default)]
-    pub(crate) struct Map(pub(crate) RefCell<BTreeMap<String, Vec<u8>>>);
+    pub(crate) struct Map(pub(crate) RefCell<BTreeMap<String, Vec<u8>>>, pub(crate) std::cell::Cell<usize>);
 
     impl Store for Map {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.1.set(self.1.get() + 1);
             Ok(self.0.borrow().get(key).cloned())
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -303,6 +330,28 @@ mod tests {
         assert_eq!(s.status(subject(Some(101.0))), RevocationStatus::Active);
         assert_eq!(s.status(RevocationQuery::TokenId("jti-1")), RevocationStatus::Active);
         assert_eq!(store.0.borrow().keys().filter(|k| k.starts_with(ENTRY)).count(), 2);
+    }
+
+    #[test]
+    fn a_request_reads_the_record_once_and_syncs_first_when_due() {
+        let store = Map::default();
+        let mut side = sidecar();
+        let (s, error) = Stored::open_synced(&store, &feed(), &mut side, T0);
+        assert_eq!(error, None);
+        assert_eq!(s.status(RevocationQuery::TokenId("jti-1")), RevocationStatus::Revoked, "synced before deciding");
+        assert!(!s.is_stale());
+        // Within the poll period: the record alone, read once, then the identifier's key.
+        store.1.set(0);
+        let (s, error) = Stored::open_synced(&store, &feed(), &mut side, T0 + Duration::from_millis(300));
+        assert_eq!((error, store.1.get()), (None, 1));
+        assert_eq!(s.status(RevocationQuery::TokenId("jti-1")), RevocationStatus::Revoked);
+        assert_eq!(store.1.get(), 2);
+        // Due, and the feed is down: the error comes back, the stored set stays.
+        side.up = false;
+        let (s, error) = Stored::open_synced(&store, &feed(), &mut side, T0 + Duration::from_secs(2));
+        assert!(error.is_some_and(|e| e.contains("feed_unreachable")));
+        assert_eq!(s.status(RevocationQuery::TokenId("jti-1")), RevocationStatus::Revoked);
+        assert_eq!(s.status(RevocationQuery::TokenId("jti-2")), RevocationStatus::Active);
     }
 
     #[test]
