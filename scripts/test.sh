@@ -12,6 +12,9 @@ export PATH="$TOOLS/bin:$PATH"
 step() { printf '\n==> %s\n' "$*"; }
 elapsed() { printf '    (%ss)\n' "$SECONDS"; }
 
+# A clean CI checkout builds everything once: incremental caches would only take disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 step "toolchain targets"
 rustup target add wasm32-wasip2 wasm32-wasip1 wasm32-unknown-unknown >/dev/null
 
@@ -115,4 +118,5 @@ if [ -z "${SKIP_WASM_NODE:-}" ]; then
 fi
 
 step "all tests passed"
+du -sh target 2>/dev/null | awk '{ print "    target: " $1 }'
 elapsed
