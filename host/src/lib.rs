@@ -12,10 +12,12 @@ pub mod error;
 pub mod files;
 pub mod policy_files;
 pub mod preinit;
+pub mod remote_keys;
 pub mod revocation;
 pub mod runtime;
 pub mod serve;
 pub mod signature_cache;
+pub mod tls;
 pub mod token;
 
 /// The current time in Unix seconds.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
-use portcullis_core::{Policy, PolicyError};
+use portcullis_core::{Policy, PolicyError, RemoteKeySource};
 
 /// A policy's text and the files it references, keyed as written in the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,12 +81,43 @@ impl Bundle {
     }
 
     /// The bundle from a configuration that carries it inline (the Envoy filter's plugin
-    /// configuration): the policy text and its files by the name written in the policy.
+    /// configuration): the policy text and its files by the name written in the policy, and
+    /// the key sets of network sources it carries (by URL; one it lacks is unfetched).
     pub fn from_inline(name: &str, text: &str, files: &BTreeMap<String, InlineFile>) -> Result<Bundle, BundleError> {
-        Bundle::assemble(name, text, |file| match files.get(file) {
+        let mut bundle = Bundle::assemble(name, text, |file| match files.get(file) {
             Some(f) => f.bytes(),
             None => Err(format!("not among the {} files carried with the policy", files.len())),
-        })
+        })?;
+        for source in bundle.remote_key_sources()? {
+            if let Some(f) = files.get(&source.url) {
+                let bytes = f.bytes().map_err(|message| BundleError::File {
+                    name: name.to_owned(),
+                    file: source.url.clone(),
+                    message,
+                })?;
+                bundle.files.insert(source.url, bytes);
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// The key sources in the network the policy names (`jwks_uri`, `discovery`).
+    pub fn remote_key_sources(&self) -> Result<Vec<RemoteKeySource>, BundleError> {
+        Policy::remote_key_sources(&self.text).map_err(|error| BundleError::Policy { name: self.name.clone(), error })
+    }
+
+    /// This bundle with `fetched` as its key sets from the network: each of the policy's
+    /// sources takes its set from `fetched` (by URL), or has none (unfetched); URLs the policy
+    /// does not name are left out.
+    pub fn with_remote_keys(&self, fetched: &BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleError> {
+        let mut bundle = self.clone();
+        for source in self.remote_key_sources()? {
+            match fetched.get(&source.url) {
+                Some(bytes) => bundle.files.insert(source.url, bytes.clone()),
+                None => bundle.files.remove(&source.url),
+            };
+        }
+        Ok(bundle)
     }
 
     /// The files in the inline form: text when UTF-8, base64 otherwise.

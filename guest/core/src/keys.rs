@@ -555,6 +555,16 @@ pub enum Skipped {
     /// Usable with none of the issuer's algorithms.
     #[error("{0} key fits none of the issuer's algorithms")]
     NoAlgorithm(String),
+    /// A key from the network that this build cannot use (an identity provider's key set is
+    /// not ours to refuse whole for one key we do not support).
+    #[error("unusable: {0}")]
+    Unusable(KeyError),
+    /// A secret (`oct`) key in a key set from the network, where only public keys belong.
+    #[error("an `oct` (secret) key in a key set from the network")]
+    SecretFromNetwork,
+    /// Its `kid` is already trusted from another of the issuer's sources.
+    #[error("kid `{0}` is already trusted from another source")]
+    KidTaken(Kid),
 }
 
 /// What a key lookup found.
@@ -592,6 +602,23 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    /// Adds `other`'s keys to this set. A key whose `kid` is already trusted is left out, and
+    /// returned; the first source of a `kid` keeps it.
+    pub(crate) fn absorb(&mut self, other: KeySet) -> Vec<Kid> {
+        let mut taken = Vec::new();
+        for key in other.keys {
+            if let Some(kid) = &key.kid {
+                if self.by_kid.contains_key(kid) {
+                    taken.push(kid.clone());
+                    continue;
+                }
+                self.by_kid.insert(kid.clone(), self.keys.len());
+            }
+            self.keys.push(key);
+        }
+        taken
+    }
+
     /// Selects the key(s) for a token, following the `kid` rules in `docs/policy.md`.
     pub fn choose(&self, alg: Alg, kid: Option<&str>) -> KeyChoice<'_> {
         if let Some(kid) = kid {
@@ -617,17 +644,39 @@ impl KeySet {
     /// to the algorithms it supports within that list, and a key left with none is an error
     /// (it could never verify anything, which is almost always a configuration mistake).
     pub fn from_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, KeyError> {
+        KeySet::parse(bytes, allowed, false)
+    }
+
+    /// Parses a JWKS fetched from an identity provider. Only the document's shape can refuse it
+    /// (not JSON, no `keys` array, two keys with one `kid`); a key this build cannot use (a curve
+    /// it lacks, a short RSA modulus) or a secret `oct` key is skipped with its reason, because
+    /// providers publish keys for every client beside the ones this issuer signs with.
+    pub fn from_remote_jwks(bytes: &[u8], allowed: AlgSet) -> Result<KeySet, KeyError> {
+        KeySet::parse(bytes, allowed, true)
+    }
+
+    fn parse(bytes: &[u8], allowed: AlgSet, remote: bool) -> Result<KeySet, KeyError> {
         let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| KeyError::NotJson(e.to_string()))?;
         let keys = doc.get("keys").and_then(serde_json::Value::as_array).ok_or(KeyError::NotJwks)?;
         let mut set = KeySet::default();
         for (i, jwk) in keys.iter().enumerate() {
             let at = |error| KeyError::At { index: i, error: Box::new(error) };
-            let key = match parse_jwk(jwk, allowed).map_err(at)? {
-                Ok(key) => key,
-                Err(why) => {
+            let parsed = if remote && jwk.get("kty").and_then(serde_json::Value::as_str) == Some("oct") {
+                Ok(Err(Skipped::SecretFromNetwork))
+            } else {
+                parse_jwk(jwk, allowed)
+            };
+            let key = match parsed {
+                Ok(Ok(key)) => key,
+                Ok(Err(why)) => {
                     set.skipped.push((i, why));
                     continue;
                 }
+                Err(error) if remote => {
+                    set.skipped.push((i, Skipped::Unusable(error)));
+                    continue;
+                }
+                Err(error) => return Err(at(error)),
             };
             if let Some(kid) = &key.kid
                 && set.by_kid.insert(kid.clone(), set.keys.len()).is_some()
@@ -638,6 +687,13 @@ impl KeySet {
         }
         Ok(set)
     }
+}
+
+/// Checks a key set fetched from the network as a policy would read it ([`KeySet::from_remote_jwks`]
+/// with every algorithm allowed): the number of keys it would trust, or why the document is
+/// refused. For a runtime deciding whether to keep a fetched set or the last good one.
+pub fn check_remote_jwks(bytes: &[u8]) -> Result<usize, KeyError> {
+    KeySet::from_remote_jwks(bytes, Alg::ALL.into_iter().collect()).map(|set| set.len())
 }
 
 fn field<'a>(jwk: &'a serde_json::Value, name: &'static str) -> Result<Option<&'a str>, KeyError> {

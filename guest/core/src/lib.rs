@@ -72,7 +72,7 @@ pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedS
 pub use credential::jwt::VerifiedToken;
 pub use decision::{Decision, Labeled, Shadow};
 pub use identity::{CredentialKind, Identity, Names};
-pub use policy::{FileSource, NoFiles, Policy, PolicyError};
+pub use policy::{FileSource, IssuerKeys, NoFiles, Policy, PolicyError, RemoteKeySource};
 pub use reason::Reason;
 pub use request::{Limits, OwnedRequest, Request, split_path_and_query};
 pub use revocation::{
@@ -85,7 +85,7 @@ pub use types::ValueError;
 // Signatures a host verifies for the guest (the WIT `signatures` import).
 #[cfg(not(target_arch = "wasm32"))]
 pub use keys::verify_natively;
-pub use keys::{Alg, KeyError, PublicKeyRef, SignatureCheck, SignatureVerdict};
+pub use keys::{Alg, KeyError, PublicKeyRef, SignatureCheck, SignatureVerdict, check_remote_jwks};
 
 // Tooling: explanations, the order of a JWT's checks, the policy format itself.
 pub use credential::jwt::CHECKS as JWT_CHECKS;

@@ -73,6 +73,9 @@ pub enum Reason {
     InternalError,
     /// The revocation set has not been confirmed fresh within its bound.
     RevocationStale,
+    /// The token's issuer has no usable key because a key source in the network has not been
+    /// fetched (or a `kid` may be in one that has not): 503, so clients keep good tokens.
+    KeysUnavailable,
 }
 
 impl Reason {
@@ -106,6 +109,7 @@ impl Reason {
         Reason::NoRoute,
         Reason::InternalError,
         Reason::RevocationStale,
+        Reason::KeysUnavailable,
     ];
 
     /// The stable wire code, e.g. `bad_signature`.
@@ -139,6 +143,7 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::InternalError => "internal_error",
             Reason::RevocationStale => "revocation_stale",
+            Reason::KeysUnavailable => "keys_unavailable",
         }
     }
 
@@ -171,7 +176,7 @@ impl Reason {
             | Reason::TenantMismatch
             | Reason::PolicyDenied
             | Reason::NoRoute => 403,
-            Reason::InternalError | Reason::RevocationStale => 503,
+            Reason::InternalError | Reason::RevocationStale | Reason::KeysUnavailable => 503,
         }
     }
 

@@ -170,6 +170,12 @@ revocable credentials with 503 `revocation_stale`. The admin listener also serve
 /v1/revocations (list, POST, DELETE) and /v1/revocations/feed, guarded by the policy plus the
 admin scopes.
 
+Keys from identity providers (an issuer's `jwks_uri`, or `discovery: true`) are fetched over
+HTTPS at start, again when their cache lifetime ends (Cache-Control max-age, clamped to
+--jwks-min-refresh-secs..--jwks-max-refresh-secs), and at once on an unknown `kid` (at most once
+per --jwks-refetch-interval-secs per issuer). A failed fetch keeps the last good keys; an issuer
+with no usable key answers 503 `keys_unavailable`. New keys become a new policy generation.
+
 The policy and every file it references are re-read every --reload-interval-ms and on SIGHUP;
 a policy that fails to load is logged and counted (portcullis_policy_reload_failures_total)
 and the previous one stays in force. SIGTERM or SIGINT drains in-flight checks, then exits.
@@ -241,6 +247,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 60)]
     idle_timeout_secs: u64,
     #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
     revocation_store: revocations::StoreArgs,
     /// Seconds without a confirmed sync before revocations count as stale.
     #[arg(long, default_value_t = 30)]
@@ -269,6 +277,55 @@ struct ServeArgs {
     /// Log filter (tracing syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+/// Fetching identity providers' key sets (`jwks_uri`, `discovery`).
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// PEM file of CA certificates trusted for key set fetches, beside the system's roots.
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+    /// Longest one key set request may take (connect, TLS, response), in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    jwks_timeout_ms: u64,
+    /// Largest key set (or OpenID configuration) response accepted, in bytes.
+    #[arg(long, default_value_t = 512 << 10)]
+    jwks_max_bytes: usize,
+    /// Shortest cache lifetime honoured, in seconds (a smaller `max-age`, `no-cache` and
+    /// `no-store` count as this).
+    #[arg(long, default_value_t = 60)]
+    jwks_min_refresh_secs: u64,
+    /// Longest cache lifetime honoured, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    jwks_max_refresh_secs: u64,
+    /// Cache lifetime of a response without `max-age`, in seconds.
+    #[arg(long, default_value_t = 600)]
+    jwks_default_refresh_secs: u64,
+    /// Least time between two refetches of one issuer's keys caused by unknown `kid`s, in
+    /// seconds: a flood of made-up `kid`s costs the identity provider one request per interval.
+    #[arg(long, default_value_t = 30)]
+    jwks_refetch_interval_secs: u64,
+    /// How long a request with an unknown `kid` waits for that refetch, in milliseconds (keep
+    /// it under Envoy's ext_authz timeout); the refetch itself goes on.
+    #[arg(long, default_value_t = 1_000)]
+    jwks_refetch_wait_ms: u64,
+}
+
+impl KeyArgs {
+    fn options(&self) -> crate::remote_keys::KeyOptions {
+        use std::time::Duration;
+        crate::remote_keys::KeyOptions {
+            timeout: Duration::from_millis(self.jwks_timeout_ms.max(1)),
+            max_bytes: self.jwks_max_bytes,
+            min_refresh: Duration::from_secs(self.jwks_min_refresh_secs),
+            max_refresh: Duration::from_secs(self.jwks_max_refresh_secs.max(self.jwks_min_refresh_secs)),
+            default_refresh: Duration::from_secs(self.jwks_default_refresh_secs),
+            refetch_interval: Duration::from_secs(self.jwks_refetch_interval_secs),
+            refetch_wait: Duration::from_millis(self.jwks_refetch_wait_ms),
+            ca_file: self.jwks_ca_file.clone(),
+            ..crate::remote_keys::KeyOptions::default()
+        }
+    }
 }
 
 /// Log output format.
@@ -796,6 +853,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         check_limits,
         admin_limits,
         signature_cache_entries: args.signature_cache_entries,
+        keys: args.keys.options(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -15,6 +15,7 @@
 
 pub mod file;
 pub mod pg;
+mod pg_tls;
 
 pub use portcullis_core::revocation_log::{Change, Feed, FeedEntry, Invalid, MAX_ID_BYTES, MAX_TEXT_BYTES, Op, Record};
 

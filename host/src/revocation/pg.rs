@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::{RevocationKind, RevocationSet};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_stream::StreamExt as _;
 
 use super::{Change, FollowOptions, ListFilter, LiveRevocations, Op, Record, StoreError};
@@ -139,7 +139,14 @@ const CATCH_UP_BATCH: i64 = 10_000;
 #[derive(Clone)]
 pub struct PgStore {
     config: Arc<tokio_postgres::Config>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
+
+/// A connection to the store, TLS or not (`sslmode`).
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,10 +169,16 @@ fn timed_out(what: &str) -> StoreError {
 impl PgStore {
     /// Parses a connection string (URL or key=value). The error never repeats the string: it
     /// may hold a password.
+    ///
+    /// TLS follows libpq's `sslmode` and `sslrootcert` (see `pg_tls`), except that every mode
+    /// that uses TLS verifies the server's certificate chain.
     pub fn new(url: &str) -> Result<PgStore, StoreError> {
+        let (url, tls) = super::pg_tls::take_params(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             StoreError::Unavailable("the database URL is not a valid Postgres connection string".into())
         })?;
+        let (mode, tls) = super::pg_tls::connector(&tls)?;
+        config.ssl_mode(mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -173,7 +186,7 @@ impl PgStore {
             config.application_name("portcullis");
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(10));
-        Ok(PgStore { config: Arc::new(config) })
+        Ok(PgStore { config: Arc::new(config), tls })
     }
 
     /// `user@host:port/db`, never the password.
@@ -196,13 +209,8 @@ impl PgStore {
         )
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        (Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
-        StoreError,
-    > {
-        self.config.connect(NoTls).await.map_err(|e| pg_err("cannot connect to Postgres", &e))
+    async fn connect(&self) -> Result<(Client, PgConnection), StoreError> {
+        self.config.connect(self.tls.clone()).await.map_err(|e| pg_err("cannot connect to Postgres", &e))
     }
 
     /// A client whose connection is driven in the background.

@@ -87,6 +87,11 @@ pub struct Authorizer {
     gate: Option<Arc<crate::revocation::LiveRevocations>>,
     /// Verified signatures, emptied when a new generation (new keys) comes in.
     signature_cache: Option<Arc<crate::signature_cache::SignatureCache>>,
+    /// Key sets from identity providers, merged into every generation.
+    keys: Option<Arc<crate::remote_keys::RemoteKeys>>,
+    /// Held while a generation is built by [`Authorizer::refresh`], so a policy reload and a
+    /// key update cannot each swap in a generation that lacks the other's change.
+    refreshing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -125,7 +130,39 @@ impl Authorizer {
             clock,
             gate: None,
             signature_cache: None,
+            keys: None,
+            refreshing: Mutex::new(()),
         })
+    }
+
+    /// Merges `keys`' sets into every generation built by [`Authorizer::refresh`]. The first
+    /// generation's bundle should already carry them ([`crate::remote_keys::fetch_at_start`]).
+    #[must_use]
+    pub fn with_remote_keys(mut self, keys: Arc<crate::remote_keys::RemoteKeys>) -> Authorizer {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The key sets from identity providers, when the sidecar follows any.
+    pub fn remote_keys(&self) -> Option<&Arc<crate::remote_keys::RemoteKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// Builds a generation from `files` (a policy read from disk; `None`: the one in force)
+    /// with the key sets now held, and swaps it in, unless it is the generation in force and
+    /// `forced` is false (`Ok(None)`). Blocking: call from a blocking context.
+    pub fn refresh(&self, files: Option<PolicyBundle>, forced: bool) -> Result<Option<u64>, Rejected> {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.generation();
+        let base = files.unwrap_or_else(|| (*current.bundle).clone());
+        let bundle = match &self.keys {
+            Some(keys) => PolicyBundle { bundle: base.bundle.with_remote_keys(&keys.documents())?, path: base.path },
+            None => base,
+        };
+        if !forced && *current.bundle == bundle {
+            return Ok(None);
+        }
+        self.reload(bundle).map(Some)
     }
 
     /// Empties `cache` whenever a new generation is swapped in.

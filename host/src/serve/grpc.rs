@@ -43,7 +43,7 @@ impl Authorization for GrpcService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let req = from_check_request(request.get_ref(), self.authz.now());
-        let decision = self.authz.check(&req, "grpc");
+        let decision = crate::remote_keys::check(&self.authz, &req, "grpc").await;
         Ok(tonic::Response::new(to_check_response(&decision)))
     }
 }

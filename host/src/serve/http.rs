@@ -41,7 +41,7 @@ pub fn ext_authz_app(state: Arc<HttpState>) -> Router {
 async fn ext_authz(State(s): State<Arc<HttpState>>, req: axum::extract::Request) -> Response {
     let request =
         to_request(req.method().as_str(), req.uri(), req.headers(), s.client_address_header.as_ref(), s.authz.now());
-    let decision = s.authz.check(&request, "http");
+    let decision = crate::remote_keys::check(&s.authz, &request, "http").await;
     to_response(&decision)
 }
 

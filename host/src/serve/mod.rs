@@ -66,6 +66,8 @@ pub struct Config {
     pub admin_limits: listen::ConnectionLimits,
     /// Verified signatures kept (0: none), shared by every instance; emptied on reload.
     pub signature_cache_entries: usize,
+    /// How key sets from identity providers (`jwks_uri`, `discovery`) are fetched and kept.
+    pub keys: crate::remote_keys::KeyOptions,
 }
 
 /// The sidecar's revocation subsystem.
@@ -109,6 +111,7 @@ impl Config {
             check_limits: listen::ConnectionLimits::CHECKS,
             admin_limits: listen::ConnectionLimits::ADMIN,
             signature_cache_entries: DEFAULT_SIGNATURE_CACHE_ENTRIES,
+            keys: crate::remote_keys::KeyOptions::default(),
         }
     }
 }
@@ -152,6 +155,12 @@ impl Sidecar {
         }
         let cache = Arc::new(crate::signature_cache::SignatureCache::new(config.signature_cache_entries));
         cache.metrics.register(metrics.registry_mut());
+        let keys = Arc::new(
+            crate::remote_keys::RemoteKeys::new(config.keys.clone()).context("cannot set up fetching key sets")?,
+        );
+        keys.metrics.register(metrics.registry_mut());
+        crate::remote_keys::fetch_at_start(&keys, &bundle).await;
+        let bundle = PolicyBundle { bundle: bundle.bundle.with_remote_keys(&keys.documents())?, path: bundle.path };
         let metrics = Arc::new(metrics);
         let audit = match &config.audit_log {
             Some(p) => Some(
@@ -170,8 +179,11 @@ impl Sidecar {
         }
         let m = Arc::clone(&metrics);
         let gate = config.revocation.as_ref().map(|r| Arc::clone(&r.live));
+        let k = Arc::clone(&keys);
         let authz = tokio::task::spawn_blocking(move || {
-            let authz = Authorizer::new(bundle, settings, revocations, m, audit, clock)?.with_signature_cache(cache);
+            let authz = Authorizer::new(bundle, settings, revocations, m, audit, clock)?
+                .with_signature_cache(cache)
+                .with_remote_keys(k);
             anyhow::Ok(match gate {
                 Some(live) => authz.gated_on(live),
                 None => authz,
@@ -274,6 +286,14 @@ impl Sidecar {
                 Arc::clone(&r.live),
                 r.freshness.stale_after,
                 r.freshness.mode,
+                rx.clone(),
+            )));
+        }
+
+        if let Some(keys) = self.authz.remote_keys() {
+            tasks.push(tokio::spawn(crate::remote_keys::maintain(
+                Arc::clone(&self.authz),
+                Arc::clone(keys),
                 rx.clone(),
             )));
         }

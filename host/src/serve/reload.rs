@@ -101,14 +101,16 @@ pub async fn watch_policy(
             }
         };
         last_read_error = None;
-        let current = authz.generation();
-        if !forced && (*current.bundle == bundle || last_rejected.as_ref() == Some(&bundle)) {
+        if !forced && last_rejected.as_ref() == Some(&bundle) {
             continue;
         }
+        let current = authz.generation();
         let a = Arc::clone(&authz);
         let candidate = bundle.clone();
-        match tokio::task::spawn_blocking(move || a.reload(candidate)).await {
-            Ok(Ok(id)) => {
+        // Merged with the key sets fetched from the network; unchanged: nothing to do.
+        match tokio::task::spawn_blocking(move || a.refresh(Some(candidate), forced)).await {
+            Ok(Ok(None)) => last_rejected = None,
+            Ok(Ok(Some(id))) => {
                 tracing::info!(generation = id, path = %path.display(), "policy reloaded");
                 last_rejected = None;
             }

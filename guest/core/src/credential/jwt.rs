@@ -58,8 +58,12 @@ pub struct IssuerPolicy {
     pub skip_audience: bool,
     /// Allowed algorithms.
     pub algorithms: AlgSet,
-    /// Trusted keys.
+    /// Trusted keys, from every source the runtime has supplied.
     pub keys: KeySet,
+    /// Key sources in the network (`jwks_uri`, `discovery`).
+    pub remote_sources: usize,
+    /// Of those, the ones the runtime has not supplied (never fetched).
+    pub unfetched: usize,
     /// Clock leeway in seconds.
     pub leeway: f64,
     /// Maximum `exp - iat`, in seconds.
@@ -70,6 +74,27 @@ pub struct IssuerPolicy {
     pub claims: ClaimMapping,
     /// Group name -> roles it grants.
     pub group_roles: crate::FastMap<String, Vec<Arc<str>>>,
+}
+
+impl IssuerPolicy {
+    /// Why no key fits a token: the key may be in a source not fetched yet (or the issuer has
+    /// no usable key at all), which the client cannot fix (`keys_unavailable`, 503); or the
+    /// token names a key the issuer does not have (`unknown_kid`, 401).
+    fn no_key_reason(&self) -> Reason {
+        if self.unfetched > 0 || self.keys.is_empty() { Reason::KeysUnavailable } else { Reason::UnknownKid }
+    }
+}
+
+/// The configured issuer a token names in `iss`, read without verifying anything: for a
+/// runtime deciding which issuer's keys to refetch after `unknown_kid`. Never an input to a
+/// decision.
+pub(crate) fn named_issuer<'p>(token: &str, issuers: &'p [IssuerPolicy], max: usize) -> Option<&'p IssuerPolicy> {
+    let parts = split(token, max).ok()?;
+    let claims = parse_object(&parts.payload).ok()?;
+    match claims.get("iss") {
+        Some(Json::Str(iss)) => issuers.iter().find(|i| i.issuer.as_str() == iss.as_ref()),
+        _ => None,
+    }
 }
 
 /// Where a verification looks things up.
@@ -117,7 +142,7 @@ pub const CHECKS: &[(&str, &[Reason])] = &[
     ),
     (
         "algorithm and key: `alg` is allowed for the issuer and for the trusted key `kid` names",
-        &[Reason::AlgNotAllowed, Reason::UnknownKid],
+        &[Reason::AlgNotAllowed, Reason::UnknownKid, Reason::KeysUnavailable],
     ),
     ("signature", &[Reason::BadSignature]),
     ("required claims", &[Reason::MissingClaim]),
@@ -247,7 +272,7 @@ fn verify_fully(
             keys.into_iter().find(|k| k.verify_with(revocations, alg, parts.signing_input.as_bytes(), signature))
         }
         KeyChoice::WrongAlg => return Err(Reason::AlgNotAllowed),
-        KeyChoice::Unknown => return Err(Reason::UnknownKid),
+        KeyChoice::Unknown => return Err(issuer.no_key_reason()),
     }
     .ok_or(Reason::BadSignature)?;
 

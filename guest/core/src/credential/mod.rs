@@ -135,6 +135,14 @@ impl Credentials {
         }
     }
 
+    /// The configured issuer the request's JWT names, unverified (see [`jwt::named_issuer`]).
+    pub(crate) fn token_issuer(&self, req: &Request<'_>) -> Option<&IssuerPolicy> {
+        match self.presented(req).ok()? {
+            Presented::Jwt(token) => jwt::named_issuer(token, &self.issuers, self.max_token_bytes),
+            _ => None,
+        }
+    }
+
     /// Whether a route accepts an already verified identity.
     pub(crate) fn accepts(&self, accept: &Accept, id: &Identity) -> Result<(), Reason> {
         let ok = match id.credential {

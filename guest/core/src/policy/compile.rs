@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::doc::{
     ApiKeyDoc, ApiKeysDoc, ApiKeysFileDoc, IssuerDoc, PolicyDocument, SecretDoc, ServiceTokensDoc, TimeDoc,
 };
-use super::{FileSource, Policy, PolicyError, parse_text};
+use super::{FileSource, Policy, PolicyError, RemoteKeySource, parse_text};
 use crate::credential::Credentials;
 use crate::credential::api_key::{ApiKeyEntry, ApiKeyPolicy, OriginPattern};
 use crate::credential::jwt::{ClaimMapping, IssuerPolicy};
@@ -152,21 +152,32 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         }
         algorithms.insert(alg);
     }
-    let keys = match (&d.jwks_file, &d.jwks) {
-        (Some(file), None) => {
-            let p = format!("{path}.jwks_file");
-            let bytes = read(files, &p, file)?;
-            KeySet::from_jwks(&bytes, algorithms).map_err(|message| PolicyError::File {
-                path: p,
-                file: file.clone(),
-                message: message.to_string(),
-            })?
+    let remote = remote_sources(path, d)?;
+    let mut keys = KeySet::default();
+    if let Some(file) = &d.jwks_file {
+        let p = format!("{path}.jwks_file");
+        if file.contains("://") {
+            return invalid(p, "a file path, not a URL (keys from the network go in `jwks_uri`)");
         }
-        (None, Some(inline)) => KeySet::from_jwks(inline.to_string().as_bytes(), algorithms)
-            .map_err(|m| PolicyError::invalid(format!("{path}.jwks"), m))?,
-        _ => return invalid(path, "exactly one of `jwks_file` and `jwks` is required"),
-    };
-    if keys.is_empty() {
+        let bytes = read(files, &p, file)?;
+        keys = KeySet::from_jwks(&bytes, algorithms).map_err(|message| PolicyError::File {
+            path: p,
+            file: file.clone(),
+            message: message.to_string(),
+        })?;
+    }
+    if let Some(inline) = &d.jwks {
+        let p = format!("{path}.jwks");
+        let set = KeySet::from_jwks(inline.to_string().as_bytes(), algorithms)
+            .map_err(|m| PolicyError::invalid(p.clone(), m))?;
+        if let Some(kid) = keys.absorb(set).first() {
+            return invalid(p, format!("kid `{kid}` is also in `jwks_file`"));
+        }
+    }
+    if d.jwks_file.is_none() && d.jwks.is_none() && remote.is_empty() {
+        return invalid(path, "a key source is required: `jwks_file`, `jwks`, `jwks_uri` or `discovery`");
+    }
+    if keys.is_empty() && remote.is_empty() {
         let why = if keys.skipped().is_empty() {
             String::new()
         } else {
@@ -176,6 +187,24 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
             )
         };
         return invalid(path, format!("the key set has no key usable with the issuer's algorithms{why}"));
+    }
+    // Key sets from the network arrive as files named by their URL; one the runtime has not
+    // fetched yet is absent, and the issuer answers `keys_unavailable` until it is.
+    let mut unfetched = 0;
+    for source in &remote {
+        let field = if source.discovery { "discovery" } else { "jwks_uri" };
+        match files.read(&source.url) {
+            Ok(bytes) => {
+                let set = KeySet::from_remote_jwks(&bytes, algorithms).map_err(|e| PolicyError::File {
+                    path: format!("{path}.{field}"),
+                    file: source.url.clone(),
+                    message: e.to_string(),
+                })?;
+                // A `kid` the policy's own sources (or an earlier source) hold keeps that key.
+                keys.absorb(set);
+            }
+            Err(_) => unfetched += 1,
+        }
     }
     if d.leeway_seconds > 86_400 {
         return invalid(format!("{path}.leeway_seconds"), "more than a day of leeway is never right");
@@ -203,6 +232,8 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         group_roles.insert(group.clone(), roles);
     }
     Ok(IssuerPolicy {
+        remote_sources: remote.len(),
+        unfetched,
         issuer,
         audiences,
         skip_audience: d.insecure_skip_audience,
@@ -214,6 +245,39 @@ fn issuer(path: &str, d: &IssuerDoc, files: &dyn FileSource) -> Result<IssuerPol
         claims,
         group_roles,
     })
+}
+
+/// The key sources of an issuer that the runtime fetches, in document order.
+pub(super) fn remote_sources(path: &str, d: &IssuerDoc) -> Result<Vec<RemoteKeySource>> {
+    let mut out = Vec::new();
+    if let Some(uri) = &d.jwks_uri {
+        https_url(&format!("{path}.jwks_uri"), uri)?;
+        out.push(RemoteKeySource { issuer: d.issuer.clone(), url: uri.clone(), discovery: false });
+    }
+    if d.discovery {
+        https_url(&format!("{path}.issuer"), &d.issuer)
+            .map_err(|_| PolicyError::invalid(format!("{path}.discovery"), "discovery needs an `https://` issuer"))?;
+        let url = format!("{}/.well-known/openid-configuration", d.issuer.trim_end_matches('/'));
+        if out.iter().any(|s| s.url == url) {
+            return invalid(format!("{path}.discovery"), "`jwks_uri` already names the discovery document");
+        }
+        out.push(RemoteKeySource { issuer: d.issuer.clone(), url, discovery: true });
+    }
+    Ok(out)
+}
+
+/// An `https://` URL with a host and no user information (a credential in a URL ends up in
+/// logs), in visible ASCII.
+fn https_url(path: &str, url: &str) -> Result<()> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| PolicyError::invalid(path, "must be an `https://` URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) || url.contains('#') {
+        return invalid(path, "must be a URL of at most 2048 visible ASCII characters, without a fragment");
+    }
+    if authority.is_empty() || authority.contains('@') {
+        return invalid(path, "must name a host, without user information");
+    }
+    Ok(())
 }
 
 pub(super) fn role_name(path: &str, r: &str) -> Result<Arc<str>> {

@@ -314,7 +314,8 @@ pub struct IssuerDoc {
     /// Allowed `alg` values (case-sensitive): HS256, HS384, HS512, RS256, RS384, RS512, PS256,
     /// PS384, PS512, ES256, ES384, EdDSA. Required, non-empty.
     pub algorithms: Vec<String>,
-    /// A JWKS file, relative to the policy file. Exactly one of `jwks_file` and `jwks`.
+    /// A JWKS file, relative to the policy file. Key sources (`jwks_file`, `jwks`, `jwks_uri`,
+    /// `discovery`) combine: at least one is required, and every key they hold is trusted.
     #[serde(default)]
     pub jwks_file: Option<String>,
     /// An inline JWKS. HMAC (`oct`) keys inline are secrets in the policy: use `jwks_file`
@@ -322,6 +323,16 @@ pub struct IssuerDoc {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<serde_json::Map<String, serde_json::Value>>"))]
     pub jwks: Option<serde_json::Value>,
+    /// The identity provider's JWKS endpoint (`https://` only), fetched and kept current by the
+    /// runtime (the sidecar fetches it at start, on its cache lifetime and on an unknown `kid`).
+    /// Keys from the network are public keys only: `oct` keys there are skipped.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Read `jwks_uri` from `<issuer>/.well-known/openid-configuration` (OpenID Connect
+    /// Discovery), whose `issuer` must equal this one exactly. The issuer must be `https://`.
+    /// Default `false`.
+    #[serde(default)]
+    pub discovery: bool,
     /// DANGEROUS: accept tokens whatever their `aud` (for identity providers that cannot set
     /// one). A token minted for any other service is then accepted here. Default `false`.
     #[serde(default)]

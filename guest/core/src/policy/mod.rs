@@ -3,6 +3,8 @@
 mod compile;
 mod compile_engine;
 pub(crate) mod doc;
+#[cfg(test)]
+mod remote_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +90,33 @@ impl FileSource for NoFiles {
     fn read(&self, _: &str) -> Result<Vec<u8>, String> {
         Err("this runtime has no files; inline the value".into())
     }
+}
+
+/// A key source an issuer reads from the network: what a runtime fetches (over HTTPS, with its
+/// own trust roots) and hands back as a file named by `url`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemoteKeySource {
+    /// The issuer whose keys these are (its exact `iss`).
+    pub issuer: String,
+    /// The JWKS URL (`jwks_uri`), or the OpenID configuration URL (`discovery`).
+    pub url: String,
+    /// `url` is an OpenID configuration: its `issuer` must equal [`issuer`](Self::issuer)
+    /// exactly, and its `jwks_uri` (`https://`) is the key set. The file handed back is that
+    /// key set.
+    pub discovery: bool,
+}
+
+/// An issuer's keys as compiled (see [`Policy::key_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IssuerKeys<'p> {
+    /// The issuer.
+    pub issuer: &'p str,
+    /// Keys trusted, from every source supplied.
+    pub keys: usize,
+    /// Key sources in the network.
+    pub remote_sources: usize,
+    /// Network sources not supplied.
+    pub unfetched: usize,
 }
 
 /// A compiled policy. Immutable; share it with `Arc`.
@@ -251,6 +280,40 @@ impl Policy {
     pub fn referenced_files(text: &str) -> Result<Vec<String>, PolicyError> {
         let doc = document_from_value(parse_text(text)?)?;
         Ok(compile::referenced_files(&doc))
+    }
+
+    /// The key sources in the network every issuer names (`jwks_uri`, `discovery`), in
+    /// document order, so a runtime can fetch them and pass each back as a file named by its
+    /// [`url`](RemoteKeySource::url) (absent until fetched: the issuer then answers
+    /// `keys_unavailable`).
+    pub fn remote_key_sources(text: &str) -> Result<Vec<RemoteKeySource>, PolicyError> {
+        let doc = document_from_value(parse_text(text)?)?;
+        let mut out = Vec::new();
+        for (i, d) in doc.issuers.iter().enumerate() {
+            out.extend(compile::remote_sources(&format!("issuers[{i}]"), d)?);
+        }
+        Ok(out)
+    }
+
+    /// The trusted issuer a request's bearer token names in `iss`, read without verifying
+    /// anything, for a runtime deciding whose keys to refetch after `unknown_kid` or
+    /// `keys_unavailable`. Never an input to a decision.
+    pub fn token_issuer(&self, req: &Request<'_>) -> Option<&str> {
+        self.credentials.token_issuer(req).map(|i| i.issuer.as_str())
+    }
+
+    /// Per issuer: keys trusted, network sources, and how many of those were not supplied.
+    pub fn key_status(&self) -> Vec<IssuerKeys<'_>> {
+        self.credentials
+            .issuers
+            .iter()
+            .map(|i| IssuerKeys {
+                issuer: i.issuer.as_str(),
+                keys: i.keys.len(),
+                remote_sources: i.remote_sources,
+                unfetched: i.unfetched,
+            })
+            .collect()
     }
 
     /// The limits in force.
