@@ -80,3 +80,19 @@ impl From<WorkerError> for Error {
         }
     }
 }
+
+/// An error and its causes on one line (`a: b: c`), for errors whose own message stops at the
+/// top (`reqwest`, `tokio_postgres`: "error performing TLS handshake" without why).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !out.ends_with(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        source = s.source();
+    }
+    out
+}

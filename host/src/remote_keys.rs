@@ -370,7 +370,7 @@ impl RemoteKeys {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError::Network(chain(&e)))?;
+            .map_err(|e| FetchError::Network(crate::error::chain(&e)))?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(FetchError::Status(resp.status().as_u16()));
         }
@@ -380,7 +380,7 @@ impl RemoteKeys {
         }
         let max_age = max_age(resp.headers());
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError::Network(chain(&e)))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError::Network(crate::error::chain(&e)))? {
             if body.len() + chunk.len() > max {
                 return Err(FetchError::TooLarge(max));
             }
@@ -430,18 +430,6 @@ fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         }
     }
     found
-}
-
-/// An error and its causes, for a log line (`reqwest`'s own message stops at the top).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Fetches every source of `bundle` before the first generation is built, within one timeout.

@@ -157,7 +157,7 @@ impl std::fmt::Debug for PgStore {
 fn pg_err(what: &str, e: &tokio_postgres::Error) -> StoreError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => crate::error::chain(e),
     };
     StoreError::Unavailable(format!("{what}: {detail}"))
 }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub mod pg;
+pub mod tls;
 
 /// An HS256 JWT from `https://hmac.example` (key `hmac-2026` of `policies/keys/hmac-jwks.json`),
 /// audience `edge-api`, issued at `now`, valid for an hour, with `claims` merged in.

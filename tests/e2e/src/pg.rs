@@ -52,11 +52,23 @@ fn free_port() -> u16 {
 pub struct Cluster {
     dir: TempDir,
     port: u16,
+    /// More server options (`-c name=value ...`).
+    options: String,
 }
 
 impl Cluster {
     /// `initdb` and start (about a second).
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// [`Cluster::start`] with TLS on, its server certificate (for `127.0.0.1` and `localhost`)
+    /// from `ca`. Plain connections are still accepted.
+    pub fn start_tls(ca: &crate::tls::TestCa) -> Cluster {
+        Cluster::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&crate::tls::TestCa>) -> Cluster {
         let dir = TempDir::new("pg");
         let data = dir.path().join("data");
         if is_root() {
@@ -68,7 +80,25 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let c = Cluster { dir, port: free_port() };
+        let mut options = String::new();
+        if let Some(ca) = ca {
+            let (cert, key) = ca.server_cert();
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            // Postgres refuses a key others can read.
+            let ok = Command::new("chmod").arg("600").arg(data.join("server.key")).status().unwrap();
+            assert!(ok.success());
+            if is_root() {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres", "server.crt", "server.key"])
+                    .current_dir(&data)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+            options = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c listen_addresses=127.0.0.1,127.0.0.2".into();
+        }
+        let c = Cluster { dir, port: free_port(), options };
         c.pg_ctl_start();
         c
     }
@@ -79,9 +109,10 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let opts = format!(
-            "-h 127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-h 127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options,
         );
         let log = self.dir.path().join("postgres.log");
         let out = tool(
