@@ -21,6 +21,11 @@ pub struct FilterConfig {
     /// The files the policy references, by the path written in the policy.
     #[serde(default)]
     pub files: BTreeMap<String, InlineFile>,
+    /// Where the key sets of the policy's network sources (`jwks_uri`, `discovery`) come from:
+    /// the sidecar, which fetches them from the identity provider. None: such issuers answer
+    /// `keys_unavailable` unless the configuration carries their sets in `files` (by URL).
+    #[serde(default)]
+    pub keys: Option<KeysConfig>,
     /// Where revocations come from; none: only the policy's own `revoked` lists apply.
     #[serde(default)]
     pub revocations: Option<FeedConfig>,
@@ -83,6 +88,40 @@ pub struct FeedConfig {
     /// What stale means: `serve` (default) or `fail-closed`.
     #[serde(default = "default_mode")]
     pub stale_mode: String,
+}
+
+/// Following the sidecar's key sets (`GET /v1/keys` on its admin listener).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The Envoy cluster of the sidecar's admin listener.
+    pub cluster: String,
+    /// The `:authority` sent to it.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// How often to ask, in milliseconds (default 5000); an unchanged answer is a 304.
+    #[serde(default = "default_keys_poll_ms")]
+    pub poll_ms: u64,
+    /// Longest wait for one answer, in milliseconds (default 2000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_keys_poll_ms() -> u64 {
+    5000
+}
+
+/// The key-set settings, checked.
+#[derive(Debug)]
+pub struct Keys {
+    /// Cluster.
+    pub cluster: String,
+    /// Authority.
+    pub authority: String,
+    /// Poll period.
+    pub poll: Duration,
+    /// Call timeout.
+    pub timeout: Duration,
 }
 
 /// How the filter authenticates to the feed.
@@ -176,6 +215,10 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 pub struct Compiled {
     /// The policy.
     pub policy: Policy,
+    /// What it was compiled from (compiled again when new key sets arrive).
+    pub bundle: Bundle,
+    /// Following the sidecar's key sets, when configured.
+    pub keys: Option<Keys>,
     /// The feed, when configured.
     pub feed: Option<Feed>,
     /// See [`FilterConfig::client_address_header`].
@@ -202,6 +245,7 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
         .map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
     let policy = bundle.compile().map_err(|e| ConfigError { code: e.code(), message: e.to_string() })?;
     let feed = config.revocations.map(feed).transpose()?;
+    let keys = config.keys.map(keys).transpose()?;
     if let Some(h) = &config.client_address_header
         && (h.is_empty() || h.starts_with(':'))
     {
@@ -212,12 +256,42 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
     }
     Ok(Compiled {
         policy,
+        bundle,
+        keys,
         feed,
         client_address_header: config.client_address_header,
         fixed_now: config.fixed_now,
         signature_cache_entries: config.signature_cache_entries,
         token_cache_entries: config.token_cache_entries,
     })
+}
+
+fn keys(k: KeysConfig) -> Result<Keys, ConfigError> {
+    if k.cluster.is_empty() {
+        return Err(invalid("keys.cluster names the Envoy cluster of the sidecar's admin listener"));
+    }
+    if !(50..=3_600_000).contains(&k.poll_ms) {
+        return Err(invalid("keys.poll_ms is outside 50..=3600000"));
+    }
+    if !(10..=60_000).contains(&k.timeout_ms) {
+        return Err(invalid("keys.timeout_ms is outside 10..=60000"));
+    }
+    Ok(Keys {
+        cluster: k.cluster,
+        authority: k.authority,
+        poll: Duration::from_millis(k.poll_ms),
+        timeout: Duration::from_millis(k.timeout_ms),
+    })
+}
+
+/// The key sets of a `GET /v1/keys` answer, by source URL.
+pub fn key_sets(body: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        sets: BTreeMap<String, serde_json::Value>,
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|e| format!("not a key set answer: {e}"))?;
+    Ok(a.sets.into_iter().map(|(url, set)| (url, set.to_string().into_bytes())).collect())
 }
 
 fn feed(f: FeedConfig) -> Result<Feed, ConfigError> {

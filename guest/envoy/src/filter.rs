@@ -33,6 +33,8 @@ proxy_wasm::main! {{
 
 /// Largest feed answer read (a snapshot of about a million revocations).
 const MAX_FEED_BYTES: usize = 64 << 20;
+/// Largest key set answer read.
+const MAX_KEYS_BYTES: usize = 4 << 20;
 /// The tick while no snapshot has loaded yet (requests are denied until one has).
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(100);
 /// The longest tick: counters reach Envoy's stats at least this often.
@@ -87,6 +89,10 @@ struct Metrics {
     signatures_cached: Counter,
     /// Tokens answered from the cache of verified ones.
     tokens_cached: Counter,
+    /// New key sets from the sidecar put in force (the policy compiled again).
+    keys_updates: Counter,
+    /// Failed key set polls (the keys in force stay).
+    keys_errors: Counter,
 }
 
 impl Metrics {
@@ -105,6 +111,8 @@ impl Metrics {
             signatures_in_vm: Counter::define("portcullis.signatures.in_vm"),
             signatures_cached: Counter::define("portcullis.signatures.cached"),
             tokens_cached: Counter::define("portcullis.tokens.cached"),
+            keys_updates: Counter::define("portcullis.keys.updates"),
+            keys_errors: Counter::define("portcullis.keys.errors"),
         }
     }
 
@@ -127,6 +135,8 @@ impl Metrics {
             &self.signatures_in_vm,
             &self.signatures_cached,
             &self.tokens_cached,
+            &self.keys_updates,
+            &self.keys_errors,
         ];
         for c in self.decisions.iter().map(|(_, c)| c).chain(counters) {
             c.flush();
@@ -154,6 +164,17 @@ struct Shared {
 type SpkiCache = HashMap<(usize, usize), Option<Rc<[u8]>>>;
 
 impl Shared {
+    /// Puts a policy compiled with new key sets in force. Every cache keyed by what the old
+    /// policy held goes with it (the key addresses of `spki`, tokens verified with old keys).
+    fn install(&mut self, bundle: portcullis_adapter::bundle::Bundle, policy: portcullis_core::Policy) {
+        self.reads_peer = self.compiled.client_address_header.is_none() && policy.reads_client_address();
+        self.compiled.bundle = bundle;
+        self.compiled.policy = policy;
+        self.spki.borrow_mut().clear();
+        self.verified.borrow_mut().clear();
+        *self.tokens.borrow_mut() = VerifiedTokens::new(self.compiled.token_cache_entries);
+    }
+
     fn spki(&self, key: PublicKeyRef<'_>) -> Option<Rc<[u8]>> {
         let bytes = match key {
             PublicKeyRef::Rsa { n, .. } => n,
@@ -238,6 +259,15 @@ struct Root {
     /// The last feed failure logged: a failure that repeats every poll is logged once (the
     /// `feed_errors` counter counts them all), and the recovery once.
     last_feed_error: Option<String>,
+    /// The key set call in flight: its token and when it was sent.
+    keys_in_flight: Option<(u32, Duration)>,
+    /// When the last key set call was sent, and whether one has answered.
+    keys_sent: Option<Duration>,
+    keys_loaded: bool,
+    /// The sidecar's `ETag` of the sets in force.
+    keys_etag: Option<String>,
+    /// The last key set failure logged (each distinct one once).
+    last_keys_error: Option<String>,
 }
 
 impl Root {
@@ -250,8 +280,107 @@ impl Root {
     }
 }
 
+impl Root {
+    /// The sidecar's answer to `GET /v1/keys`: new sets compile into a new policy for this VM;
+    /// a failure keeps the policy in force.
+    fn on_keys(&mut self, body_size: usize) {
+        let Some(shared) = self.shared.clone() else { return };
+        let mut guard = shared.borrow_mut();
+        let s = &mut *guard;
+        let status = self.get_http_call_response_header(":status");
+        let outcome = match status.as_deref() {
+            Some("304") => Ok(false),
+            Some("200") if body_size <= MAX_KEYS_BYTES => {
+                let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+                let compiled = config::key_sets(&body).and_then(|sets| {
+                    let bundle = s.compiled.bundle.with_remote_keys(&sets).map_err(|e| e.to_string())?;
+                    let policy = bundle.compile().map_err(|e| e.to_string())?;
+                    Ok((bundle, policy))
+                });
+                compiled.map(|(bundle, policy)| {
+                    s.install(bundle, policy);
+                    self.keys_etag = self.get_http_call_response_header("etag");
+                    true
+                })
+            }
+            Some("200") => Err(format!("an answer of {body_size} bytes, more than {MAX_KEYS_BYTES}")),
+            other => Err(format!("the sidecar answered {}", other.unwrap_or("nothing (timeout or reset)"))),
+        };
+        match outcome {
+            Ok(changed) => {
+                self.keys_loaded = true;
+                if changed {
+                    s.metrics.keys_updates.add();
+                    log(LogLevel::Info, "portcullis: key sets from the sidecar: new keys in force");
+                }
+                if self.last_keys_error.take().is_some() {
+                    log(LogLevel::Info, "portcullis: key sets from the sidecar: answering again");
+                }
+            }
+            Err(e) => {
+                s.metrics.keys_errors.add();
+                if self.last_keys_error.as_deref() != Some(e.as_str()) {
+                    log(LogLevel::Warn, &format!("portcullis: key sets from the sidecar: {e}; the keys in force stay"));
+                    self.last_keys_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Asks the sidecar for its key sets when due (every tick until one answer, then once per
+    /// poll period).
+    fn poll_keys(&mut self, s: &Shared, now: Duration) {
+        let Some(k) = &s.compiled.keys else { return };
+        if let Some((_, sent)) = self.keys_in_flight {
+            if now.saturating_sub(sent) < k.timeout + k.poll {
+                return;
+            }
+            self.keys_in_flight = None;
+        }
+        if self.keys_loaded && self.keys_sent.is_some_and(|t| now.saturating_sub(t) + self.period / 2 < k.poll) {
+            return;
+        }
+        let mut headers = vec![(":method", "GET"), (":path", "/v1/keys"), (":authority", k.authority.as_str())];
+        if let Some(etag) = &self.keys_etag {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        match self.dispatch_http_call(&k.cluster, headers, None, vec![], k.timeout) {
+            Ok(token) => {
+                self.keys_in_flight = Some((token, now));
+                self.keys_sent = Some(now);
+            }
+            Err(status) => {
+                s.metrics.keys_errors.add();
+                let e = format!("cannot call it ({status:?}); is cluster `{}` defined?", k.cluster);
+                if self.last_keys_error.as_deref() != Some(e.as_str()) {
+                    log(LogLevel::Warn, &format!("portcullis: key sets from the sidecar: {e}"));
+                    self.last_keys_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The tick once everything has loaded: counters flushed every [`FLUSH_TICK`], the feed and
+    /// the key sets polled on their periods.
+    fn steady_tick(compiled: &Compiled) -> Duration {
+        let mut period = FLUSH_TICK;
+        if let Some(f) = &compiled.feed {
+            period = period.min(f.poll);
+        }
+        if let Some(k) = &compiled.keys {
+            period = period.min(k.poll);
+        }
+        period
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.keys_in_flight.is_some_and(|(t, _)| t == token) {
+            self.keys_in_flight = None;
+            self.on_keys(body_size);
+            return;
+        }
         let Some((expected, sent)) = self.in_flight else { return };
         if token != expected {
             return;
@@ -291,8 +420,8 @@ impl Context for Root {
             }
         }
         let synced = s.feed.as_ref().is_some_and(|f| f.replica().synced());
-        if let (true, Some(f)) = (synced, &s.compiled.feed) {
-            self.tick_every(f.poll.min(FLUSH_TICK));
+        if synced {
+            self.tick_every(Root::steady_tick(&s.compiled));
         }
     }
 
@@ -329,7 +458,7 @@ impl RootContext for Root {
         let feed = compiled.feed.as_ref().map(|f| FeedClient::new(f.mode, f.stale_after, clock()));
         let (cache_entries, token_entries) = (compiled.signature_cache_entries, compiled.token_cache_entries);
         self.period = Duration::ZERO;
-        self.tick_every(if feed.is_some() { FIRST_LOAD_TICK } else { FLUSH_TICK });
+        self.tick_every(if feed.is_some() { FIRST_LOAD_TICK } else { Root::steady_tick(&compiled) });
         log(
             LogLevel::Info,
             &format!(
@@ -353,6 +482,10 @@ impl RootContext for Root {
         })));
         self.in_flight = None;
         self.last_sent = None;
+        self.keys_in_flight = None;
+        self.keys_sent = None;
+        self.keys_loaded = false;
+        self.keys_etag = None;
         true
     }
 
@@ -362,6 +495,7 @@ impl RootContext for Root {
         let s = &mut *guard;
         s.metrics.flush();
         let now = clock();
+        self.poll_keys(s, now);
         let Some(feed) = s.feed.as_mut() else { return };
         if let Some(stale) = feed.tick(now) {
             let (level, what) = if stale { (LogLevel::Warn, "stale") } else { (LogLevel::Info, "fresh") };

@@ -69,6 +69,7 @@ pub fn admin_app(authz: Arc<Authorizer>, revocation: Option<RevocationAdmin>) ->
         .route("/metrics", get(metrics))
         .route("/v1/revocations", get(list).post(revoke))
         .route("/v1/revocations/feed", get(feed))
+        .route("/v1/keys", get(keys))
         .route("/v1/revocations/{kind}/{id}", delete(unrevoke))
         .with_state(Arc::new(AdminState { authz, revocation }))
 }
@@ -338,6 +339,26 @@ async fn feed(
         Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "revocation_stale", "revocations not loaded yet"),
         Err(_) => denied(Reason::InternalError),
     })
+}
+
+/// The key sets from the network in force (`{"generation", "sets": {url: jwks}}`), for the
+/// Envoy filter and the Spin component to follow. Public keys an identity provider publishes
+/// to anyone, so no credential is asked; `ETag` is the generation, and `If-None-Match` with it
+/// answers 304.
+async fn keys(State(s): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> Response {
+    let generation = s.authz.generation();
+    let etag = format!("\"{}\"", generation.id);
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let mut sets = serde_json::Map::new();
+    for source in generation.bundle.remote_key_sources().unwrap_or_default() {
+        if let Some(doc) = generation.bundle.files.get(&source.url).and_then(|b| serde_json::from_slice(b).ok()) {
+            sets.insert(source.url, doc);
+        }
+    }
+    let body = serde_json::json!({ "generation": generation.id, "sets": sets });
+    ([(header::ETAG, etag)], Json(body)).into_response()
 }
 
 /// One audit event per change made through the API (and a log line).

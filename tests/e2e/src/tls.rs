@@ -176,3 +176,26 @@ fn respond(state: &Mutex<IdpState>, hits: &AtomicUsize, addr: SocketAddr, path: 
     };
     r.body(Full::new(Bytes::from(body))).unwrap()
 }
+
+/// The public JWK `kid` of `policies/keys/jwks.json` (`rsa-2025`, `rsa-2026`).
+pub fn jwk(kid: &str) -> serde_json::Value {
+    let set: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(crate::root().join("policies/keys/jwks.json")).unwrap()).unwrap();
+    set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().clone()
+}
+
+/// A JWKS of the public keys `kids` (see [`jwk`]).
+pub fn jwks(kids: &[&str]) -> Vec<u8> {
+    serde_json::json!({ "keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>() }).to_string().into_bytes()
+}
+
+/// An RS256 token from `iss`, signed with the private half of `key` (`rsa-2025`, `rsa-2026`),
+/// naming `kid`.
+pub fn rs256(iss: &str, key: &str, kid: &str) -> String {
+    let pem = std::fs::read(crate::root().join(format!("tests/fixtures/keys/{key}.pem"))).unwrap();
+    let now = portcullis_host::unix_now();
+    let header =
+        jsonwebtoken::Header { kid: Some(kid.to_owned()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256) };
+    let claims = serde_json::json!({ "iss": iss, "aud": "api", "sub": "alice", "iat": now, "exp": now + 600 });
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}

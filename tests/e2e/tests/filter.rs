@@ -315,3 +315,69 @@ async fn the_shipped_example_configuration_runs_as_documented() {
     let resp = request(envoy.listener, "GET", "/v1/orders", "localhost", &wrong).await.unwrap();
     assert_eq!((resp.status, resp.header("x-portcullis-reason")), (401, Some("unknown_api_key")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_network_reach_the_filter_through_the_sidecar() {
+    use portcullis_e2e::tls::{Idp, IdpState, TestCa, jwks, rs256};
+    let ca = TestCa::new("filter-keys");
+    // The provider's keys may be cached for a second: the sidecar refreshes that often.
+    let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 1)).await;
+    let dir = TempDir::new("filter-keys");
+    let policy = format!(
+        "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: https://127.0.0.1:{}/jwks\n",
+        idp.addr.port()
+    );
+    std::fs::write(dir.path().join("policy.yaml"), &policy).unwrap();
+    let keys = portcullis_host::remote_keys::KeyOptions {
+        ca_file: Some(ca.pem_file.clone()),
+        min_refresh: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let sidecar = portcullis_host::serve::Sidecar::build(portcullis_host::serve::Config {
+        keys,
+        ..portcullis_host::serve::Config::local(dir.path().join("policy.yaml"))
+    })
+    .await
+    .unwrap()
+    .serve()
+    .unwrap();
+    let config = serde_json::json!({ "policy": policy, "keys": { "cluster": "portcullis_admin", "poll_ms": 200 } });
+    let upstream = echo_upstream().await;
+    let envoy =
+        Envoy::start(&filter_envoy_config(&config, upstream, &cluster("portcullis_admin", sidecar.admin_addr, "")))
+            .await;
+    let bearer = |key: &str| headers(&[("Authorization", &format!("Bearer {}", rs256("https://idp.test", key, key)))]);
+    let first = until_status(&envoy, &bearer("rsa-2025"), 200, Duration::from_secs(10)).await;
+    eprintln!("the sidecar's key sets reached the filter {first:?} after Envoy started");
+
+    // The provider rotates: the sidecar refetches on the cache lifetime, the filter follows.
+    idp.set(|s| s.jwks = jwks(&["rsa-2026"]));
+    let rotated = Instant::now();
+    until_status(&envoy, &bearer("rsa-2026"), 200, Duration::from_secs(10)).await;
+    eprintln!("a rotated key was accepted by the filter {:?} after the provider published it", rotated.elapsed());
+    let resp = request(envoy.listener, "GET", "/", "api.test", &bearer("rsa-2025")).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (401, Some("unknown_kid")), "{}", resp.body);
+    let stats = request(envoy.admin, "GET", "/stats?filter=portcullis.keys", "localhost", &[]).await.unwrap().body;
+    assert!(stats.contains("keys.updates: ") && !stats.contains("keys.updates: 0"), "{stats}");
+
+    // The sidecar goes away: the keys in force stay.
+    sidecar.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = request(envoy.listener, "GET", "/", "api.test", &bearer("rsa-2026")).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_whose_keys_never_arrived_is_keys_unavailable_in_the_filter() {
+    let upstream = echo_upstream().await;
+    let policy = "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: https://idp.test/jwks\n";
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = serde_json::json!({ "policy": policy, "keys": { "cluster": "portcullis_admin", "poll_ms": 100 } });
+    let envoy = Envoy::start(&filter_envoy_config(&config, upstream, &cluster("portcullis_admin", nowhere, ""))).await;
+    let token = portcullis_e2e::tls::rs256("https://idp.test", "rsa-2025", "rsa-2025");
+    let resp =
+        request(envoy.listener, "GET", "/", "api.test", &headers(&[("Authorization", &format!("Bearer {token}"))]))
+            .await
+            .unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (503, Some("keys_unavailable")), "{}", resp.body);
+}

@@ -5,34 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::tls::{Idp, IdpState, TestCa};
-use portcullis_e2e::{TempDir, request, root};
+use portcullis_e2e::tls::{Idp, IdpState, TestCa, jwks, rs256 as token};
+use portcullis_e2e::{TempDir, request};
 use portcullis_host::remote_keys::KeyOptions;
 use portcullis_host::serve::{Config, Handle, Sidecar};
 
 const ISSUER: &str = "https://idp.test";
-
-/// The public JWK `kid` of `policies/keys/jwks.json` (`rsa-2025`, `rsa-2026`).
-fn jwk(kid: &str) -> serde_json::Value {
-    let set: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("policies/keys/jwks.json")).unwrap()).unwrap();
-    set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().clone()
-}
-
-fn jwks(kids: &[&str]) -> Vec<u8> {
-    serde_json::json!({ "keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>() }).to_string().into_bytes()
-}
-
-/// An RS256 token from `iss`, signed with the private half of `key` (`rsa-2025`, `rsa-2026`),
-/// naming `kid`.
-fn token(iss: &str, key: &str, kid: &str) -> String {
-    let pem = std::fs::read(root().join(format!("tests/fixtures/keys/{key}.pem"))).unwrap();
-    let now = portcullis_host::unix_now();
-    let header =
-        jsonwebtoken::Header { kid: Some(kid.to_owned()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256) };
-    let claims = serde_json::json!({ "iss": iss, "aud": "api", "sub": "alice", "iat": now, "exp": now + 600 });
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
-}
 
 /// A token from `ISSUER` naming `kid`, with a signature nobody made: the sidecar looks the
 /// `kid` up before it verifies anything.
