@@ -2,7 +2,8 @@
 //! prints it as `error[code]: message` (exit 2), a rejected reload logs both and keeps the
 //! policy in force, startup fails with it. Codes: `policy_syntax`, `policy_invalid`,
 //! `policy_file`, `policy_io`, `runtime`, `startup`, `usage`, `io`, `store_unavailable`,
-//! `revocation_invalid` (docs/cli.md lists what each means for a user).
+//! `revocation_invalid`, `network` (the CLI prints them as `error[code]`; decision reasons are
+//! another list, docs/reason-codes.md).
 
 use portcullis_adapter::bundle::BundleError;
 use portcullis_core::PolicyError;

@@ -168,6 +168,26 @@ mod tests {
     const JWKS: &[u8] = br#"{"keys":[{"kty":"oct","kid":"k","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
 
     #[test]
+    fn key_sets_from_the_network_ride_in_the_inline_form_by_url() {
+        const URL: &str = "https://idp.example/jwks";
+        let text = format!(
+            "version: 1\nissuers:\n  - issuer: https://i.example\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: {URL}\n"
+        );
+        let set = br#"{"keys":[]}"#.to_vec();
+        let plain = Bundle::assemble("p", &text, |_| Err("no files".into())).unwrap();
+        assert_eq!(plain.remote_key_sources().unwrap()[0].url, URL);
+        let fetched = plain
+            .with_remote_keys(&[(URL.to_owned(), set.clone()), ("https://other".to_owned(), set.clone())].into())
+            .unwrap();
+        assert_eq!(fetched.files.keys().collect::<Vec<_>>(), [URL], "only the policy's sources are kept");
+        let inline = Bundle::from_inline("inline", &text, &fetched.inline_files()).unwrap();
+        assert_eq!(inline, Bundle { name: "inline".into(), ..fetched.clone() });
+        // Fetched again with nothing: the set is gone (the issuer is unfetched), not kept.
+        assert!(fetched.with_remote_keys(&BTreeMap::new()).unwrap().files.is_empty());
+        inline.compile().unwrap();
+    }
+
+    #[test]
     fn assembling_reads_each_referenced_file_once_and_compiles() {
         let mut asked = Vec::new();
         let b = Bundle::assemble("inline", POLICY, |f| {

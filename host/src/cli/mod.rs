@@ -119,6 +119,45 @@ struct SpinBuildArgs {
     /// Where to write the component.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: PathBuf,
+    #[command(flatten)]
+    fetch: FetchKeys,
+}
+
+/// Key sets from the network, fetched once, now.
+#[derive(Debug, Args)]
+struct FetchKeys {
+    /// Fetch the key sets the policy names in the network (`jwks_uri`, `discovery`) now, over
+    /// HTTPS, and carry them (a source that cannot be fetched is an error). Without it such
+    /// issuers answer `keys_unavailable` until the runtime gets their keys.
+    #[arg(long)]
+    fetch_keys: bool,
+    /// With --fetch-keys: a PEM file of CA certificates trusted beside the system's roots.
+    #[arg(long, value_name = "FILE", requires = "fetch_keys")]
+    jwks_ca_file: Option<PathBuf>,
+}
+
+impl FetchKeys {
+    /// `bundle` with its network key sets, when asked for.
+    fn apply(&self, bundle: policy_files::PolicyBundle) -> Result<policy_files::PolicyBundle, Failure> {
+        if !self.fetch_keys {
+            return Ok(bundle);
+        }
+        let sources = bundle.remote_key_sources()?;
+        let options = crate::remote_keys::KeyOptions { ca_file: self.jwks_ca_file.clone(), ..Default::default() };
+        let keys = crate::remote_keys::RemoteKeys::new(options).map_err(|e| Failure::new("network", e))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::new("runtime", e))?;
+        let mut fetched = std::collections::BTreeMap::new();
+        for source in &sources {
+            let set = rt
+                .block_on(keys.fetch(source))
+                .map_err(|e| Failure::msg("network", format!("cannot fetch the key set of {}: {e}", source.url)))?;
+            fetched.insert(source.url.clone(), set.jwks);
+        }
+        Ok(policy_files::PolicyBundle { bundle: bundle.bundle.with_remote_keys(&fetched)?, path: bundle.path })
+    }
 }
 
 fn setting(text: &str) -> Result<(String, String), String> {
@@ -348,6 +387,8 @@ enum PolicyCommand {
     Bundle {
         /// The policy file.
         file: PathBuf,
+        #[command(flatten)]
+        fetch: FetchKeys,
     },
     /// Check a policy: load errors, plus what loads but deserves a look. Exit 1 on errors.
     #[command(after_help = LINT_HELP)]
@@ -700,8 +741,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Policy(PolicyCommand::Explain { policy, request, req, format }) => {
             explain(&policy, request, req, format)
         }
-        Command::Policy(PolicyCommand::Bundle { file }) => {
-            let bundle = policy_files::PolicyBundle::read(&file)?;
+        Command::Policy(PolicyCommand::Bundle { file, fetch }) => {
+            let bundle = fetch.apply(policy_files::PolicyBundle::read(&file)?)?;
             bundle.compile()?;
             outln!("{}", crate::policy_files::inline_json(&bundle))?;
             Ok(ExitCode::SUCCESS)
@@ -748,7 +789,7 @@ fn spin_build(args: &SpinBuildArgs) -> Result<ExitCode, Failure> {
     let component = std::fs::read(&args.component)
         .with_context(|| format!("cannot read {}", args.component.display()))
         .map_err(|error| Failure::new("io", error))?;
-    let bundle = policy_files::PolicyBundle::read(&args.policy)?;
+    let bundle = args.fetch.apply(policy_files::PolicyBundle::read(&args.policy)?)?;
     bundle.compile()?;
     let wasm = crate::preinit::preinitialize_spin(&component, &bundle, &args.settings).map_err(|error| {
         // The component's own refusals come as `[code] message` (an unknown setting, say).

@@ -301,3 +301,34 @@ mod postgres_tls {
         }
     }
 }
+
+#[tokio::test]
+async fn the_cli_fetches_key_sets_into_a_bundle_and_refuses_when_it_cannot() {
+    let ca = TestCa::new("cli");
+    let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 3600)).await;
+    let dir = TempDir::new("cli-keys");
+    let policy = dir.path().join("policy.yaml");
+    let url = format!("{}/jwks", idp.base());
+    std::fs::write(
+        &policy,
+        format!("version: 1\nissuers:\n  - issuer: {ISSUER}\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: {url}\n"),
+    )
+    .unwrap();
+    let bin = portcullis_e2e::portcullis_bin();
+    let run = async |ca_file: &std::path::Path| {
+        let mut c = tokio::process::Command::new(&bin);
+        c.args(["policy", "bundle", "--fetch-keys", "--jwks-ca-file"]).arg(ca_file).arg(&policy);
+        c.output().await.unwrap()
+    };
+    let out = run(&ca.pem_file).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bundle: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let carried: serde_json::Value = serde_json::from_str(bundle["files"][&url].as_str().unwrap()).unwrap();
+    assert_eq!(carried["keys"][0]["kid"], "rsa-2025");
+
+    let other = TestCa::new("cli-other");
+    let out = run(&other.pem_file).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error[network]") && stderr.contains(&url), "{stderr}");
+}
