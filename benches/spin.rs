@@ -133,4 +133,35 @@ fn main() {
     );
     let remembered: usize = fresh.key_value.lock().unwrap().get("default").map_or(0, |s| s.len());
     assert_eq!(remembered, 1, "one token, one bucket");
+
+    // RS256 with the issuer's keys from the network (`jwks_uri`), built without them: each
+    // request reads the sidecar's sets from the store and compiles the policy with them (what
+    // a key rotation costs until the component is built again).
+    const URI: &str = "https://issuer.example/jwks";
+    let text = bundle.text.replacen("jwks_file: keys/jwks.json", &format!("jwks_uri: {URI}"), 1);
+    assert_ne!(text, bundle.text);
+    let mut network = bundle.clone();
+    network.bundle.text = text;
+    let set: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("policies/keys/jwks.json")).unwrap()).unwrap();
+    let answer = serde_json::json!({ "generation": 1, "sets": { URI: set } }).to_string();
+    let sidecar = rt.block_on(async move {
+        let app = axum::Router::new().route("/v1/keys", axum::routing::get(move || async move { answer }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    });
+    let settings = [
+        ("upstream".to_owned(), format!("http://{upstream}")),
+        ("keys_feed".to_owned(), format!("http://{sidecar}")),
+        ("keys_poll_ms".to_owned(), "3600000".to_owned()),
+    ];
+    let following = portcullis_host::preinit::preinitialize_spin(&component, &network, &settings).unwrap();
+    let stores = vec!["default".to_owned()];
+    let fresh = rt.block_on(portcullis_spin_host::start(&following, Options { stores, ..Options::default() })).unwrap();
+    let (f50, f99) = measure(fresh.addr, Some(header), n);
+    println!(
+        "| RS256, keys from the sidecar differing from the image (policy compiled per request) | {f50:.0} µs | {f99:.0} µs | | | |"
+    );
 }

@@ -51,6 +51,41 @@ mod store {
         }
     }
 
+    /// Asks the sidecar's admin listener for its key sets.
+    struct KeysHttp<'a>(&'a crate::settings::Url);
+
+    /// Largest key set answer read.
+    const MAX_KEYS_BYTES: usize = 4 << 20;
+
+    impl crate::keys::KeysTransport for KeysHttp<'_> {
+        fn fetch(&mut self, if_none_match: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+            let headers: Vec<(String, Vec<u8>)> =
+                if_none_match.map(|e| ("if-none-match".to_owned(), e.as_bytes().to_vec())).into_iter().collect();
+            match super::get(self.0, "/v1/keys", &headers, MAX_KEYS_BYTES)? {
+                (304, _) => Ok(None),
+                (200, body) => Ok(Some(body)),
+                (status, _) => Err(format!("the sidecar answered {status}")),
+            }
+        }
+    }
+
+    /// The key sets in the store (asking the sidecar first when due); a failure is logged and
+    /// the stored sets (or none) answer.
+    pub(super) fn key_sets(keys: &crate::settings::KeysFeed, now: Duration) -> Option<crate::keys::Sets> {
+        let store = match open(&keys.store) {
+            Ok(s) => s,
+            Err(e) => {
+                super::log(&format!("key sets: {e}"));
+                return None;
+            }
+        };
+        let (sets, error) = crate::keys::current(&store, keys.poll, now, &mut KeysHttp(&keys.url));
+        if let Some(e) = error {
+            super::log(&format!("key sets from the sidecar: {e}; the stored sets stay"));
+        }
+        sets
+    }
+
     /// Opens the store labelled `label`.
     pub(super) fn open(label: &str) -> Result<Spin, String> {
         key_value::Store::open(label).map(Spin).map_err(|e| format!("key-value store `{label}`: {e:?}"))
@@ -120,6 +155,9 @@ static POLICY: OnceLock<Policy> = OnceLock::new();
 static DEFAULTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
 /// Random bytes from the build machine, keying what the component writes to shared stores.
 static SECRET: OnceLock<Vec<u8>> = OnceLock::new();
+/// What the policy was compiled from, when it names key sources in the network: compiled again
+/// with the sidecar's sets when they differ from the ones built in.
+static REMOTE: OnceLock<(portcullis_adapter::bundle::Bundle, crate::keys::Sets)> = OnceLock::new();
 
 /// Largest chunk a WASI output stream takes in one `blocking-write-and-flush`, and the size of a
 /// read.
@@ -160,6 +198,12 @@ impl setup::Guest for Component {
             let known = settings::NAMES.join(", ");
             return Err(format!("[config_invalid] unknown setting `{name}` (known: {known})"));
         }
+        let sources = bundle.remote_key_sources().map_err(|e| format!("[{}] {e}", e.code()))?;
+        if !sources.is_empty() {
+            let built_in =
+                sources.iter().filter_map(|s| Some((s.url.clone(), bundle.files.get(&s.url)?.clone()))).collect();
+            let _ = REMOTE.set((bundle, built_in));
+        }
         POLICY.set(compiled).map_err(|_| "[config_invalid] a policy is already installed".to_owned())?;
         let _ = DEFAULTS.set(settings);
         let _ = SECRET.set(secret);
@@ -195,6 +239,8 @@ impl incoming_handler::Guest for Component {
                 return respond_denied(out, Reason::InternalError);
             }
         };
+        let with_keys = fresh_keys(&settings);
+        let policy = with_keys.as_ref().unwrap_or(policy);
         let headers = request.headers().entries();
         let decision = match decide_here(policy, &settings, &request, &headers) {
             Ok(d) => d,
@@ -220,6 +266,27 @@ impl incoming_handler::Guest for Component {
             log(&format!("the upstream: {e}"));
         }
     }
+}
+
+/// The policy compiled with the sidecar's key sets, when they differ from those built in
+/// (`None`: the built-in policy decides).
+#[cfg(feature = "spin")]
+fn fresh_keys(settings: &Settings) -> Option<Policy> {
+    let (bundle, built_in) = REMOTE.get()?;
+    let sets = store::key_sets(settings.keys.as_ref()?, since_epoch())?;
+    if &sets == built_in {
+        return None;
+    }
+    let compiled = bundle.with_remote_keys(&sets).and_then(|b| b.compile());
+    compiled
+        .inspect_err(|e| log(&format!("key sets from the sidecar: [{}] {e}; the built-in keys decide", e.code())))
+        .ok()
+}
+
+#[cfg(not(feature = "spin"))]
+fn fresh_keys(_: &Settings) -> Option<Policy> {
+    // `keys_feed` is refused by `decide_here` in this build.
+    None
 }
 
 /// Decides with what this build of the component has: Spin's key-value store for revocations
@@ -252,8 +319,11 @@ fn decide_here(
     request: &IncomingRequest,
     headers: &[(String, Vec<u8>)],
 ) -> Result<Decision, String> {
-    if settings.feed.is_some() || settings.signature_store.is_some() {
-        return Err("`revocations_feed` and `signature_cache_store` need the Spin build (a key-value store)".into());
+    if settings.feed.is_some() || settings.signature_store.is_some() || settings.keys.is_some() {
+        return Err(
+            "`revocations_feed`, `signature_cache_store` and `keys_feed` need the Spin build (a key-value store)"
+                .into(),
+        );
     }
     Ok(decide(policy, settings, request, headers, &portcullis_core::NoRevocations))
 }

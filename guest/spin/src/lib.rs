@@ -13,6 +13,8 @@
 //! - [`settings`]: the application variables (upstream, revocation feed, client address);
 //! - [`revocations`]: the sidecar's feed kept in Spin's key-value store, read per request by
 //!   key;
+//! - [`keys`]: the sidecar's key sets of issuers whose keys come from the network, kept in the
+//!   store;
 //! - [`signatures`]: valid signatures remembered in the store, so a token seen again skips the
 //!   RSA or ECDSA verification in wasm;
 //! - the WASI HTTP glue (`component.rs`, wasm only).
@@ -21,6 +23,7 @@
 
 #[cfg(target_arch = "wasm32")]
 mod component;
+pub mod keys;
 pub mod revocations;
 pub mod settings;
 pub mod signatures;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_adapter::revocation::StaleMode;
 
 /// Every setting, by its variable name (Spin: lowercase letters, digits and underscores).
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 13] = [
     UPSTREAM,
     CLIENT_ADDRESS_HEADER,
     FIXED_NOW,
@@ -18,6 +18,9 @@ pub const NAMES: [&str; 10] = [
     REVOCATIONS_STALE_MODE,
     REVOCATIONS_STORE,
     SIGNATURE_CACHE_STORE,
+    KEYS_FEED,
+    KEYS_POLL_MS,
+    KEYS_STORE,
 ];
 
 /// Where allowed requests go: `http://host:port` or `https://host`, with an optional path
@@ -46,6 +49,15 @@ pub const REVOCATIONS_STORE: &str = "revocations_store";
 /// The key-value store remembering valid signatures across instances (see
 /// [`crate::signatures`]); unset: every request verifies its signature.
 pub const SIGNATURE_CACHE_STORE: &str = "signature_cache_store";
+
+/// The sidecar's admin listener, `http://host:port`, whose `GET /v1/keys` gives the key sets
+/// of the policy's network sources (`jwks_uri`, `discovery`). Unset: the sets compiled in at
+/// build time (`portcullis spin build --fetch-keys`), if any.
+pub const KEYS_FEED: &str = "keys_feed";
+/// How often the stored key sets are brought up to date, in milliseconds (default 5000).
+pub const KEYS_POLL_MS: &str = "keys_poll_ms";
+/// The key-value store holding them (default `default`).
+pub const KEYS_STORE: &str = "keys_store";
 
 /// A bad setting: its name and what is wrong, never its value (it may be a credential).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +153,17 @@ impl std::fmt::Debug for Feed {
     }
 }
 
+/// Following the sidecar's key sets, when configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysFeed {
+    /// The sidecar's admin listener.
+    pub url: Url,
+    /// How often the stored sets are brought up to date.
+    pub poll: Duration,
+    /// Key-value store label.
+    pub store: String,
+}
+
 /// Every setting, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -154,6 +177,8 @@ pub struct Settings {
     pub feed: Option<Feed>,
     /// See [`SIGNATURE_CACHE_STORE`].
     pub signature_store: Option<String>,
+    /// See [`KEYS_FEED`].
+    pub keys: Option<KeysFeed>,
 }
 
 fn number<T: std::str::FromStr>(name: &'static str, text: Option<String>, default: T) -> Result<T, SettingsError> {
@@ -198,7 +223,19 @@ impl Settings {
             }
         };
         let signature_store = get(SIGNATURE_CACHE_STORE).filter(|s| !s.is_empty());
-        Ok(Settings { upstream, client_address_header, fixed_now, feed, signature_store })
+        let keys = match get(KEYS_FEED).filter(|f| !f.is_empty()) {
+            None => None,
+            Some(url) => {
+                let url = Url::parse(KEYS_FEED, &url)?;
+                let poll = number(KEYS_POLL_MS, get(KEYS_POLL_MS), 5000u64)?;
+                if !(50..=3_600_000).contains(&poll) {
+                    return Err(error(KEYS_POLL_MS, "outside 50..=3600000"));
+                }
+                let store = get(KEYS_STORE).filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+                Some(KeysFeed { url, poll: Duration::from_millis(poll), store })
+            }
+        };
+        Ok(Settings { upstream, client_address_header, fixed_now, feed, signature_store, keys })
     }
 }
 

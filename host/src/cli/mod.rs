@@ -99,7 +99,8 @@ The component comes from `cargo build -p portcullis-spin --target wasm32-wasip2 
 imports nothing Spin-specific and runs under `wasmtime serve`). Settings (docs/spin.md): upstream,
 client_address_header, revocations_feed, revocations_credential, revocations_poll_ms,
 revocations_stale_after_ms, revocations_stale_mode, revocations_store, signature_cache_store,
-fixed_now.
+keys_feed, keys_poll_ms, keys_store, fixed_now. With --fetch-keys the key sets of the policy's
+network sources (jwks_uri, discovery) are fetched now and compiled in (docs/keys.md).
 
 Examples:
   portcullis spin build --component target/wasm32-wasip2/guest/portcullis_spin.wasm \\

@@ -322,3 +322,85 @@ async fn in_front_of_another_component_through_service_chaining() {
     let resp = request(host.addr, "GET", "/app/home", "app.example.com", &[]).await.unwrap();
     assert_eq!(resp.status, 401, "nothing reaches the component without a credential");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_network_follow_the_sidecar_through_the_key_value_store() {
+    use portcullis_e2e::tls::{Idp, IdpState, TestCa, jwks, rs256};
+    use std::time::{Duration, Instant};
+    let ca = TestCa::new("spin-keys");
+    let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 1)).await;
+    let dir = portcullis_e2e::TempDir::new("spin-keys");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: https://127.0.0.1:{}/jwks\n",
+            idp.addr.port()
+        ),
+    )
+    .unwrap();
+    let keys = portcullis_host::remote_keys::KeyOptions {
+        ca_file: Some(ca.pem_file.clone()),
+        min_refresh: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let sidecar = portcullis_host::serve::Sidecar::build(portcullis_host::serve::Config {
+        keys,
+        ..portcullis_host::serve::Config::local(policy.clone())
+    })
+    .await
+    .unwrap()
+    .serve()
+    .unwrap();
+    let upstream = echo_upstream().await;
+    // Built without the keys: the component gets them from the sidecar through the store.
+    let bundle = PolicyBundle::read(&policy).unwrap();
+    let settings = [
+        ("upstream".to_owned(), format!("http://{upstream}")),
+        ("keys_feed".to_owned(), format!("http://{}", sidecar.admin_addr)),
+        ("keys_poll_ms".to_owned(), "200".to_owned()),
+    ];
+    let wasm =
+        portcullis_host::preinit::preinitialize_spin(&std::fs::read(spin_wasm(true)).unwrap(), &bundle, &settings)
+            .unwrap();
+    let host = portcullis_spin_host::start(&wasm, Options { stores: vec!["default".into()], ..Options::default() })
+        .await
+        .unwrap();
+    let bearer = |key: &str| headers(&[("Authorization", &format!("Bearer {}", rs256("https://idp.test", key, key)))]);
+    let resp = request(host.addr, "GET", "/", "api.test", &bearer("rsa-2025")).await.unwrap();
+    assert_eq!(resp.status, 200, "the first request asks the sidecar: {}", resp.body);
+
+    idp.set(|s| s.jwks = jwks(&["rsa-2026"]));
+    let rotated = Instant::now();
+    loop {
+        let resp = request(host.addr, "GET", "/", "api.test", &bearer("rsa-2026")).await.unwrap();
+        if resp.status == 200 {
+            break;
+        }
+        assert!(rotated.elapsed() < Duration::from_secs(10), "never accepted: {} {}", resp.status, resp.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a rotated key was accepted by the Spin component {:?} after the provider published it",
+        rotated.elapsed()
+    );
+    let resp = request(host.addr, "GET", "/", "api.test", &bearer("rsa-2025")).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (401, Some("unknown_kid")), "{}", resp.body);
+
+    // The sidecar goes away: the stored sets stay.
+    sidecar.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = request(host.addr, "GET", "/", "api.test", &bearer("rsa-2026")).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+
+    // Without the feed, and built without the keys: keys_unavailable.
+    let wasm = portcullis_host::preinit::preinitialize_spin(
+        &std::fs::read(spin_wasm(true)).unwrap(),
+        &bundle,
+        &[("upstream".to_owned(), format!("http://{upstream}"))],
+    )
+    .unwrap();
+    let bare = portcullis_spin_host::start(&wasm, Options::default()).await.unwrap();
+    let resp = request(bare.addr, "GET", "/", "api.test", &bearer("rsa-2026")).await.unwrap();
+    assert_eq!((resp.status, resp.header("x-portcullis-reason")), (503, Some("keys_unavailable")), "{}", resp.body);
+}
