@@ -210,6 +210,11 @@ impl RemoteKeys {
     /// A fetcher trusting the system's roots and `options.ca_file`.
     pub fn new(options: KeyOptions) -> anyhow::Result<RemoteKeys> {
         let roots = crate::tls::roots(options.ca_file.as_deref(), true)?;
+        if roots.is_empty() {
+            // A sidecar whose policy fetches nothing must still start in a container without a
+            // CA bundle; a fetch there fails (and says why) instead.
+            tracing::warn!("no trust root for key set fetches: the system has none and --jwks-ca-file is not set");
+        }
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(crate::tls::client_config(roots)?)
             .https_only(true)

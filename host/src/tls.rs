@@ -11,7 +11,8 @@ use rustls::pki_types::pem::PemObject as _;
 
 /// Trust roots: the system's (`rustls-native-certs`: `SSL_CERT_FILE`, `SSL_CERT_DIR` or the
 /// platform store), then every certificate of `ca_file` (PEM). With `system: false`, only
-/// `ca_file`'s: a private CA that must be the only one trusted.
+/// `ca_file`'s: a private CA that must be the only one trusted. May be empty (a container
+/// without a CA bundle): the caller decides whether that is an error.
 pub fn roots(ca_file: Option<&Path>, system: bool) -> anyhow::Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     if system {
@@ -31,9 +32,6 @@ pub fn roots(ca_file: Option<&Path>, system: bool) -> anyhow::Result<RootCertSto
         for cert in certs {
             store.add(cert).with_context(|| format!("a certificate in {} is not a usable CA", path.display()))?;
         }
-    }
-    if store.is_empty() {
-        anyhow::bail!("no trust root: the system has none and no CA file was given");
     }
     Ok(store)
 }

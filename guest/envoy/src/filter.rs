@@ -292,15 +292,19 @@ impl Root {
             Some("304") => Ok(false),
             Some("200") if body_size <= MAX_KEYS_BYTES => {
                 let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+                let etag = self.get_http_call_response_header("etag");
                 let compiled = config::key_sets(&body).and_then(|sets| {
                     let bundle = s.compiled.bundle.with_remote_keys(&sets).map_err(|e| e.to_string())?;
+                    if bundle == s.compiled.bundle {
+                        // A new generation of the sidecar (a policy reload), the same keys.
+                        return Ok(None);
+                    }
                     let policy = bundle.compile().map_err(|e| e.to_string())?;
-                    Ok((bundle, policy))
+                    Ok(Some((bundle, policy)))
                 });
-                compiled.map(|(bundle, policy)| {
-                    s.install(bundle, policy);
-                    self.keys_etag = self.get_http_call_response_header("etag");
-                    true
+                compiled.map(|new| {
+                    self.keys_etag = etag;
+                    new.map(|(bundle, policy)| s.install(bundle, policy)).is_some()
                 })
             }
             Some("200") => Err(format!("an answer of {body_size} bytes, more than {MAX_KEYS_BYTES}")),

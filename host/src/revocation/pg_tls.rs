@@ -114,6 +114,9 @@ pub(super) fn connector(params: &TlsParams) -> Result<(SslMode, tokio_postgres_r
         Some(file) => crate::tls::roots(Some(&PathBuf::from(file)), false),
     }
     .map_err(|e| StoreError::Unavailable(format!("TLS to Postgres: {e:#}")))?;
+    if roots.is_empty() {
+        return Err(invalid("no trust root: the system has none; name a CA file with `sslrootcert`"));
+    }
     let mut config = crate::tls::client_config(roots.clone()).map_err(invalid)?;
     if !check_name {
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
