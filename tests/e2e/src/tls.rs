@@ -199,3 +199,42 @@ pub fn rs256(iss: &str, key: &str, kid: &str) -> String {
     let claims = serde_json::json!({ "iss": iss, "aud": "api", "sub": "alice", "iat": now, "exp": now + 600 });
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
+
+/// A provider ([`Idp`]) serving `rsa-2025` with `max-age=1`, and a sidecar trusting its CA,
+/// refreshing keys every second, for a one-issuer RS256 policy (`https://idp.test`, audience
+/// `api`) whose keys come from the provider's `jwks_uri`.
+#[derive(Debug)]
+pub struct ProviderAndSidecar {
+    /// The provider.
+    pub idp: Idp,
+    /// The policy's text.
+    pub policy_text: String,
+    /// The policy file the sidecar reads.
+    pub policy: PathBuf,
+    /// The sidecar.
+    pub sidecar: portcullis_host::serve::Handle,
+    /// The CA (its directory holds the policy: keep it while the sidecar runs).
+    pub ca: TestCa,
+}
+
+impl ProviderAndSidecar {
+    /// Starts both (`name` names the CA and the directory).
+    pub async fn start(name: &str) -> ProviderAndSidecar {
+        let ca = TestCa::new(name);
+        let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 1)).await;
+        let policy_text = format!(
+            "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: {}/jwks\n",
+            idp.base()
+        );
+        let policy = ca.dir().join("policy.yaml");
+        std::fs::write(&policy, &policy_text).unwrap();
+        let keys = portcullis_host::remote_keys::KeyOptions {
+            ca_file: Some(ca.pem_file.clone()),
+            min_refresh: std::time::Duration::from_secs(1),
+            ..Default::default()
+        };
+        let config = portcullis_host::serve::Config { keys, ..portcullis_host::serve::Config::local(policy.clone()) };
+        let sidecar = portcullis_host::serve::Sidecar::build(config).await.unwrap().serve().unwrap();
+        ProviderAndSidecar { idp, policy_text, policy, sidecar, ca }
+    }
+}

@@ -318,29 +318,9 @@ async fn the_shipped_example_configuration_runs_as_documented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_the_network_reach_the_filter_through_the_sidecar() {
-    use portcullis_e2e::tls::{Idp, IdpState, TestCa, jwks, rs256};
-    let ca = TestCa::new("filter-keys");
-    // The provider's keys may be cached for a second: the sidecar refreshes that often.
-    let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 1)).await;
-    let dir = TempDir::new("filter-keys");
-    let policy = format!(
-        "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: https://127.0.0.1:{}/jwks\n",
-        idp.addr.port()
-    );
-    std::fs::write(dir.path().join("policy.yaml"), &policy).unwrap();
-    let keys = portcullis_host::remote_keys::KeyOptions {
-        ca_file: Some(ca.pem_file.clone()),
-        min_refresh: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let sidecar = portcullis_host::serve::Sidecar::build(portcullis_host::serve::Config {
-        keys,
-        ..portcullis_host::serve::Config::local(dir.path().join("policy.yaml"))
-    })
-    .await
-    .unwrap()
-    .serve()
-    .unwrap();
+    use portcullis_e2e::tls::{ProviderAndSidecar, jwks, rs256};
+    let ProviderAndSidecar { idp, policy_text: policy, sidecar, ca: _ca, .. } =
+        ProviderAndSidecar::start("filter-keys").await;
     let config = serde_json::json!({ "policy": policy, "keys": { "cluster": "portcullis_admin", "poll_ms": 200 } });
     let upstream = echo_upstream().await;
     let envoy =

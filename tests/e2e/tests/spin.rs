@@ -325,33 +325,9 @@ async fn in_front_of_another_component_through_service_chaining() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_the_network_follow_the_sidecar_through_the_key_value_store() {
-    use portcullis_e2e::tls::{Idp, IdpState, TestCa, jwks, rs256};
+    use portcullis_e2e::tls::{ProviderAndSidecar, jwks, rs256};
     use std::time::{Duration, Instant};
-    let ca = TestCa::new("spin-keys");
-    let idp = Idp::start(&ca, IdpState::serving(jwks(&["rsa-2025"]), 1)).await;
-    let dir = portcullis_e2e::TempDir::new("spin-keys");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nissuers:\n  - issuer: https://idp.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks_uri: https://127.0.0.1:{}/jwks\n",
-            idp.addr.port()
-        ),
-    )
-    .unwrap();
-    let keys = portcullis_host::remote_keys::KeyOptions {
-        ca_file: Some(ca.pem_file.clone()),
-        min_refresh: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let sidecar = portcullis_host::serve::Sidecar::build(portcullis_host::serve::Config {
-        keys,
-        ..portcullis_host::serve::Config::local(policy.clone())
-    })
-    .await
-    .unwrap()
-    .serve()
-    .unwrap();
+    let ProviderAndSidecar { idp, policy, sidecar, ca: _ca, .. } = ProviderAndSidecar::start("spin-keys").await;
     let upstream = echo_upstream().await;
     // Built without the keys: the component gets them from the sidecar through the store.
     let bundle = PolicyBundle::read(&policy).unwrap();
