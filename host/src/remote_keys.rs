@@ -539,3 +539,49 @@ pub async fn check(authz: &Arc<Authorizer>, req: &OwnedRequest, api: &'static st
         _ => decision,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(values: &[&str]) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        for v in values {
+            h.append(reqwest::header::CACHE_CONTROL, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_cache_lifetime_is_max_age_and_no_cache_is_the_minimum() {
+        assert_eq!(max_age(&headers(&["public, max-age=3600, must-revalidate"])), Some(Duration::from_secs(3600)));
+        assert_eq!(max_age(&headers(&["public", "Max-Age=\"60\""])), Some(Duration::from_secs(60)));
+        assert_eq!(max_age(&headers(&["max-age=600, no-cache"])), Some(Duration::ZERO));
+        assert_eq!(max_age(&headers(&["no-store"])), Some(Duration::ZERO));
+        assert_eq!(max_age(&headers(&["public"])), None);
+        assert_eq!(max_age(&headers(&["max-age=soon"])), None);
+        assert_eq!(max_age(&headers(&[])), None);
+    }
+
+    #[test]
+    fn discovery_takes_an_https_jwks_uri_from_exactly_this_issuer() {
+        let doc = |iss: &str, uri: &str| serde_json::json!({ "issuer": iss, "jwks_uri": uri }).to_string().into_bytes();
+        let issuer = "https://login.example/";
+        assert_eq!(
+            discovered_jwks_uri(&doc(issuer, "https://login.example/keys"), issuer).unwrap(),
+            "https://login.example/keys"
+        );
+        for (body, why) in [
+            (doc("https://login.example", "https://login.example/keys"), "another issuer"),
+            (doc(issuer, "http://login.example/keys"), "not https"),
+            (br#"{"jwks_uri":"https://x/keys"}"#.to_vec(), "no `issuer`"),
+            (br#"{"issuer":"https://login.example/"}"#.to_vec(), "no `jwks_uri`"),
+            (b"<html>".to_vec(), "not JSON"),
+        ] {
+            let e = discovered_jwks_uri(&body, issuer).unwrap_err();
+            assert_eq!(e.label(), "invalid", "{why}");
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+    }
+}
