@@ -89,7 +89,9 @@ cargo test --workspace --exclude portcullis-component --exclude portcullis-fault
 elapsed
 
 step "benchmarks compile and run once, asserting both sides agree (not timed; Envoy side by side included)"
-cargo test -p portcullis-benches --benches --locked
+# The same package selection and features as the tests above, so nothing is rebuilt for it.
+cargo test --workspace --exclude portcullis-component --exclude portcullis-faulty-guest --all-features \
+  --bench '*' --locked
 elapsed
 
 step "fuzz targets: a short coverage-guided run of each (scripts/fuzz.sh 600 by hand)"

@@ -710,7 +710,11 @@ pub async fn feed_sidecar(file: &portcullis_host::revocation::file::FileStore) -
 pub fn portcullis_bin() -> std::path::PathBuf {
     let bin = root().join("target/debug/portcullis");
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "-p", "portcullis", "--bin", "portcullis"])
+        // The test run's package selection and features: `-p portcullis` alone resolves
+        // features differently (the benches' and tests' dependencies unify more into
+        // serde_json, hashbrown, ...) and rebuilt wasmtime and Cranelift for this one binary.
+        .args(["build", "--quiet", "--workspace", "--exclude", "portcullis-component", "--exclude"])
+        .args(["portcullis-faulty-guest", "--all-features", "--bin", "portcullis"])
         .current_dir(root())
         .status()
         .unwrap();
