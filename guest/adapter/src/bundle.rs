@@ -106,6 +106,15 @@ impl Bundle {
         Policy::remote_key_sources(&self.text).map_err(|error| BundleError::Policy { name: self.name.clone(), error })
     }
 
+    /// The key sets from the network this bundle carries, by source URL.
+    pub fn remote_keys(&self) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+        Ok(self
+            .remote_key_sources()?
+            .into_iter()
+            .filter_map(|s| Some((s.url.clone(), self.files.get(&s.url)?.clone())))
+            .collect())
+    }
+
     /// This bundle with `fetched` as its key sets from the network: each of the policy's
     /// sources takes its set from `fetched` (by URL), or has none (unfetched); URLs the policy
     /// does not name are left out.
@@ -185,6 +194,7 @@ mod tests {
         // Fetched again with nothing: the set is gone (the issuer is unfetched), not kept.
         assert!(fetched.with_remote_keys(&BTreeMap::new()).unwrap().files.is_empty());
         inline.compile().unwrap();
+        assert_eq!(inline.remote_keys().unwrap(), [(URL.to_owned(), set)].into());
     }
 
     #[test]

@@ -294,7 +294,11 @@ impl Root {
                 let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
                 let etag = self.get_http_call_response_header("etag");
                 let compiled = config::key_sets(&body).and_then(|sets| {
-                    let bundle = s.compiled.bundle.with_remote_keys(&sets).map_err(|e| e.to_string())?;
+                    // Over the sets in force: a source the sidecar does not follow keeps the one
+                    // the configuration carried.
+                    let mut merged = s.compiled.bundle.remote_keys().map_err(|e| e.to_string())?;
+                    merged.extend(sets);
+                    let bundle = s.compiled.bundle.with_remote_keys(&merged).map_err(|e| e.to_string())?;
                     if bundle == s.compiled.bundle {
                         // A new generation of the sidecar (a policy reload), the same keys.
                         return Ok(None);

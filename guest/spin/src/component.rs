@@ -198,10 +198,8 @@ impl setup::Guest for Component {
             let known = settings::NAMES.join(", ");
             return Err(format!("[config_invalid] unknown setting `{name}` (known: {known})"));
         }
-        let sources = bundle.remote_key_sources().map_err(|e| format!("[{}] {e}", e.code()))?;
-        if !sources.is_empty() {
-            let built_in =
-                sources.iter().filter_map(|s| Some((s.url.clone(), bundle.files.get(&s.url)?.clone()))).collect();
+        if !bundle.remote_key_sources().map_err(|e| format!("[{}] {e}", e.code()))?.is_empty() {
+            let built_in = bundle.remote_keys().map_err(|e| format!("[{}] {e}", e.code()))?;
             let _ = REMOTE.set((bundle, built_in));
         }
         POLICY.set(compiled).map_err(|_| "[config_invalid] a policy is already installed".to_owned())?;
@@ -273,7 +271,10 @@ impl incoming_handler::Guest for Component {
 #[cfg(feature = "spin")]
 fn fresh_keys(settings: &Settings) -> Option<Policy> {
     let (bundle, built_in) = REMOTE.get()?;
-    let sets = store::key_sets(settings.keys.as_ref()?, since_epoch())?;
+    // The sidecar's sets over the built-in ones: a source the sidecar does not follow keeps
+    // the set compiled in.
+    let mut sets = built_in.clone();
+    sets.extend(store::key_sets(settings.keys.as_ref()?, since_epoch())?);
     if &sets == built_in {
         return None;
     }

@@ -54,7 +54,7 @@ pub(super) fn take_params(url: &str) -> (String, TlsParams) {
             .split('&')
             .filter(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                keep(k, &percent_decoded(v))
+                keep(k, &percent_encoding::percent_decode_str(v).decode_utf8_lossy())
             })
             .collect();
         let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
@@ -69,27 +69,6 @@ pub(super) fn take_params(url: &str) -> (String, TlsParams) {
             .collect();
         (rest.join(" "), params)
     }
-}
-
-/// `%XX` escapes decoded (a file path in a URL query); anything malformed is kept as written.
-fn percent_decoded(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (b, hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mode tokio-postgres is given and the TLS connector it uses.
