@@ -195,8 +195,10 @@ impl Authorizer {
         &self.metrics
     }
 
-    /// Builds a generation from `bundle` and swaps it in; the old one keeps serving until then,
-    /// and keeps serving if this fails. Blocking: call from a blocking context.
+    /// Builds a generation from exactly `bundle` and swaps it in; the old one keeps serving
+    /// until then, and keeps serving if this fails. Key sets from the network are in force only
+    /// if `bundle` carries them: [`Authorizer::refresh`] merges the ones held. Blocking: call
+    /// from a blocking context.
     pub fn reload(&self, bundle: PolicyBundle) -> Result<u64, Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match build(&self.runtime, &self.settings, &self.revocations, Arc::new(bundle), id) {
