@@ -30,6 +30,10 @@ pub struct Decision {
     pub headers_to_remove: Option<Names>,
     /// What shadow (dry-run) routes or rules would have decided, without enforcing it.
     pub shadow: Option<Box<Shadow>>,
+    /// Headers for the response to the client, allowed or denied: CORS, rate-limit
+    /// (`Retry-After` on 429) and the policy's `response_headers`. Names are lower case and
+    /// occur once.
+    pub response_headers: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// A dry-run verdict reported beside the enforced one.
@@ -62,6 +66,7 @@ impl Decision {
             headers_to_set: Vec::new(),
             headers_to_remove: None,
             shadow: None,
+            response_headers: Vec::new(),
         }
     }
 
@@ -136,6 +141,14 @@ impl Decision {
         }
         if let Some(sh) = &self.shadow {
             m.serialize_entry("shadow", sh)?;
+        }
+        if !self.response_headers.is_empty() {
+            let set: serde_json::Map<String, serde_json::Value> = self
+                .response_headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                .collect();
+            m.serialize_entry("response_headers", &set)?;
         }
         Ok(())
     }

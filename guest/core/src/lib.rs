@@ -40,7 +40,8 @@
 // The modules are private: everything a runtime, a tool or a test needs is re-exported
 // below, so this file is the whole public face. Three namespaces stay public because they are
 // formats of their own: `lint` (policy findings), `revocation_log` (the revocation store's
-// records, file lines and feed) and `b64` (the strict base64url every token is decoded with).
+// records, file lines and feed) and `b64` (the strict base64url every token is decoded with);
+// `rate` is the token bucket every runtime counts rate limits with.
 mod ascii;
 pub mod b64;
 mod claims;
@@ -52,6 +53,7 @@ mod json;
 mod keys;
 pub mod lint;
 mod policy;
+pub mod rate;
 mod reason;
 mod request;
 mod revocation;

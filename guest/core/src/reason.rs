@@ -49,14 +49,16 @@ pub enum Reason {
     UnknownApiKey,
     /// The API key is past its expiry.
     KeyExpired,
-    /// The client address is outside the API key's allowed ranges.
-    IpNotAllowed,
-    /// The `Origin` header is absent or not in the API key's allowed origins.
-    OriginNotAllowed,
     /// The credential is valid but the matched route does not accept its kind or issuer.
     CredentialNotAccepted,
 
     // Authorization (403).
+    /// The client address is outside the API key's allowed ranges: a proven key refused by
+    /// policy, so 403 (authenticating again cannot help).
+    IpNotAllowed,
+    /// The `Origin` header is absent or not in the API key's allowed origins (403, as
+    /// [`Reason::IpNotAllowed`]).
+    OriginNotAllowed,
     /// The identity lacks a scope the route requires.
     InsufficientScope,
     /// The identity lacks a role the route requires.
@@ -67,6 +69,16 @@ pub enum Reason {
     PolicyDenied,
     /// No route matched and the policy's default is `deny`.
     NoRoute,
+    /// A CORS preflight the route's `cors` settings refuse (origin, method or a requested
+    /// header not allowed). Answered at the edge, with no CORS headers.
+    CorsRejected,
+
+    // Answered at the edge.
+    /// A CORS preflight the route allows: 204 with the CORS headers, never forwarded.
+    CorsPreflight,
+    /// A rate limit's bucket is empty: 429 with `Retry-After` (the decision's `rule` names the
+    /// limit).
+    RateLimited,
 
     // Faults (503): the decision could not be made, so it fails closed.
     /// The runtime failed (guest trap, timeout, internal error).
@@ -76,6 +88,9 @@ pub enum Reason {
     /// The token's issuer has no usable key because a key source in the network has not been
     /// fetched (or a `kid` may be in one that has not): 503, so clients keep good tokens.
     KeysUnavailable,
+    /// A rate limit applies but the runtime could not count it (no counter, or its store
+    /// failed) and the policy says `when_uncounted: deny`.
+    LimitsUnavailable,
 }
 
 impl Reason {
@@ -99,17 +114,21 @@ impl Reason {
         Reason::WorkerMismatch,
         Reason::UnknownApiKey,
         Reason::KeyExpired,
+        Reason::CredentialNotAccepted,
         Reason::IpNotAllowed,
         Reason::OriginNotAllowed,
-        Reason::CredentialNotAccepted,
         Reason::InsufficientScope,
         Reason::ForbiddenRole,
         Reason::TenantMismatch,
         Reason::PolicyDenied,
         Reason::NoRoute,
+        Reason::CorsRejected,
+        Reason::CorsPreflight,
+        Reason::RateLimited,
         Reason::InternalError,
         Reason::RevocationStale,
         Reason::KeysUnavailable,
+        Reason::LimitsUnavailable,
     ];
 
     /// The stable wire code, e.g. `bad_signature`.
@@ -141,9 +160,13 @@ impl Reason {
             Reason::TenantMismatch => "tenant_mismatch",
             Reason::PolicyDenied => "policy_denied",
             Reason::NoRoute => "no_route",
+            Reason::CorsRejected => "cors_rejected",
+            Reason::CorsPreflight => "cors_preflight",
+            Reason::RateLimited => "rate_limited",
             Reason::InternalError => "internal_error",
             Reason::RevocationStale => "revocation_stale",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -168,15 +191,20 @@ impl Reason {
             | Reason::WorkerMismatch
             | Reason::UnknownApiKey
             | Reason::KeyExpired
-            | Reason::IpNotAllowed
-            | Reason::OriginNotAllowed
             | Reason::CredentialNotAccepted => 401,
-            Reason::InsufficientScope
+            Reason::IpNotAllowed
+            | Reason::OriginNotAllowed
+            | Reason::InsufficientScope
             | Reason::ForbiddenRole
             | Reason::TenantMismatch
             | Reason::PolicyDenied
-            | Reason::NoRoute => 403,
-            Reason::InternalError | Reason::RevocationStale | Reason::KeysUnavailable => 503,
+            | Reason::NoRoute
+            | Reason::CorsRejected => 403,
+            Reason::CorsPreflight => 204,
+            Reason::RateLimited => 429,
+            Reason::InternalError | Reason::RevocationStale | Reason::KeysUnavailable | Reason::LimitsUnavailable => {
+                503
+            }
         }
     }
 

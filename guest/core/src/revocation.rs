@@ -115,6 +115,15 @@ pub trait Revocations {
         let _ = (check, valid);
     }
 
+    /// Spends one request from a rate-limit bucket the host keeps (see `crate::rate`): the
+    /// runtime's counter, shared by every instance that should share the limit, counting with
+    /// [`crate::rate::take`] on the host's own clock. The default, `Unavailable`, leaves the
+    /// decision to the policy's `rate_limits.when_uncounted` (deny unless it says otherwise).
+    fn rate_limit(&self, bucket: &RateBucket<'_>) -> RateCount {
+        let _ = bucket;
+        RateCount::Unavailable
+    }
+
     /// The host's cache of verified JWTs, if it keeps one for this policy (see [`TokenCache`]).
     fn verified_tokens(&self) -> Option<&dyn TokenCache> {
         None
@@ -134,6 +143,7 @@ pub trait TokenCache {
 }
 
 use crate::keys::{SignatureCheck, SignatureVerdict};
+use crate::rate::{RateBucket, RateCount};
 
 /// No dynamic revocations (tools, tests, a policy whose static lists are enough).
 #[derive(Clone, Copy, Debug, Default)]

@@ -27,6 +27,11 @@ impl Methods {
         self.0 & other.0 != 0
     }
 
+    /// The names in the set, in registry order.
+    pub(crate) fn names(self) -> impl Iterator<Item = &'static str> {
+        METHODS.iter().enumerate().filter(move |(i, _)| self.0 & (1 << i) != 0).map(|(_, m)| *m)
+    }
+
     /// Parses a list of method names.
     pub(crate) fn parse(list: &[String]) -> Result<Methods, String> {
         let mut m = Methods(0);

@@ -7,6 +7,7 @@
 //! the whole policy, or allocates beyond the identity and the headers it returns.
 
 pub(crate) mod audit;
+pub(crate) mod edge;
 pub(crate) mod explain;
 pub(crate) mod matchers;
 pub(crate) mod path;
@@ -83,6 +84,8 @@ pub(crate) struct Route {
     pub tenant: Option<TenantBinding>,
     /// Dry run.
     pub shadow: bool,
+    /// CORS settings (the route's own or the policy's).
+    pub cors: Option<Arc<edge::Cors>>,
 }
 
 impl Route {
@@ -140,11 +143,17 @@ pub(crate) struct Rule {
     pub origins: Vec<OriginPattern>,
     /// Header name → accepted values.
     pub headers: Vec<(Box<str>, Vec<Box<str>>)>,
+    /// Client ranges the client must be outside of.
+    pub not_client_cidrs: Vec<IpNet>,
+    /// Conditions on identity values.
+    pub claims: Vec<edge::ClaimMatch>,
+    /// Decided before any credential is read.
+    pub before_auth: bool,
 }
 
-/// Upstream header names; `None` turns one off.
-#[derive(Debug, Clone)]
-pub(crate) struct IdentityHeaders {
+/// Upstream header names for one credential kind; `None` turns one off.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeaderNames {
     /// Subject.
     pub subject: Option<Arc<str>>,
     /// E-mail.
@@ -161,8 +170,23 @@ pub(crate) struct IdentityHeaders {
     pub credential: Option<Arc<str>>,
     /// Issuer.
     pub issuer: Option<Arc<str>>,
-    /// Every configured name plus `remove`: stripped from every request.
+    /// The highest role by the hierarchy.
+    pub highest_role: Option<Arc<str>>,
+}
+
+/// Upstream identity headers.
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityHeaders {
+    /// Names per credential kind: JWT, service token, API key.
+    pub kinds: [HeaderNames; 3],
+    /// Every configured name of every kind plus `remove`: stripped from every request.
     pub remove: Names,
+}
+
+impl IdentityHeaders {
+    fn of(&self, kind: CredentialKind) -> Option<&HeaderNames> {
+        self.kinds.get(kind as usize)
+    }
 }
 
 /// The compiled engine part of a policy.
@@ -196,6 +220,12 @@ pub(crate) struct Engine {
     pub headers: IdentityHeaders,
     /// Audit settings.
     pub audit: audit::AuditConfig,
+    /// Rules decided before authentication, by rank.
+    pub(crate) pre_rules: Vec<usize>,
+    /// Rate limits.
+    pub(crate) rate: edge::RateLimits,
+    /// The policy's response headers, added to every decision.
+    pub(crate) response_headers: Vec<edge::Header>,
 }
 
 /// Where the identity comes from.
@@ -220,6 +250,37 @@ struct Verdict {
     identity: Option<Arc<Identity>>,
     route: Option<usize>,
     rule: Option<usize>,
+    /// What the rate limits said (their headers; the limit that refused names the decision).
+    rate: edge::RateOutcome,
+    /// The headers of an allowed CORS preflight.
+    preflight: Option<Vec<edge::Header>>,
+}
+
+impl Verdict {
+    fn new(reason: Reason, identity: Option<Arc<Identity>>, route: Option<usize>, rule: Option<usize>) -> Verdict {
+        Verdict { reason, identity, route, rule, rate: edge::RateOutcome::None, preflight: None }
+    }
+}
+
+/// A CORS preflight's parts: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+#[derive(Clone, Copy)]
+struct PreflightAsk<'r> {
+    origin: &'r str,
+    method: &'r str,
+    headers: Option<&'r str>,
+}
+
+impl<'r> PreflightAsk<'r> {
+    fn of(req: &Request<'r>) -> Option<PreflightAsk<'r>> {
+        if req.method != "OPTIONS" {
+            return None;
+        }
+        Some(PreflightAsk {
+            origin: req.header("origin").value()?,
+            method: req.header("access-control-request-method").value()?,
+            headers: req.header("access-control-request-headers").value(),
+        })
+    }
 }
 
 /// A policy's parts, borrowed for one decision.
@@ -281,17 +342,28 @@ impl Decider<'_> {
                 Names::from(kept)
             });
         }
+        if !e.response_headers.is_empty() {
+            d.response_headers.extend(e.response_headers.iter().cloned());
+        }
         d
     }
 
     fn decide_facts(&self, f: &Facts<'_>, auth: Auth<'_>, t: &mut dyn Trace) -> Decision {
         let e = &self.engine;
-        let route = e
-            .route_trie
-            .first(f.segs, &mut |&i| e.routes.get(i).is_some_and(|r| !r.shadow && r.matches(f.method, f.host)));
-        let route = route.copied();
+        let find = |method: Option<u16>| {
+            e.route_trie
+                .first(f.segs, &mut |&i| e.routes.get(i).is_some_and(|r| !r.shadow && r.matches(method, f.host)))
+                .copied()
+        };
+        // A CORS preflight is routed by the method it asks about; it is one only where that
+        // route has CORS settings, otherwise it is an ordinary OPTIONS request.
+        let ask = PreflightAsk::of(f.req);
+        let (route, ask) = match ask.map(|a| (a, find(Methods::bit(a.method)))) {
+            Some((a, Some(i))) if e.routes.get(i).is_some_and(|r| r.cors.is_some()) => (Some(i), Some(a)),
+            _ => (find(f.method), None),
+        };
         t.route(route.and_then(|i| e.routes.get(i)), false);
-        let enforced = self.verdict(route, f, auth, false, t);
+        let enforced = self.verdict(route, ask, f, auth, false, t);
 
         let shadow = if e.has_shadow { self.shadow(route, &enforced, f, auth) } else { None };
         let mut d = self.render(enforced, f);
@@ -318,7 +390,7 @@ impl Decider<'_> {
             // Rules never run on an unauthenticated request, shadow or not.
             return None;
         }
-        let v = self.verdict(route, f, auth, true, &mut explain::NoTrace);
+        let v = self.verdict(route, None, f, auth, true, &mut explain::NoTrace);
         let rule_is_shadow = v.rule.is_some_and(|i| e.rules.get(i).is_some_and(|r| r.shadow));
         (route_is_shadow || rule_is_shadow).then(|| {
             Box::new(Shadow {
@@ -332,6 +404,7 @@ impl Decider<'_> {
     fn verdict(
         &self,
         route: Option<usize>,
+        ask: Option<PreflightAsk<'_>>,
         f: &Facts<'_>,
         auth: Auth<'_>,
         with_shadow: bool,
@@ -339,12 +412,42 @@ impl Decider<'_> {
     ) -> Verdict {
         let e = &self.engine;
         let r = route.and_then(|i| e.routes.get(i));
-        let deny = |reason, identity| Verdict { reason, identity, route, rule: None };
+        let deny = |reason, identity| Verdict::new(reason, identity, route, None);
+        // Rules on the request alone come first: no credential is read for a blocked request.
+        if let Some(i) = self.pre_rule(route, f, with_shadow, t)
+            && e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny)
+        {
+            return Verdict::new(Reason::PolicyDenied, None, route, Some(i));
+        }
         let accept = match r {
             Some(r) => &r.accept,
             None if e.default == Default::Deny => return deny(Reason::NoRoute, None),
             None => &Accept::ANY,
         };
+        if let (Some(ask), Some(cors)) = (ask, r.and_then(|r| r.cors.as_deref())) {
+            return match cors.preflight(ask.origin, ask.method, ask.headers) {
+                edge::Preflight::Allowed(headers) => {
+                    Verdict { preflight: Some(headers), ..Verdict::new(Reason::CorsPreflight, None, route, None) }
+                }
+                edge::Preflight::Refused => deny(Reason::CorsRejected, None),
+            };
+        }
+        // Limits on the request alone are spent before the credential is read, so a flood
+        // without credentials is limited too.
+        let counting = match auth {
+            Auth::Verify(host) if !with_shadow => Some(host),
+            _ => None,
+        };
+        let mut rate = edge::RateOutcome::None;
+        if let Some(host) = counting
+            && e.rate.any_before
+        {
+            let input = edge::RateInput { req: f.req, route: route.zip(r).map(|(i, r)| (i, &*r.id)), identity: None };
+            rate = e.rate.run(true, &input, &e.roles, host, rate);
+            if let Some(v) = Self::rate_refusal(rate, route) {
+                return v;
+            }
+        }
         let identity = if r.is_some_and(|r| r.public) {
             None
         } else {
@@ -359,7 +462,7 @@ impl Decider<'_> {
                 }
                 Err(reason) => {
                     t.authenticated(Err(reason));
-                    return deny(reason, None);
+                    return Verdict { rate, ..deny(reason, None) };
                 }
             }
         };
@@ -367,13 +470,55 @@ impl Decider<'_> {
             Some(r) => self.requirements(r, identity.as_deref(), f, t),
             None => Ok(()),
         };
-        match self.winning_rule(route, identity.as_deref(), f, with_shadow, t) {
+        let mut v = match self.winning_rule(route, identity.as_deref(), f, with_shadow, t) {
             Some(i) if e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny) => {
-                Verdict { reason: Reason::PolicyDenied, identity, route, rule: Some(i) }
+                Verdict::new(Reason::PolicyDenied, identity, route, Some(i))
             }
-            Some(i) => Verdict { reason: Reason::Allowed, identity, route, rule: Some(i) },
-            None => Verdict { reason: requirements.err().unwrap_or(Reason::Allowed), identity, route, rule: None },
+            Some(i) => Verdict::new(Reason::Allowed, identity, route, Some(i)),
+            None => Verdict::new(requirements.err().unwrap_or(Reason::Allowed), identity, route, None),
+        };
+        v.rate = rate;
+        if let Some(host) = counting
+            && e.rate.any_after
+            && v.reason == Reason::Allowed
+        {
+            let input = edge::RateInput {
+                req: f.req,
+                route: route.zip(r).map(|(i, r)| (i, &*r.id)),
+                identity: v.identity.as_deref(),
+            };
+            v.rate = e.rate.run(false, &input, &e.roles, host, v.rate);
+            if let Some(refused) = Self::rate_refusal(v.rate, route) {
+                return Verdict { identity: v.identity, ..refused };
+            }
         }
+        v
+    }
+
+    /// The verdict of a refusing rate outcome.
+    fn rate_refusal(rate: edge::RateOutcome, route: Option<usize>) -> Option<Verdict> {
+        let (reason, limit) = match rate {
+            edge::RateOutcome::Limited { limit, .. } => (Reason::RateLimited, limit),
+            edge::RateOutcome::Uncounted { limit } => (Reason::LimitsUnavailable, limit),
+            _ => return None,
+        };
+        Some(Verdict { rate, ..Verdict::new(reason, None, route, Some(limit)) })
+    }
+
+    /// The winning rule among those decided before authentication.
+    fn pre_rule(&self, route: Option<usize>, f: &Facts<'_>, with_shadow: bool, t: &mut dyn Trace) -> Option<usize> {
+        let e = &self.engine;
+        // `pre_rules` is in rank order: the first that matches wins.
+        e.pre_rules.iter().copied().find(|&i| {
+            e.rules.get(i).is_some_and(|rule| {
+                (with_shadow || !rule.shadow) && {
+                    let matched = rule.paths.is_empty() || rule.paths.iter().any(|p| p.matches(f.segs));
+                    let matched = matched && self.rule_matches(rule, route, None, f);
+                    t.rule(rule, matched);
+                    matched
+                }
+            })
+        })
     }
 
     /// Tenant, then roles, then scopes: the first that fails names the denial.
@@ -478,6 +623,12 @@ impl Decider<'_> {
         if !r.client_cidrs.is_empty() && !client_in(f.req.client_ip, &r.client_cidrs) {
             return false;
         }
+        if !r.not_client_cidrs.is_empty()
+            && f.req.client_ip.is_some()
+            && client_in(f.req.client_ip, &r.not_client_cidrs)
+        {
+            return false;
+        }
         if !r.origins.is_empty()
             && !f.req.header("origin").value().is_some_and(|o| r.origins.iter().any(|p| p.matches(o)))
         {
@@ -492,7 +643,8 @@ impl Decider<'_> {
             || r.subjects.is_some()
             || !r.tenants.is_empty()
             || r.roles.is_some()
-            || !r.scopes.is_empty();
+            || !r.scopes.is_empty()
+            || !r.claims.is_empty();
         if !needs_identity {
             return true;
         }
@@ -502,25 +654,44 @@ impl Decider<'_> {
             && (r.tenants.is_empty() || id.tenant.as_deref().is_some_and(|x| r.tenants.iter().any(|t| **t == *x)))
             && r.roles.as_ref().is_none_or(|set| e.roles.any_in(&id.roles, set))
             && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.engine.granted(id, s)))
+            && r.claims.iter().all(|c| c.holds(id))
     }
 
-    /// Turns a verdict into the decision, with identity headers on allow.
-    fn render(&self, v: Verdict, _f: &Facts<'_>) -> Decision {
+    /// Turns a verdict into the decision: identity headers on allow, response headers always.
+    fn render(&self, v: Verdict, f: &Facts<'_>) -> Decision {
         let e = &self.engine;
         let mut d = Decision::deny(v.reason);
-        d.route = v.route.and_then(|i| e.routes.get(i)).map(|r| Arc::clone(&r.id));
-        d.rule = v.rule.and_then(|i| e.rules.get(i)).map(|r| Arc::clone(&r.id));
+        let route = v.route.and_then(|i| e.routes.get(i));
+        d.route = route.map(|r| Arc::clone(&r.id));
+        d.rule = match v.reason {
+            Reason::RateLimited | Reason::LimitsUnavailable => {
+                v.rule.and_then(|i| e.rate.limits.get(i)).map(|l| Arc::clone(&l.id))
+            }
+            _ => v.rule.and_then(|i| e.rules.get(i)).map(|r| Arc::clone(&r.id)),
+        };
         if let Some(id) = &v.identity
             && v.reason == Reason::Allowed
         {
             d.headers_to_set = self.identity_headers(id);
         }
         d.identity = v.identity;
+        match v.preflight {
+            Some(h) => d.response_headers = h,
+            None => {
+                if let Some(cors) = route.and_then(|r| r.cors.as_deref())
+                    && v.reason != Reason::CorsRejected
+                    && let Some(origin) = f.req.header("origin").value()
+                {
+                    cors.actual(origin, &mut d.response_headers);
+                }
+                e.rate.headers(v.rate, &mut d.response_headers);
+            }
+        }
         d
     }
 
     fn identity_headers(&self, id: &Identity) -> Vec<(Arc<str>, String)> {
-        let h = &self.engine.headers;
+        let Some(h) = self.engine.headers.of(id.credential) else { return Vec::new() };
         let mut out = Vec::with_capacity(6);
         let mut one = |name: &Option<Arc<str>>, value: Option<&str>| {
             if let (Some(n), Some(v)) = (name, value) {
@@ -532,6 +703,9 @@ impl Decider<'_> {
         one(&h.tenant, id.tenant.as_deref());
         one(&h.issuer, id.issuer.as_deref());
         one(&h.credential, Some(id.credential.name()));
+        if h.highest_role.is_some() {
+            one(&h.highest_role, self.engine.roles.highest(&id.roles).map(|r| &**r));
+        }
         let list = |items: &mut dyn Iterator<Item = &str>| {
             let mut s = String::new();
             for (i, item) in items.enumerate() {

@@ -44,8 +44,8 @@ impl PathPattern {
     }
 
     /// True when this pattern matches the normalised segments: the model the trie is tested
-    /// against (requests go through the trie).
-    #[cfg(test)]
+    /// against, and how the few rules decided before authentication are matched (the rest go
+    /// through the trie).
     pub(crate) fn matches(&self, segs: &[&str]) -> bool {
         let mut i = 0;
         for s in &self.segments {

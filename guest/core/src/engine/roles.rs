@@ -36,6 +36,11 @@ impl RoleSet {
         self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
 
+    /// How many roles the set holds.
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     /// Indices in the set.
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0
@@ -178,6 +183,20 @@ impl Roles {
         names.iter().filter_map(|n| self.index(n).and_then(|i| self.roles.get(i))).flat_map(|r| r.scopes.iter())
     }
 
+    /// The single highest of the identity's roles: the defined role whose closure holds the
+    /// most roles (so a role beats every role it implies); ties go to the first in role order
+    /// (name order). `None` when no role of the identity is defined.
+    pub(crate) fn highest(&self, names: &[Arc<str>]) -> Option<&Arc<str>> {
+        let mut best: Option<(usize, usize)> = None;
+        for i in names.iter().filter_map(|n| self.index(n)) {
+            let size = self.roles.get(i).map_or(0, |r| r.closure.len());
+            if best.is_none_or(|(bs, bi)| size > bs || (size == bs && i < bi)) {
+                best = Some((size, i));
+            }
+        }
+        best.and_then(|(_, i)| self.roles.get(i)).map(|r| &r.name)
+    }
+
     /// The identity's roles expanded through the hierarchy: its own roles first (as given), then
     /// the roles they imply in role order (a policy's roles are ordered by name), each once. Names the policy does not define are
     /// kept in place.
@@ -251,6 +270,16 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<Arc<str>> {
         v.iter().map(|x| Arc::from(*x)).collect()
+    }
+
+    #[test]
+    fn the_highest_role_is_the_one_implying_most() {
+        let h = hierarchy();
+        assert_eq!(h.highest(&names(&["viewer", "admin", "dev"])).map(|r| &**r), Some("admin"));
+        assert_eq!(h.highest(&names(&["billing", "operator"])).map(|r| &**r), Some("billing"), "tie: role order");
+        assert_eq!(h.highest(&names(&["owner", "unknown"])).map(|r| &**r), Some("owner"));
+        assert_eq!(h.highest(&names(&["unknown"])), None);
+        assert_eq!(h.highest(&[]), None);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::time::UnixTime;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+mod edge;
+
 const H: &str = r#"{"alg":"HS256","kid":"k1"}"#;
 /// The API key `ask_test0001secret-secret-secret` (sha256 below).
 const API_KEY: &str = "ask_test0001secret-secret-secret";

@@ -4,8 +4,11 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::doc::{AcceptDoc, ApiKeyAcceptDoc, DefaultAction, Effect as EffectDoc, PolicyDocument, RouteDoc, RuleDoc};
-use super::{PolicyError, compile};
+use super::doc::{
+    AcceptDoc, ApiKeyAcceptDoc, CorsDoc, DefaultAction, Effect as EffectDoc, IdentityHeadersDoc, KindHeadersDoc,
+    PolicyDocument, RouteDoc, RuleDoc,
+};
+use super::{PolicyError, compile, compile_edge};
 use crate::FastSet;
 use crate::credential::api_key::{ApiKeyPolicy, OriginPattern};
 use crate::credential::jwt::IssuerPolicy;
@@ -15,7 +18,7 @@ use crate::engine::audit::AuditConfig;
 use crate::engine::matchers::{HostPattern, Methods};
 use crate::engine::path::{PathPattern, Segment, Trie};
 use crate::engine::roles::{RoleDef, RoleSet, Roles};
-use crate::engine::{Default, Effect, Engine, IdentityHeaders, Route, Rule, TenantBinding, TenantSource};
+use crate::engine::{Default, Effect, Engine, HeaderNames, IdentityHeaders, Route, Rule, TenantBinding, TenantSource};
 use crate::identity::{CredentialKind, Names};
 use crate::types::{Scope, ScopePattern};
 
@@ -38,11 +41,12 @@ pub(super) struct Credentials<'a> {
 
 pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<Engine> {
     let roles = roles(doc, creds)?;
+    let policy_cors = doc.cors.as_ref();
     let routes = match &doc.routes {
         Some(list) => list
             .iter()
             .enumerate()
-            .map(|(i, r)| route(&format!("routes[{i}]"), r, &roles, creds))
+            .map(|(i, r)| route(&format!("routes[{i}]"), r, &roles, creds, policy_cors))
             .collect::<Result<Vec<_>>>()?,
         None => Vec::new(),
     };
@@ -85,7 +89,12 @@ pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<En
     let mut rule_trie = Trie::default();
     let mut rules_by_route = vec![Vec::new(); routes.len()];
     let mut global_rules = Vec::new();
+    let pre_rules: Vec<usize> =
+        by_rank.iter().copied().filter(|&i| rules.get(i).is_some_and(|r| r.before_auth)).collect();
     for (i, r) in rules.iter().enumerate() {
+        if r.before_auth {
+            continue;
+        }
         if !r.paths.is_empty() {
             for p in &r.paths {
                 rule_trie.insert(p, i);
@@ -108,6 +117,7 @@ pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<En
     let has_shadow_rules = rules.iter().any(|r| r.shadow);
     let has_shadow = has_shadow_rules || routes.iter().any(|r| r.shadow);
     let api_header = creds.api_keys.map(|a| a.header.as_str());
+    let rate = compile_edge::rate_limits(&doc.rate_limits, &ids, &roles)?;
     Ok(Engine {
         routes,
         route_trie,
@@ -123,6 +133,9 @@ pub(super) fn engine(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<En
         has_shadow_rules,
         headers: identity_headers(doc)?,
         audit: AuditConfig::new(&doc.audit.headers, &doc.audit.query_keys, api_header),
+        pre_rules,
+        rate,
+        response_headers: compile_edge::response_headers(&doc.response_headers)?,
     })
 }
 
@@ -160,7 +173,7 @@ fn roles(doc: &PolicyDocument, creds: &Credentials<'_>) -> Result<Roles> {
     Ok(roles)
 }
 
-fn role_set(path: &str, names: &[String], roles: &Roles) -> Result<RoleSet> {
+pub(super) fn role_set(path: &str, names: &[String], roles: &Roles) -> Result<RoleSet> {
     let mut idx = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
         match roles.index(n) {
@@ -180,7 +193,13 @@ fn scopes(path: &str, list: &[String]) -> Result<Vec<Box<str>>> {
         .collect()
 }
 
-fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Result<Route> {
+fn route(
+    path: &str,
+    d: &RouteDoc,
+    roles: &Roles,
+    creds: &Credentials<'_>,
+    policy_cors: Option<&CorsDoc>,
+) -> Result<Route> {
     if d.id.is_empty() || d.id.chars().any(char::is_control) {
         return invalid(format!("{path}.id"), "route ids are non-empty text");
     }
@@ -246,6 +265,11 @@ fn route(path: &str, d: &RouteDoc, roles: &Roles, creds: &Credentials<'_>) -> Re
         role_names: d.roles.iter().map(|r| Box::from(r.as_str())).collect(),
         tenant,
         shadow: d.shadow,
+        cors: match (&d.cors, policy_cors) {
+            (Some(c), _) => Some(Arc::new(compile_edge::cors(&format!("{path}.cors"), c, methods)?)),
+            (None, Some(c)) => Some(Arc::new(compile_edge::cors("cors", c, methods)?)),
+            (None, None) => None,
+        },
     })
 }
 
@@ -391,15 +415,35 @@ fn rule(path: &str, d: &RuleDoc, roles: &Roles, route_ids: &HashMap<Arc<str>, us
         .credentials
         .iter()
         .enumerate()
-        .map(|(i, c)| match c.as_str() {
-            "jwt" => Ok(CredentialKind::Jwt),
-            "service_token" => Ok(CredentialKind::ServiceToken),
-            "api_key" => Ok(CredentialKind::ApiKey),
-            other => {
-                invalid(format!("{wp}.credentials[{i}]"), format!("`{other}` is not jwt, service_token or api_key"))
-            }
+        .map(|(i, c)| {
+            credential_kind(c).ok_or_else(|| {
+                PolicyError::invalid(
+                    format!("{wp}.credentials[{i}]"),
+                    format!("`{c}` is not jwt, service_token or api_key"),
+                )
+            })
         })
         .collect::<Result<Vec<_>>>()?;
+    let claims = compile_edge::claims(&format!("{wp}.claims"), &w.claims)?;
+    if d.before_authentication {
+        let identity_conditions = !w.credentials.is_empty()
+            || !w.subjects.is_empty()
+            || !w.tenants.is_empty()
+            || !w.roles.is_empty()
+            || !w.scopes.is_empty()
+            || !claims.is_empty();
+        if identity_conditions {
+            return invalid(
+                wp,
+                "a rule decided before authentication can only match the request (routes, methods, paths, hosts, \
+                 client_cidrs, not_client_cidrs, origins, headers), not credentials, subjects, tenants, roles, scopes \
+                 or claims",
+            );
+        }
+        if d.shadow {
+            return invalid(format!("{path}.shadow"), "a rule decided before authentication cannot be a dry run");
+        }
+    }
     let mut headers = Vec::new();
     for (name, values) in &w.headers {
         let n = compile::header_name(&format!("{wp}.headers"), name)?;
@@ -442,49 +486,95 @@ fn rule(path: &str, d: &RuleDoc, roles: &Roles, route_ids: &HashMap<Arc<str>, us
             .map(|(i, o)| parse::<OriginPattern>(&format!("{wp}.origins[{i}]"), o))
             .collect::<Result<_>>()?,
         headers,
+        not_client_cidrs: w
+            .not_client_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| compile::cidr(&format!("{wp}.not_client_cidrs[{i}]"), c))
+            .collect::<Result<_>>()?,
+        claims,
+        before_auth: d.before_authentication,
     })
 }
 
+/// A credential kind by its stable name.
+pub(super) fn credential_kind(name: &str) -> Option<CredentialKind> {
+    match name {
+        "jwt" => Some(CredentialKind::Jwt),
+        "service_token" => Some(CredentialKind::ServiceToken),
+        "api_key" => Some(CredentialKind::ApiKey),
+        _ => None,
+    }
+}
+
 fn identity_headers(doc: &PolicyDocument) -> Result<IdentityHeaders> {
-    let h = &doc.identity_headers;
+    let h: &IdentityHeadersDoc = &doc.identity_headers;
+    // Each kind's names are checked on their own (a name may repeat across kinds: that is the
+    // point of `by_credential`); `remove` gets the union.
+    let base = header_names("identity_headers", h, None)?;
+    let mut kinds = [base.clone(), base.clone(), base];
+    for (kind_name, k) in &h.by_credential {
+        let path = format!("identity_headers.by_credential.{kind_name}");
+        let Some(kind) = credential_kind(kind_name) else {
+            return invalid(path, "credential kinds are jwt, service_token and api_key");
+        };
+        if let Some(slot) = kinds.get_mut(kind as usize) {
+            *slot = header_names(&path, h, Some(k))?;
+        }
+    }
+    let mut remove: Vec<Arc<str>> = Vec::new();
+    let mut add = |n: &Arc<str>| {
+        if !remove.iter().any(|x| x.eq_ignore_ascii_case(n)) {
+            remove.push(Arc::clone(n));
+        }
+    };
+    for k in &kinds {
+        for n in
+            [&k.subject, &k.email, &k.roles, &k.groups, &k.tenant, &k.scopes, &k.credential, &k.issuer, &k.highest_role]
+                .into_iter()
+                .flatten()
+        {
+            add(n);
+        }
+    }
+    for (i, r) in h.remove.iter().enumerate() {
+        let n = compile::header_name(&format!("identity_headers.remove[{i}]"), r)?;
+        add(&Arc::from(n.as_str()));
+    }
+    Ok(IdentityHeaders { kinds, remove: Names::from(remove) })
+}
+
+/// The names for one kind: the general ones, replaced field by field by `kind`'s.
+fn header_names(path: &str, h: &IdentityHeadersDoc, kind: Option<&KindHeadersDoc>) -> Result<HeaderNames> {
     let mut seen: Vec<String> = Vec::new();
-    let mut name = |field: &str, v: &Option<String>| -> Result<Option<Arc<str>>> {
+    let mut name = |field: &str, general: &Option<String>, own: Option<&Option<Option<String>>>| {
+        let v = match own {
+            Some(Some(v)) => v,
+            _ => general,
+        };
         let Some(v) = v else { return Ok(None) };
-        let n = compile::header_name(&format!("identity_headers.{field}"), v)?;
+        let n = compile::header_name(&format!("{path}.{field}"), v)?;
         let lower = n.to_ascii_lowercase();
         if matches!(lower.as_str(), "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding")
             || lower.starts_with(':')
         {
-            return invalid(format!("identity_headers.{field}"), format!("`{n}` cannot carry identity"));
+            return invalid(format!("{path}.{field}"), format!("`{n}` cannot carry identity"));
         }
         if seen.contains(&lower) {
-            return invalid(format!("identity_headers.{field}"), format!("`{n}` is used twice"));
+            return invalid(format!("{path}.{field}"), format!("`{n}` is used twice"));
         }
         seen.push(lower);
         Ok(Some(Arc::from(n.as_str())))
     };
-    let out = IdentityHeaders {
-        subject: name("subject", &h.subject)?,
-        email: name("email", &h.email)?,
-        roles: name("roles", &h.roles)?,
-        groups: name("groups", &h.groups)?,
-        tenant: name("tenant", &h.tenant)?,
-        scopes: name("scopes", &h.scopes)?,
-        credential: name("credential", &h.credential)?,
-        issuer: name("issuer", &h.issuer)?,
-        remove: Names::from(Vec::new()),
-    };
-    let mut remove: Vec<Arc<str>> =
-        [&out.subject, &out.email, &out.roles, &out.groups, &out.tenant, &out.scopes, &out.credential, &out.issuer]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-    for (i, r) in h.remove.iter().enumerate() {
-        let n = compile::header_name(&format!("identity_headers.remove[{i}]"), r)?;
-        if !remove.iter().any(|x| x.eq_ignore_ascii_case(&n)) {
-            remove.push(Arc::from(n.as_str()));
-        }
-    }
-    Ok(IdentityHeaders { remove: Names::from(remove), ..out })
+    Ok(HeaderNames {
+        subject: name("subject", &h.subject, kind.map(|k| &k.subject))?,
+        email: name("email", &h.email, kind.map(|k| &k.email))?,
+        roles: name("roles", &h.roles, kind.map(|k| &k.roles))?,
+        groups: name("groups", &h.groups, kind.map(|k| &k.groups))?,
+        tenant: name("tenant", &h.tenant, kind.map(|k| &k.tenant))?,
+        scopes: name("scopes", &h.scopes, kind.map(|k| &k.scopes))?,
+        credential: name("credential", &h.credential, kind.map(|k| &k.credential))?,
+        issuer: name("issuer", &h.issuer, kind.map(|k| &k.issuer))?,
+        highest_role: name("highest_role", &h.highest_role, kind.map(|k| &k.highest_role))?,
+    })
 }

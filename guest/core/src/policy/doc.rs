@@ -58,6 +58,184 @@ pub struct PolicyDocument {
     /// What audit events include.
     #[serde(default)]
     pub audit: AuditDoc,
+    /// Token-bucket rate limits, attached to routes and keyed by what you choose. Default: none.
+    #[serde(default)]
+    pub rate_limits: RateLimitsDoc,
+    /// CORS settings for every route that has none of its own. Default: none (no CORS at the
+    /// edge; preflights are decided like any other request).
+    #[serde(default)]
+    pub cors: Option<CorsDoc>,
+    /// Headers added to every response at the edge, allowed or denied (for example
+    /// `Strict-Transport-Security`, `X-Content-Type-Options: nosniff`,
+    /// `Content-Security-Policy`), where the runtime can set response headers. Default: none.
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+/// Rate limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RateLimitsDoc {
+    /// Which rate-limit headers responses carry: `x-ratelimit` (`X-RateLimit-Limit`,
+    /// `-Remaining`, `-Reset`), `ietf` (the IETF HTTPAPI draft's `RateLimit-Policy` and
+    /// `RateLimit`), `both` or `none`. `Retry-After` is always sent with 429. Default
+    /// `x-ratelimit`.
+    pub headers: RateHeadersDoc,
+    /// Whether allowed responses carry the remaining budget too (the same headers). Default
+    /// `true`.
+    pub on_allowed: Option<bool>,
+    /// What happens when a limit applies and the runtime cannot count it: `deny` (503
+    /// `limits_unavailable`) or `allow`. Default `deny`.
+    pub when_uncounted: UncountedDoc,
+    /// The limits. Every limit whose conditions hold spends one request from its bucket; the
+    /// first empty bucket denies with 429 `rate_limited`.
+    pub limits: Vec<RateLimitDoc>,
+}
+
+/// The rate-limit header form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum RateHeadersDoc {
+    /// `X-RateLimit-Limit` / `X-RateLimit-Remaining` / `X-RateLimit-Reset` (seconds until full).
+    #[default]
+    XRatelimit,
+    /// `RateLimit-Policy: "<id>";q=<burst>;w=<seconds>` and `RateLimit: "<id>";r=<remaining>;t=<seconds>`.
+    Ietf,
+    /// Both forms.
+    Both,
+    /// Neither (429 still carries `Retry-After`).
+    None,
+}
+
+/// When a limit cannot be counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum UncountedDoc {
+    /// 503 `limits_unavailable`.
+    #[default]
+    Deny,
+    /// Let the request through uncounted.
+    Allow,
+}
+
+/// One token-bucket limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RateLimitDoc {
+    /// Stable id: names the bucket, the `rule` of a `rate_limited` decision and the IETF
+    /// header's policy. Required, unique.
+    pub id: String,
+    /// What one bucket is per: any of `api_key` (the key id), `subject`, `tenant`, `client`
+    /// (the client address), `route`, `credential` (the kind), `issuer`. Several make one
+    /// bucket per combination. A request lacking a part (no tenant, no API key) is not counted
+    /// by this limit. Default `[api_key]`.
+    #[serde(default = "default_rate_key")]
+    pub key: Vec<String>,
+    /// Requests per `per`. Default 20.
+    #[serde(default = "default_rate_requests")]
+    pub requests: u32,
+    /// The period: `second`, `minute`, `hour` or `day`. Default `second`.
+    #[serde(default)]
+    pub per: PeriodDoc,
+    /// Requests admitted at once by a full bucket. Default twice `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Route ids this limit applies to. Default: every route, and requests no route matches.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Credential kinds this limit applies to (`jwt`, `service_token`, `api_key`). Default: all.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+    /// Other rates for some requests: the first override whose conditions all hold replaces
+    /// `requests`, `per` and `burst` (the bucket stays the same key).
+    #[serde(default)]
+    pub overrides: Vec<RateOverrideDoc>,
+}
+
+fn default_rate_key() -> Vec<String> {
+    vec!["api_key".into()]
+}
+
+fn default_rate_requests() -> u32 {
+    20
+}
+
+/// A limit's period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub enum PeriodDoc {
+    /// One second.
+    #[default]
+    Second,
+    /// 60 seconds.
+    Minute,
+    /// 3600 seconds.
+    Hour,
+    /// 86400 seconds.
+    Day,
+}
+
+/// Another rate for the requests it matches. Each present condition must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct RateOverrideDoc {
+    /// Route ids.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Tenants of the identity.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Roles (through the hierarchy).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Credential kinds.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+    /// Requests per `per`.
+    pub requests: u32,
+    /// The period. Default `second`.
+    #[serde(default)]
+    pub per: PeriodDoc,
+    /// Burst. Default twice `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// CORS at the edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct CorsDoc {
+    /// Allowed origins: exact (`https://app.example.com`) or one-label wildcards
+    /// (`https://*.example.com`). Required, non-empty.
+    pub origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: the route's methods, or `GET`, `HEAD`, `POST`
+    /// when the route has none.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for (case-insensitive). Default: none beyond the
+    /// CORS-safelisted ones.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers the browser may show the page (`Access-Control-Expose-Headers`).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` in seconds. Default 600.
+    #[serde(default = "default_max_age")]
+    pub max_age: u32,
+    /// `Access-Control-Allow-Credentials: true`. Default `false`.
+    #[serde(default)]
+    pub credentials: bool,
+}
+
+fn default_max_age() -> u32 {
+    600
 }
 
 /// The action for requests that match no route.
@@ -122,6 +300,9 @@ pub struct RouteDoc {
     /// Dry run: evaluate and report in `shadow`, never enforce. Default `false`.
     #[serde(default)]
     pub shadow: bool,
+    /// CORS for this route; replaces the policy's `cors`. Default: the policy's.
+    #[serde(default)]
+    pub cors: Option<CorsDoc>,
 }
 
 /// What a route accepts. Kinds not listed are not accepted.
@@ -182,6 +363,12 @@ pub struct RuleDoc {
     /// Dry run: evaluate and report in `shadow`, never enforce. Default `false`.
     #[serde(default)]
     pub shadow: bool,
+    /// Decide before any credential is read. Only request conditions (`routes`, `methods`,
+    /// `paths`, `hosts`, `client_cidrs`, `not_client_cidrs`, `origins`, `headers`) are allowed.
+    /// A winning deny answers 403 `policy_denied` whatever credential the request carries; a
+    /// winning allow only lets the request on to authentication. Default `false`.
+    #[serde(default)]
+    pub before_authentication: bool,
 }
 
 /// A rule's effect.
@@ -224,6 +411,26 @@ pub struct WhenDoc {
     pub origins: Vec<String>,
     /// Header name -> accepted values (exact).
     pub headers: BTreeMap<String, Vec<String>>,
+    /// Client address ranges the client must be outside of (an unknown address is outside
+    /// every range).
+    pub not_client_cidrs: Vec<String>,
+    /// Identity values: `subject`, `email`, `tenant`, `issuer`, `audience`, `key_id` or
+    /// `groups` (any group) -> how it must match.
+    pub claims: BTreeMap<String, ClaimMatchDoc>,
+}
+
+/// How an identity value must match; it holds when any listed alternative does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct ClaimMatchDoc {
+    /// Exact values.
+    pub equals: Vec<String>,
+    /// Suffixes (exact, case-sensitive).
+    pub ends_with: Vec<String>,
+    /// E-mail domains: the part after the last `@` equals one, ASCII case-insensitively.
+    /// `*.example.com` matches any subdomain of `example.com` (not `example.com` itself).
+    pub domains: Vec<String>,
 }
 
 /// Names of the identity headers sent upstream. `null` turns one off.
@@ -247,8 +454,65 @@ pub struct IdentityHeadersDoc {
     pub credential: Option<String>,
     /// Issuer. Default: off.
     pub issuer: Option<String>,
+    /// The single highest of the identity's roles by the hierarchy (the one implying the most
+    /// roles; ties go to the first in name order). Default: off.
+    pub highest_role: Option<String>,
     /// More headers to strip from every incoming request. Default: none.
     pub remove: Vec<String>,
+    /// Other names per credential kind (`jwt`, `service_token`, `api_key`): a field given
+    /// there replaces the one above for that kind (`null` turns it off), for example
+    /// `api_key: {subject: X-Api-Key-Id}`. Every name of every kind is stripped from every
+    /// request.
+    pub by_credential: BTreeMap<String, KindHeadersDoc>,
+}
+
+/// Identity header names for one credential kind: absent fields keep the general name, `null`
+/// turns one off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
+pub struct KindHeadersDoc {
+    /// Subject.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub subject: Option<Option<String>>,
+    /// E-mail.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub email: Option<Option<String>>,
+    /// Roles.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub roles: Option<Option<String>>,
+    /// Groups.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub groups: Option<Option<String>>,
+    /// Tenant.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub tenant: Option<Option<String>>,
+    /// Scopes.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub scopes: Option<Option<String>>,
+    /// Credential kind.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub credential: Option<Option<String>>,
+    /// Issuer.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub issuer: Option<Option<String>>,
+    /// Highest role.
+    #[serde(deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub highest_role: Option<Option<String>>,
+}
+
+/// A field that was written, even as `null` (absent fields take the `default`, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 impl Default for IdentityHeadersDoc {
@@ -262,7 +526,9 @@ impl Default for IdentityHeadersDoc {
             scopes: Some("X-Auth-Scopes".into()),
             credential: None,
             issuer: None,
+            highest_role: None,
             remove: Vec::new(),
+            by_credential: BTreeMap::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Policies: parsed once, compiled into an immutable index, then used for every decision.
 
 mod compile;
+mod compile_edge;
 mod compile_engine;
 pub(crate) mod doc;
 #[cfg(test)]
