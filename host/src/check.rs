@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 
 use portcullis_adapter::request::RequestSpec;
 use portcullis_core::Labeled;
-use portcullis_core::{Decision, NoRevocations, OwnedRequest, Policy};
+use portcullis_core::{Decision, OwnedRequest, Policy};
 
 /// Something that decides requests: the native core here, the component in the sidecar.
 pub trait Decider {
@@ -14,7 +14,9 @@ pub trait Decider {
 
 impl Decider for &Policy {
     fn decide(&mut self, request: &OwnedRequest) -> Decision {
-        request.with_request(|r| Policy::decide(self, r, &NoRevocations))
+        // No revocations; rate limits count in this process (a batch spends as one sidecar would).
+        let host = crate::rate_limits::local();
+        request.with_request(|r| Policy::decide(self, r, &*host))
     }
 }
 

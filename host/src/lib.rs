@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod policy_files;
 pub mod preinit;
+pub mod rate_limits;
 pub mod remote_keys;
 pub mod revocation;
 pub mod runtime;

@@ -39,6 +39,7 @@ mod bindings {
 }
 
 use bindings::Authz;
+use bindings::portcullis::authz::rate_limits as rl;
 use bindings::portcullis::authz::revocations as rv;
 use bindings::portcullis::authz::signatures as sg;
 use bindings::portcullis::authz::types as wit_types;
@@ -221,6 +222,21 @@ impl sg::Host for HostState {
             SignatureVerdict::Invalid => sg::Verdict::Invalid,
             SignatureVerdict::Unsupported => sg::Verdict::Unsupported,
         })
+    }
+}
+
+impl rl::Host for HostState {
+    fn take(&mut self, key: String, interval_ns: u64, burst: u32) -> Option<rl::Taken> {
+        let params = portcullis_core::rate::RateParams { interval_ns, burst };
+        match self.revocations.rate_limit(&portcullis_core::rate::RateBucket { key: &key, params }) {
+            portcullis_core::rate::RateCount::Counted(t) => Some(rl::Taken {
+                allowed: t.allowed,
+                remaining: t.remaining,
+                retry_after_ns: t.retry_after_ns,
+                reset_ns: t.reset_ns,
+            }),
+            portcullis_core::rate::RateCount::Unavailable => None,
+        }
     }
 }
 
@@ -637,6 +653,8 @@ struct DecisionOut {
     headers_to_remove: Names,
     shadow: Option<ShadowOut>,
     audit: Option<String>,
+    #[component(name = "response-headers")]
+    response_headers: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// `types.identity`, lifted like [`DecisionOut`].
@@ -715,6 +733,7 @@ impl DecisionOut {
         out.headers_to_set = self.headers_to_set;
         out.headers_to_remove = (!self.headers_to_remove.is_empty()).then_some(self.headers_to_remove);
         out.shadow = shadow;
+        out.response_headers = self.response_headers;
         Ok((out, self.audit))
     }
 }

@@ -25,8 +25,8 @@ fn examples() -> Vec<String> {
 }
 
 #[test]
-fn there_are_the_four_documented_examples() {
-    assert_eq!(examples(), ["api-gateway", "identity-forwarding", "saas", "service-mesh"]);
+fn there_are_the_five_documented_examples() {
+    assert_eq!(examples(), ["api-gateway", "edge", "identity-forwarding", "saas", "service-mesh"]);
 }
 
 /// The native core, as a corpus runtime.

@@ -18,7 +18,8 @@ pub struct Denial {
     pub status: u16,
     /// `{"error":"<reason>","status":<status>}`.
     pub body: String,
-    /// Response headers, in order: content type, reason, challenge (when one applies).
+    /// Response headers, in order: content type, reason, challenge (when one applies). The
+    /// decision's `response_headers` (CORS, rate limits, the policy's) go on it too.
     pub headers: Vec<(&'static str, &'static str)>,
 }
 
@@ -27,6 +28,14 @@ impl Denial {
     pub fn of(reason: Reason) -> Option<Denial> {
         if reason == Reason::Allowed {
             return None;
+        }
+        if reason == Reason::CorsPreflight {
+            // An allowed preflight: no body; its CORS headers are the decision's response headers.
+            return Some(Denial {
+                status: reason.status(),
+                body: String::new(),
+                headers: vec![(REASON_HEADER, reason.code())],
+            });
         }
         let mut headers = vec![("content-type", "application/json"), (REASON_HEADER, reason.code())];
         if let Some(w) = www_authenticate(reason) {
@@ -93,6 +102,12 @@ mod tests {
         let d = Denial::of(Reason::InternalError).unwrap();
         assert_eq!((d.status, d.headers.len()), (503, 2), "no challenge for a fault");
         assert_eq!(Denial::of(Reason::Allowed), None);
+        let d = Denial::of(Reason::CorsPreflight).unwrap();
+        assert_eq!((d.status, d.body.as_str(), d.headers.len()), (204, "", 1), "a preflight answer has no body");
+        let d = Denial::of(Reason::RateLimited).unwrap();
+        assert_eq!((d.status, d.headers.len()), (429, 2), "no challenge for a rate limit");
+        let d = Denial::of(Reason::IpNotAllowed).unwrap();
+        assert_eq!((d.status, d.headers.len()), (403, 2), "no challenge for a refused key: it is proven");
     }
 
     #[test]

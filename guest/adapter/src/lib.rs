@@ -10,6 +10,7 @@
 //! - [`revocation`]: a revocation set that follows a numbered change log (snapshot, changes
 //!   after a cursor, no gap, never un-revoking on a bad snapshot), its freshness bound, and a
 //!   client of the sidecar's feed as a state machine over a transport trait;
+//! - [`rate`]: rate-limit buckets in a fixed-size shared table (the sidecar's counter);
 //! - [`signatures`]: the bounded cache of verified signatures every runtime keeps;
 //! - [`tokens`]: the bounded store of verified JWTs behind the core's `TokenCache`.
 //!
@@ -41,6 +42,7 @@
 mod bounded;
 pub mod bundle;
 pub mod deny;
+pub mod rate;
 pub mod request;
 pub mod revocation;
 pub mod signatures;

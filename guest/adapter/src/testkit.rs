@@ -56,6 +56,7 @@ pub const SUITES: &[(&str, &str)] = &[
     ("policies/saas.yaml", "tests/fixtures/policies/saas.jsonl"),
     ("policies/service-mesh.yaml", "tests/fixtures/policies/service-mesh.jsonl"),
     ("policies/identity-forwarding.yaml", "tests/fixtures/policies/identity-forwarding.jsonl"),
+    ("policies/edge.yaml", "tests/fixtures/policies/edge.jsonl"),
 ];
 
 /// What a runtime made of one case.

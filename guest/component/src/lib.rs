@@ -1,7 +1,8 @@
 //! # Portcullis component
 //!
 //! A thin adapter: it converts the WIT types of `wit/portcullis.wit` to the core's and back,
-//! and implements the core's [`Revocations`] over the host's `revocations` import. Every decision
+//! and implements the core's [`Revocations`] over the host's `revocations`, `signatures` and
+//! `rate-limits` imports. Every decision
 //! is made by [`portcullis_core`].
 //!
 //! Build: `cargo build -p portcullis-component --target wasm32-wasip2 --profile guest`
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use portcullis_core::Alg;
+use portcullis_core::rate::{RateBucket, RateCount, Taken};
 use portcullis_core::{
     CredentialKind, Decision as CoreDecision, FileSource, Policy as CorePolicy, PolicyError, Reason,
     Request as CoreRequest, RevocationQuery, RevocationStatus, Revocations, UnixTime,
@@ -29,6 +31,7 @@ mod bindings {
 }
 
 use bindings::exports::portcullis::authz::authorizer::{self as wit, Guest, GuestPolicy};
+use bindings::portcullis::authz::rate_limits as rl;
 use bindings::portcullis::authz::revocations as host;
 use bindings::portcullis::authz::signatures as sig;
 use bindings::portcullis::authz::types as t;
@@ -102,6 +105,19 @@ impl Revocations for HostRevocations {
             sig::Verdict::Valid => SignatureVerdict::Valid,
             sig::Verdict::Invalid => SignatureVerdict::Invalid,
             sig::Verdict::Unsupported => SignatureVerdict::Unsupported,
+        }
+    }
+
+    /// Asks the host's buckets (shared by every instance).
+    fn rate_limit(&self, bucket: &RateBucket<'_>) -> RateCount {
+        match rl::take(bucket.key, bucket.params.interval_ns, bucket.params.burst) {
+            Some(t) => RateCount::Counted(Taken {
+                allowed: t.allowed,
+                remaining: t.remaining,
+                retry_after_ns: t.retry_after_ns,
+                reset_ns: t.reset_ns,
+            }),
+            None => RateCount::Unavailable,
         }
     }
 }
@@ -191,6 +207,7 @@ fn to_wit(d: &CoreDecision, audit: Option<String>) -> t::Decision {
             rule: opt(s.rule.as_ref()),
         }),
         audit,
+        response_headers: d.response_headers.iter().map(|(k, v)| (String::from(&**k), String::from(&**v))).collect(),
     }
 }
 

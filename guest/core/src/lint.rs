@@ -331,6 +331,9 @@ fn always_denied_by<'e>(i: usize, r: &Route, e: &'e crate::engine::Engine) -> Op
             && x.roles.is_none()
             && x.scopes.is_empty()
             && x.client_cidrs.is_empty()
+            && x.not_client_cidrs.is_empty()
+            && x.claims.is_empty()
+            && x.not_claims.is_empty()
             && x.origins.is_empty()
             && x.headers.is_empty()
             && x.methods.is_none_or(|m| r.methods.is_some_and(|rm| covers(m, rm)))
@@ -391,6 +394,12 @@ fn at_least_as_general(a: &Rule, b: &Rule) -> bool {
         && sub(&a.client_cidrs, &b.client_cidrs)
         && sub(&a.origins, &b.origins)
         && sub(&a.headers, &b.headers)
+        && sub(&a.not_client_cidrs, &b.not_client_cidrs)
+        // Claim conditions are not compared: a rule with any is never called more general.
+        && a.claims.is_empty()
+        && a.not_claims.is_empty()
+        // Rules decided before authentication and after it are ranked apart.
+        && a.before_auth == b.before_auth
 }
 
 #[cfg(test)]
@@ -507,6 +516,11 @@ issuers:
             false,
         );
         assert!(!f.iter().any(|(_, c, _)| *c == "route_always_denied"), "{f:?}");
+        let f = codes(
+            "routes:\n  - {id: a, path: /a/**, public: true}\nrules:\n  - {id: office, effect: deny, before_authentication: true, when: {routes: [a], not_client_cidrs: [10.0.0.0/8]}}\n",
+            false,
+        );
+        assert!(!f.iter().any(|(_, c, _)| *c == "route_always_denied"), "a range rule is conditional: {f:?}");
     }
 
     #[test]

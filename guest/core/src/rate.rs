@@ -64,7 +64,9 @@ pub enum RateCount {
 
 /// Spends one request from a bucket whose stored arrival time is `tat` (0 for a bucket never
 /// seen) at `now_ns` on the host's clock. Returns the time to store (`None` when the request
-/// does not fit: nothing changes) and the answer. Pure, total, and free of overflow.
+/// does not fit: nothing changes) and the answer. Pure, total, and free of overflow; exact
+/// while times stay below 2^63 ns and the window below 2^62 ns (the policy compiler refuses
+/// longer windows).
 pub fn take(tat: u64, now_ns: u64, p: RateParams) -> (Option<u64>, Taken) {
     let interval = p.interval_ns.max(1);
     let window = interval.saturating_mul(u64::from(p.burst.max(1)));

@@ -282,6 +282,11 @@ struct ServeArgs {
     /// every claim is still checked on every request). 0 turns the cache off.
     #[arg(long, default_value_t = crate::serve::DEFAULT_SIGNATURE_CACHE_ENTRIES)]
     signature_cache_entries: usize,
+    /// Rate-limit buckets kept at once, shared by every worker (16 bytes each; a bucket that
+    /// has refilled frees its slot; when full, the bucket closest to full is dropped and
+    /// counted in portcullis_rate_limit_evictions_total). Limits are per sidecar.
+    #[arg(long, default_value_t = crate::rate_limits::DEFAULT_BUCKETS, value_parser = clap::value_parser!(u64).range(4..=1 << 26).map(|v| v as usize))]
+    rate_limit_buckets: usize,
     /// HTTP listeners: close a connection idle this long, in seconds (set Envoy's
     /// `idle_timeout` for the ext_authz cluster below it). 0: never.
     #[arg(long, default_value_t = 60)]
@@ -816,7 +821,7 @@ fn component_worker(
     // One worker: two slots are plenty, and keep the address space small.
     let config = RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() };
     let runtime = Runtime::embedded(config).map_err(|error| Failure::new("runtime", error))?;
-    let worker = runtime.worker(bundle, std::sync::Arc::new(portcullis_core::NoRevocations)).map_err(|e| match e {
+    let worker = runtime.worker(bundle, crate::rate_limits::local()).map_err(|e| match e {
         WorkerError::Policy(e) => Failure::msg(e.code(), format!("{e} (in {})", bundle.path.display())),
         WorkerError::Fault(f) => f.into(),
     })?;
@@ -895,6 +900,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         check_limits,
         admin_limits,
         signature_cache_entries: args.signature_cache_entries,
+        rate_limit_buckets: args.rate_limit_buckets,
         keys: args.keys.options(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1008,7 +1014,7 @@ fn explain(
         }
         None => args.into_request(now),
     };
-    let (decision, x) = request.with_request(|r| policy.explain(r, &portcullis_core::NoRevocations));
+    let (decision, x) = request.with_request(|r| policy.explain(r, &*crate::rate_limits::local()));
     match format {
         Format::Json => {
             let v = serde_json::json!({ "decision": decision, "explanation": x });

@@ -21,6 +21,7 @@ use super::authz::Authorizer;
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
 const UNAVAILABLE: i32 = 14;
+const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAUTHENTICATED: i32 = 16;
 
 /// The gRPC service.
@@ -84,6 +85,16 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// A header for the upstream's response: replaces the upstream's, except `vary`, which is added
+/// to (the upstream's own reasons to vary still hold).
+fn response_header(key: &str, value: &str) -> HeaderValueOption {
+    let mut h = header(key, value);
+    if key == "vary" {
+        h.append_action = HeaderAppendAction::AppendIfExistsOrAdd.into();
+    }
+    h
+}
+
 fn string(s: &str) -> Value {
     Value { kind: Some(value::Kind::StringValue(s.to_owned())) }
 }
@@ -119,6 +130,8 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: forward.set.iter().map(|(k, v)| header(k, v)).collect(),
                 headers_to_remove: forward.remove.iter().map(|h| (*h).to_owned()).collect(),
+                // CORS, rate-limit and security headers, on the response Envoy returns.
+                response_headers_to_add: d.response_headers.iter().map(|(k, v)| response_header(k, v)).collect(),
                 ..OkHttpResponse::default()
             })),
             dynamic_metadata: Some(metadata(d)),
@@ -127,6 +140,7 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
     let code = match d.status() {
         401 => UNAUTHENTICATED,
         503 => UNAVAILABLE,
+        429 => RESOURCE_EXHAUSTED,
         _ => PERMISSION_DENIED,
     };
     let denial = Denial::of(d.reason);
@@ -138,7 +152,11 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
         status: Some(rpc::Status { code, message: d.reason.code().into(), ..rpc::Status::default() }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: i32::from(status) }),
-            headers: headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| header(k, v))
+                .chain(d.response_headers.iter().map(|(k, v)| header(k, v)))
+                .collect(),
             body,
         })),
         dynamic_metadata: Some(metadata(d)),

@@ -66,6 +66,21 @@ pub fn to_request(
     .build(now)
 }
 
+/// The decision's response headers (CORS, rate limits, the policy's): Envoy passes them to the
+/// client on a denial, and on success those `allowed_client_headers_on_success` names
+/// (docs/envoy.md).
+fn append_response_headers(d: &Decision, headers: &mut HeaderMap) {
+    for (k, v) in &d.response_headers {
+        match (HeaderName::try_from(&**k), HeaderValue::from_str(v)) {
+            (Ok(k), Ok(v)) => {
+                headers.insert(k, v);
+            }
+            // The core checks names and values when it compiles the policy.
+            _ => tracing::error!(header = &**k, "response header is not a valid HTTP header; not set"),
+        }
+    }
+}
+
 /// The response Envoy acts on.
 pub fn to_response(d: &Decision) -> Response {
     let mut headers = HeaderMap::new();
@@ -86,11 +101,13 @@ pub fn to_response(d: &Decision) -> Response {
                 _ => tracing::error!(header = k, "identity header value is not a valid HTTP value; not set"),
             }
         }
+        append_response_headers(d, &mut headers);
         return (StatusCode::OK, headers).into_response();
     };
     for (k, v) in denial.headers {
         headers.insert(k, HeaderValue::from_static(v));
     }
+    append_response_headers(d, &mut headers);
     let status = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
     (status, headers, Body::from(denial.body)).into_response()
 }

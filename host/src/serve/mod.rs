@@ -68,6 +68,8 @@ pub struct Config {
     pub signature_cache_entries: usize,
     /// How key sets from identity providers (`jwks_uri`, `discovery`) are fetched and kept.
     pub keys: crate::remote_keys::KeyOptions,
+    /// Rate-limit buckets kept at once (fixed memory, 16 bytes each), shared by every worker.
+    pub rate_limit_buckets: usize,
 }
 
 /// The sidecar's revocation subsystem.
@@ -112,6 +114,7 @@ impl Config {
             admin_limits: listen::ConnectionLimits::ADMIN,
             signature_cache_entries: DEFAULT_SIGNATURE_CACHE_ENTRIES,
             keys: crate::remote_keys::KeyOptions::default(),
+            rate_limit_buckets: crate::rate_limits::DEFAULT_BUCKETS,
         }
     }
 }
@@ -161,6 +164,8 @@ impl Sidecar {
         keys.metrics.register(metrics.registry_mut());
         crate::remote_keys::fetch_at_start(&keys, &bundle).await;
         let bundle = PolicyBundle { bundle: bundle.bundle.with_remote_keys(&keys.documents())?, path: bundle.path };
+        let counter = Arc::new(crate::rate_limits::Counter::new(config.rate_limit_buckets));
+        counter.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
         let audit = match &config.audit_log {
             Some(p) => Some(
@@ -173,6 +178,7 @@ impl Sidecar {
             Some(r) => Arc::clone(&r.live) as SharedRevocations,
             None => Arc::clone(&config.revocations),
         };
+        let revocations: SharedRevocations = Arc::new(crate::rate_limits::Counted::new(revocations, counter));
         let (mut settings, clock) = (config.settings.clone(), Arc::clone(&config.clock));
         if let Some(inner) = settings.runtime.signatures.take() {
             settings.runtime.signatures = Some(crate::signature_cache::cached(inner, Arc::clone(&cache)));

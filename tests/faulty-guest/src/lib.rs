@@ -30,6 +30,7 @@ fn decision(allow: bool, status: u16, reason: &str) -> t::Decision {
         headers_to_remove: Vec::new(),
         shadow: None,
         audit: None,
+        response_headers: Vec::new(),
     }
 }
 

@@ -147,6 +147,8 @@ pub(crate) struct Rule {
     pub not_client_cidrs: Vec<IpNet>,
     /// Conditions on identity values.
     pub claims: Vec<edge::ClaimMatch>,
+    /// Identity values that must not match.
+    pub not_claims: Vec<edge::ClaimMatch>,
     /// Decided before any credential is read.
     pub before_auth: bool,
 }
@@ -644,7 +646,8 @@ impl Decider<'_> {
             || !r.tenants.is_empty()
             || r.roles.is_some()
             || !r.scopes.is_empty()
-            || !r.claims.is_empty();
+            || !r.claims.is_empty()
+            || !r.not_claims.is_empty();
         if !needs_identity {
             return true;
         }
@@ -655,6 +658,7 @@ impl Decider<'_> {
             && r.roles.as_ref().is_none_or(|set| e.roles.any_in(&id.roles, set))
             && (r.scopes.is_empty() || r.scopes.iter().any(|s| self.engine.granted(id, s)))
             && r.claims.iter().all(|c| c.holds(id))
+            && !r.not_claims.iter().any(|c| c.holds(id))
     }
 
     /// Turns a verdict into the decision: identity headers on allow, response headers always.

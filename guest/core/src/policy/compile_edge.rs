@@ -176,12 +176,12 @@ fn route_list(path: &str, ids: &[String], routes: &HashMap<Arc<str>, usize>) -> 
 }
 
 fn params(path: &str, requests: u32, per: PeriodDoc, burst: Option<u32>) -> Result<RateParams> {
-    if requests == 0 {
-        return invalid(format!("{path}.requests"), "at least 1 (to block, use a deny rule)");
+    if requests == 0 || requests > 1_000_000 {
+        return invalid(format!("{path}.requests"), "1 to 1000000 (to block, use a deny rule)");
     }
     let burst = burst.unwrap_or_else(|| requests.saturating_mul(2));
-    if burst == 0 {
-        return invalid(format!("{path}.burst"), "at least 1");
+    if burst == 0 || burst > 1_000_000 {
+        return invalid(format!("{path}.burst"), "1 to 1000000");
     }
     let period_ns: u64 = match per {
         PeriodDoc::Second => 1,
@@ -189,7 +189,11 @@ fn params(path: &str, requests: u32, per: PeriodDoc, burst: Option<u32>) -> Resu
         PeriodDoc::Hour => 3600,
         PeriodDoc::Day => 86_400,
     } * 1_000_000_000;
-    Ok(RateParams { interval_ns: (period_ns / u64::from(requests)).max(1), burst })
+    let interval_ns = (period_ns / u64::from(requests)).max(1);
+    if interval_ns.checked_mul(u64::from(burst)).is_none_or(|w| w > 1 << 62) {
+        return invalid(format!("{path}.burst"), "the bucket would take over 146 years to fill");
+    }
+    Ok(RateParams { interval_ns, burst })
 }
 
 pub(super) fn rate_limits(

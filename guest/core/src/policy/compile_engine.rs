@@ -425,13 +425,15 @@ fn rule(path: &str, d: &RuleDoc, roles: &Roles, route_ids: &HashMap<Arc<str>, us
         })
         .collect::<Result<Vec<_>>>()?;
     let claims = compile_edge::claims(&format!("{wp}.claims"), &w.claims)?;
+    let not_claims = compile_edge::claims(&format!("{wp}.not_claims"), &w.not_claims)?;
     if d.before_authentication {
         let identity_conditions = !w.credentials.is_empty()
             || !w.subjects.is_empty()
             || !w.tenants.is_empty()
             || !w.roles.is_empty()
             || !w.scopes.is_empty()
-            || !claims.is_empty();
+            || !claims.is_empty()
+            || !not_claims.is_empty();
         if identity_conditions {
             return invalid(
                 wp,
@@ -493,6 +495,7 @@ fn rule(path: &str, d: &RuleDoc, roles: &Roles, route_ids: &HashMap<Arc<str>, us
             .map(|(i, c)| compile::cidr(&format!("{wp}.not_client_cidrs[{i}]"), c))
             .collect::<Result<_>>()?,
         claims,
+        not_claims,
         before_auth: d.before_authentication,
     })
 }

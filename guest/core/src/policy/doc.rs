@@ -417,6 +417,9 @@ pub struct WhenDoc {
     /// Identity values: `subject`, `email`, `tenant`, `issuer`, `audience`, `key_id` or
     /// `groups` (any group) -> how it must match.
     pub claims: BTreeMap<String, ClaimMatchDoc>,
+    /// Like `claims`, but each must *not* match (an absent value does not match): "only these
+    /// e-mail domains" is one deny rule with `not_claims: {email: {domains: [...]}}`.
+    pub not_claims: BTreeMap<String, ClaimMatchDoc>,
 }
 
 /// How an identity value must match; it holds when any listed alternative does.

@@ -422,7 +422,13 @@ fn a_higher_allow_before_authentication_only_lets_the_request_on_to_authenticati
 
 #[test]
 fn rules_before_authentication_cannot_look_at_identities() {
-    for when in ["{subjects: [a]}", "{roles: [admin]}", "{scopes: [a]}", "{claims: {email: {equals: [a]}}}"] {
+    for when in [
+        "{subjects: [a]}",
+        "{roles: [admin]}",
+        "{scopes: [a]}",
+        "{claims: {email: {equals: [a]}}}",
+        "{not_claims: {email: {equals: [a]}}}",
+    ] {
         let text =
             format!("{ROLES}{OPEN}rules:\n  - {{id: r, effect: deny, before_authentication: true, when: {when}}}\n");
         assert!(try_policy(&text).is_err(), "{when}");
@@ -448,6 +454,19 @@ fn an_email_domain_allowlist_is_one_rule() {
     assert_eq!(with("ann@company.com.evil.io"), Reason::PolicyDenied);
     assert_eq!(with("@company.com"), Reason::PolicyDenied, "no local part");
     assert_eq!(get("/x").bearer(&jwt("")).on(&p).reason, Reason::PolicyDenied, "no email at all");
+}
+
+#[test]
+fn only_members_of_these_domains_is_one_deny_rule() {
+    let p = policy(&format!(
+        "{OPEN}rules:\n  - {{id: staff-only, effect: deny, when: {{credentials: [jwt], not_claims: {{email: {{domains: [company.com]}}}}}}}}\n"
+    ));
+    let with = |extra: &str| get("/x").bearer(&jwt(extra)).on(&p);
+    assert!(with(r#""email":"ann@Company.com""#).allowed());
+    let d = with(r#""email":"ann@gmail.com""#);
+    assert_eq!((d.reason, d.rule.as_deref()), (Reason::PolicyDenied, Some("staff-only")));
+    assert_eq!(with("").reason, Reason::PolicyDenied, "no email is not a member");
+    assert!(get("/x").key().on(&p).allowed(), "the rule names JWTs only");
 }
 
 #[test]
