@@ -71,9 +71,7 @@ impl RateTable {
 
     /// Spends one request from `key`'s bucket at `now_ns` (the runtime's monotonic clock).
     pub fn take(&self, key: &str, params: RateParams, now_ns: u64) -> Taken {
-        let mut h = self.hasher.build_hasher();
-        h.write(key.as_bytes());
-        let hash = h.finish();
+        let hash = hash_with(&self.hasher, key);
         // The low bits choose the set; the whole hash (never 0) identifies the key in it.
         let fingerprint = hash.max(1);
         let index = usize::try_from(hash & self.mask).unwrap_or(0);
@@ -107,11 +105,88 @@ impl RateTable {
     }
 }
 
+fn hash_with(hasher: &foldhash::fast::FixedState, key: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(key.as_bytes());
+    h.finish()
+}
+
+/// A bucket kept in a runtime's external store (Envoy's shared data, Spin's key-value store),
+/// where a fixed number of slots hold one bucket each: which slot a key uses, and the 64-bit
+/// fingerprint that says whether the slot holds this key's bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotKey {
+    /// The slot, below the number of slots.
+    pub slot: u64,
+    /// Never 0 (0 marks an empty record).
+    pub fingerprint: u64,
+}
+
+impl SlotKey {
+    /// The slot and fingerprint of `key` among `slots` slots (a power of two), hashed with
+    /// `seed`.
+    pub fn of(key: &str, slots: u64, seed: u64) -> SlotKey {
+        let hash = hash_with(&foldhash::fast::FixedState::with_seed(seed), key);
+        SlotKey { slot: hash & slots.max(1).wrapping_sub(1), fingerprint: hash.max(1) }
+    }
+}
+
+/// The size of a slot's record: the owner's fingerprint and its GCRA arrival time, little
+/// endian.
+pub const RECORD_BYTES: usize = 16;
+
+/// Spends one request from the bucket in `record` (as read from the store; absent, malformed
+/// or another key's record counts as a full bucket of this key: the slot is taken over).
+/// Returns the record to write back (`None`: the request does not fit, write nothing) and the
+/// answer.
+pub fn spend_record(
+    record: Option<&[u8]>,
+    key: SlotKey,
+    params: RateParams,
+    now_ns: u64,
+) -> (Option<[u8; RECORD_BYTES]>, Taken) {
+    let stored = record.and_then(|r| <[u8; RECORD_BYTES]>::try_from(r).ok()).map(|b| {
+        let (owner, tat) = b.split_at(8);
+        let word = |w: &[u8]| <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes);
+        (word(owner), word(tat))
+    });
+    let tat = match stored {
+        Some((owner, tat)) if owner == key.fingerprint => tat,
+        _ => 0,
+    };
+    let (next, taken) = take(tat, now_ns, params);
+    let out = next.map(|n| {
+        let mut out = [0u8; RECORD_BYTES];
+        let (owner, tat) = out.split_at_mut(8);
+        owner.copy_from_slice(&key.fingerprint.to_le_bytes());
+        tat.copy_from_slice(&n.to_le_bytes());
+        out
+    });
+    (out, taken)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const P: RateParams = RateParams { interval_ns: 1_000_000_000, burst: 2 };
+
+    #[test]
+    fn records_count_like_the_table_and_another_keys_record_restarts_full() {
+        let a = SlotKey::of("a", 8, 1);
+        assert!(a.slot < 8 && a.fingerprint != 0);
+        let (r1, t) = spend_record(None, a, P, 10);
+        assert!(t.allowed && t.remaining == 1);
+        let (r2, t) = spend_record(r1.as_ref().map(|r| &r[..]), a, P, 10);
+        assert!(t.allowed && t.remaining == 0);
+        let (r3, t) = spend_record(r2.as_ref().map(|r| &r[..]), a, P, 10);
+        assert!(!t.allowed && r3.is_none(), "nothing to write when refused");
+        let other = SlotKey { fingerprint: a.fingerprint ^ 1, ..a };
+        let (_, t) = spend_record(r2.as_ref().map(|r| &r[..]), other, P, 10);
+        assert!(t.allowed && t.remaining == 1, "another key takes the slot over, full");
+        let (_, t) = spend_record(Some(b"short"), a, P, 10);
+        assert!(t.allowed && t.remaining == 1, "a malformed record is a full bucket");
+    }
 
     #[test]
     fn each_key_has_its_own_bucket() {

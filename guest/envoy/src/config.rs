@@ -44,10 +44,19 @@ pub struct FilterConfig {
     /// and claims. Default 1024, about 2 MiB at 2 KiB per token and identity.
     #[serde(default = "default_token_entries")]
     pub token_cache_entries: usize,
+    /// Rate-limit buckets kept in Envoy's shared data, shared by every worker VM of this
+    /// `vm_id`: a fixed number of slots (a power of two, 16 bytes of value each); a key hashes
+    /// to one slot and a new key takes it over. Default 65536.
+    #[serde(default = "default_rate_limit_slots")]
+    pub rate_limit_slots: u32,
 }
 
 fn default_token_entries() -> usize {
     1024
+}
+
+fn default_rate_limit_slots() -> u32 {
+    1 << 16
 }
 
 fn default_cache_entries() -> usize {
@@ -229,6 +238,8 @@ pub struct Compiled {
     pub signature_cache_entries: usize,
     /// See [`FilterConfig::token_cache_entries`].
     pub token_cache_entries: usize,
+    /// See [`FilterConfig::rate_limit_slots`].
+    pub rate_limit_slots: u32,
 }
 
 /// Parses and compiles a plugin configuration.
@@ -254,6 +265,9 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
     if config.signature_cache_entries > 1 << 20 || config.token_cache_entries > 1 << 20 {
         return Err(invalid("`signature_cache_entries` and `token_cache_entries` are at most 1048576"));
     }
+    if !config.rate_limit_slots.is_power_of_two() || config.rate_limit_slots > 1 << 24 {
+        return Err(invalid("`rate_limit_slots` is a power of two, at most 16777216"));
+    }
     Ok(Compiled {
         policy,
         bundle,
@@ -263,6 +277,7 @@ pub fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
         fixed_now: config.fixed_now,
         signature_cache_entries: config.signature_cache_entries,
         token_cache_entries: config.token_cache_entries,
+        rate_limit_slots: config.rate_limit_slots,
     })
 }
 

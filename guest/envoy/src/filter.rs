@@ -11,10 +11,12 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis_adapter::deny::{Denial, Forward};
+use portcullis_adapter::rate::{RECORD_BYTES, SlotKey, spend_record};
 use portcullis_adapter::request::RequestParts;
 use portcullis_adapter::revocation::FeedClient;
 use portcullis_adapter::signatures::VerifiedSignatures;
 use portcullis_adapter::tokens::VerifiedTokens;
+use portcullis_core::rate::{RateBucket, RateCount, RateParams, Taken};
 use portcullis_core::{
     Decision, PublicKeyRef, Reason, RevocationQuery, RevocationStatus, Revocations, SignatureCheck, SignatureVerdict,
     TokenCache, VerifiedToken,
@@ -93,6 +95,8 @@ struct Metrics {
     keys_updates: Counter,
     /// Failed key set polls (the keys in force stay).
     keys_errors: Counter,
+    /// Rate-limit buckets that could not be updated (the policy's `when_uncounted` decided).
+    rate_limit_errors: Counter,
 }
 
 impl Metrics {
@@ -113,6 +117,7 @@ impl Metrics {
             tokens_cached: Counter::define("portcullis.tokens.cached"),
             keys_updates: Counter::define("portcullis.keys.updates"),
             keys_errors: Counter::define("portcullis.keys.errors"),
+            rate_limit_errors: Counter::define("portcullis.rate_limits.errors"),
         }
     }
 
@@ -137,6 +142,7 @@ impl Metrics {
             &self.tokens_cached,
             &self.keys_updates,
             &self.keys_errors,
+            &self.rate_limit_errors,
         ];
         for c in self.decisions.iter().map(|(_, c)| c).chain(counters) {
             c.flush();
@@ -201,6 +207,17 @@ impl Revocations for EnvoyHost<'_> {
         (self.0.compiled.token_cache_entries > 0).then_some(self as &dyn TokenCache)
     }
 
+    fn rate_limit(&self, bucket: &RateBucket<'_>) -> RateCount {
+        let now = u64::try_from(clock().as_nanos()).unwrap_or(u64::MAX);
+        match shared_bucket(bucket.key, bucket.params, now, self.0.compiled.rate_limit_slots) {
+            Some(taken) => RateCount::Counted(taken),
+            None => {
+                self.0.metrics.rate_limit_errors.add();
+                RateCount::Unavailable
+            }
+        }
+    }
+
     fn verify_signature(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
         let metrics = &self.0.metrics;
         let (verdict, lookup) =
@@ -229,6 +246,39 @@ impl TokenCache for EnvoyHost<'_> {
         self.0.tokens.borrow_mut().put(token, verified);
     }
 }
+
+/// Attempts at a compare-and-swap before a bucket counts as unavailable (each failure means
+/// another worker wrote the same slot in between).
+const CAS_ATTEMPTS: usize = 16;
+
+/// Spends one request from a bucket kept in Envoy's shared data, which every worker VM of this
+/// `vm_id` sees: slot `hash(key) % slots` holds the key's 64-bit fingerprint and its GCRA
+/// arrival time (16 bytes), updated by compare-and-swap. A slot held by another key is taken
+/// over (that key restarts full): the number of slots, and so Envoy's memory, stays fixed
+/// whatever keys arrive. `None` when the update kept losing races.
+fn shared_bucket(key: &str, params: RateParams, now_ns: u64, slots: u32) -> Option<Taken> {
+    let slot = SlotKey::of(key, u64::from(slots), SLOT_SEED);
+    let name = format!("portcullis.rl.{}", slot.slot);
+    for _ in 0..CAS_ATTEMPTS {
+        let (value, cas) = hostcalls::get_shared_data(&name).ok()?;
+        let Some(cas) = cas else {
+            // A slot never written: store an empty record (idempotent, so racing workers agree)
+            // and read it back with its version.
+            hostcalls::set_shared_data(&name, Some(&[0u8; RECORD_BYTES]), None).ok()?;
+            continue;
+        };
+        let (record, taken) = spend_record(value.as_deref(), slot, params, now_ns);
+        let Some(record) = record else { return Some(taken) };
+        if hostcalls::set_shared_data(&name, Some(&record), Some(cas)).is_ok() {
+            return Some(taken);
+        }
+    }
+    None
+}
+
+/// Envoy offers a VM no randomness to seed with, so the slot hash is fixed: a client who knew
+/// it could aim keys at one slot, which only ever restarts that slot's bucket full.
+const SLOT_SEED: u64 = 0x706f_7274_6375_6c6c;
 
 impl EnvoyHost<'_> {
     fn by_envoy(&self, check: &SignatureCheck<'_>) -> SignatureVerdict {
@@ -551,7 +601,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { shared: self.shared.clone() }))
+        Some(Box::new(Filter { shared: self.shared.clone(), response_headers: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -561,6 +611,9 @@ impl RootContext for Root {
 
 struct Filter {
     shared: Option<Rc<RefCell<Shared>>>,
+    /// The allowed decision's headers for the upstream's response (CORS, rate limits, the
+    /// policy's), added when it passes back through.
+    response_headers: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>,
 }
 
 impl Context for Filter {}
@@ -597,14 +650,14 @@ impl HttpContext for Filter {
         let Some(shared) = self.shared.clone() else {
             // No policy in this VM (Envoy does not start a filter whose configuration failed;
             // this is the guard behind that).
-            return self.deny(Reason::InternalError);
+            return self.deny(Reason::InternalError, &[]);
         };
         let s = shared.borrow();
         let headers = self.get_http_request_headers_bytes();
         let decision = self.decide(&s, &headers);
         s.metrics.decided(decision.reason);
         if !decision.allowed() {
-            return self.deny(decision.reason);
+            return self.deny(decision.reason, &decision.response_headers);
         }
         let forward = Forward::of(&decision);
         // Only names the request carries: each removal is a call across the ABI.
@@ -614,16 +667,36 @@ impl HttpContext for Filter {
         for (name, value) in &forward.set {
             self.set_http_request_header(name, Some(value));
         }
+        drop(s);
+        self.response_headers = decision.response_headers;
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            // The upstream's own reasons to vary still hold; every other name is ours to set.
+            if &*name == "vary" {
+                self.add_http_response_header(&name, &value);
+            } else {
+                self.set_http_response_header(&name, Some(&value));
+            }
+        }
         Action::Continue
     }
 }
 
 impl Filter {
-    /// Answers locally with the denial, exactly as the sidecar renders it.
-    fn deny(&self, reason: Reason) -> Action {
+    /// Answers locally with the denial, exactly as the sidecar renders it, with the decision's
+    /// response headers (CORS, rate limits, the policy's).
+    fn deny(&self, reason: Reason, extra: &[(std::sync::Arc<str>, std::sync::Arc<str>)]) -> Action {
         // `Denial::of` answers every reason but `allowed`, which is never denied.
         match Denial::of(reason).or_else(|| Denial::of(Reason::InternalError)) {
-            Some(d) => self.send_http_response(u32::from(d.status), d.headers, Some(d.body.as_bytes())),
+            Some(d) => {
+                let mut headers = d.headers;
+                headers.extend(extra.iter().map(|(k, v)| (&**k, &**v)));
+                let body = (!d.body.is_empty()).then_some(d.body.as_bytes());
+                self.send_http_response(u32::from(d.status), headers, body);
+            }
             None => self.send_http_response(503, Vec::new(), None),
         }
         Action::Pause

@@ -106,6 +106,8 @@ mod store {
     pub(super) struct Host<'a> {
         pub(super) revocations: Option<revocations::Stored<'a>>,
         pub(super) signatures: Option<crate::signatures::Remembered<'a>>,
+        /// The rate-limit store (opened on the first limit that applies) and its slot count.
+        pub(super) rate_limits: crate::rate_limits::Buckets<'a>,
     }
 
     impl portcullis_core::Revocations for Host<'_> {
@@ -122,6 +124,10 @@ mod store {
             if let Some(s) = &self.signatures {
                 s.remember(check, valid);
             }
+        }
+
+        fn rate_limit(&self, bucket: &portcullis_core::rate::RateBucket<'_>) -> portcullis_core::rate::RateCount {
+            self.rate_limits.take(bucket, super::since_epoch())
         }
     }
 }
@@ -248,7 +254,7 @@ impl incoming_handler::Guest for Component {
             }
         };
         if !decision.allowed() {
-            return respond_denied(out, decision.reason);
+            return respond_denied_with(out, decision.reason, &decision.response_headers);
         }
         let forward = Forward::of(&decision);
         let mut sent: Vec<(String, Vec<u8>)> = headers
@@ -260,7 +266,7 @@ impl incoming_handler::Guest for Component {
             })
             .collect();
         sent.extend(forward.set.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())));
-        if let Err(e) = pass_on(&settings.upstream, request, sent, out) {
+        if let Err(e) = pass_on(&settings.upstream, request, sent, &decision.response_headers, out) {
             log(&format!("the upstream: {e}"));
         }
     }
@@ -303,12 +309,22 @@ fn decide_here(
     let revocations = settings.feed.as_ref().map(|feed| store::open(&feed.store)).transpose()?;
     let signatures = settings.signature_store.as_deref().map(store::open).transpose()?;
     let secret = SECRET.get().map_or(&[][..], Vec::as_slice);
+    // Slot hashes are seeded from the build's secret: the same in every instance, unknown to
+    // clients.
+    let seed = secret.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, u64::from_le_bytes);
+    let open = |label: &str| store::open(label).map(|s| Box::new(s) as Box<dyn crate::revocations::Store>);
     let host = store::Host {
         revocations: revocations
             .as_ref()
             .zip(settings.feed.as_ref())
             .map(|(kv, feed)| store::revocations(kv, feed, now)),
         signatures: signatures.as_ref().map(|kv| crate::signatures::Remembered::new(kv, secret)),
+        rate_limits: crate::rate_limits::Buckets::new(
+            &settings.rate_limit_store,
+            settings.rate_limit_slots,
+            seed,
+            &open,
+        ),
     };
     Ok(decide(policy, settings, request, headers, &host))
 }
@@ -423,8 +439,14 @@ fn get(url: &Url, target: &str, headers: &[(String, Vec<u8>)], limit: usize) -> 
 
 /// Answers with the denial, exactly as the sidecar renders it.
 fn respond_denied(out: ResponseOutparam, reason: Reason) {
+    respond_denied_with(out, reason, &[]);
+}
+
+/// Answers with the denial and the decision's response headers (CORS, rate limits, the
+/// policy's).
+fn respond_denied_with(out: ResponseOutparam, reason: Reason, extra: &[ResponseHeader]) {
     let denial = Denial::of(reason).or_else(|| Denial::of(Reason::InternalError));
-    let (status, headers, body): (u16, Headers, &[u8]) = match &denial {
+    let (status, mut headers, body): (u16, Headers, &[u8]) = match &denial {
         Some(d) => (
             d.status,
             d.headers.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect(),
@@ -432,8 +454,12 @@ fn respond_denied(out: ResponseOutparam, reason: Reason) {
         ),
         None => (503, Vec::new(), &b""[..]),
     };
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
     respond(out, status, &headers, body);
 }
+
+/// A decision's response header.
+type ResponseHeader = (std::sync::Arc<str>, std::sync::Arc<str>);
 
 /// Answers with `status`, `headers` and `body`.
 fn respond(out: ResponseOutparam, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
@@ -481,6 +507,7 @@ fn pass_on(
     upstream: &Url,
     request: IncomingRequest,
     headers: Vec<(String, Vec<u8>)>,
+    extra: &[ResponseHeader],
     out: ResponseOutparam,
 ) -> Result<(), String> {
     let bad_gateway = |out: ResponseOutparam, what: String| {
@@ -519,12 +546,18 @@ fn pass_on(
         Some(Ok(Err(e))) => return bad_gateway(out, format!("{e:?}")),
         _ => return bad_gateway(out, "no response".into()),
     };
-    let headers: Vec<_> = response
+    // The decision's response headers replace the upstream's of the same name, except `vary`,
+    // which is added to.
+    let mut headers: Vec<_> = response
         .headers()
         .entries()
         .into_iter()
-        .filter(|(k, _)| !HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h)))
+        .filter(|(k, _)| {
+            !HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h))
+                && !extra.iter().any(|(name, _)| &**name != "vary" && k.eq_ignore_ascii_case(name))
+        })
         .collect();
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
     let Ok(fields) = Fields::from_list(&headers) else {
         return bad_gateway(out, "a response header the host refuses".into());
     };

@@ -17,6 +17,7 @@
 //!   store;
 //! - [`signatures`]: valid signatures remembered in the store, so a token seen again skips the
 //!   RSA or ECDSA verification in wasm;
+//! - [`rate_limits`]: the policy's rate-limit buckets, kept in the store;
 //! - the WASI HTTP glue (`component.rs`, wasm only).
 //!
 //! See docs/spin.md and `examples/spin/`.
@@ -24,6 +25,7 @@
 #[cfg(target_arch = "wasm32")]
 mod component;
 pub mod keys;
+pub mod rate_limits;
 pub mod revocations;
 pub mod settings;
 pub mod signatures;

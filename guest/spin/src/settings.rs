@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_adapter::revocation::StaleMode;
 
 /// Every setting, by its variable name (Spin: lowercase letters, digits and underscores).
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 15] = [
     UPSTREAM,
     CLIENT_ADDRESS_HEADER,
     FIXED_NOW,
@@ -21,6 +21,8 @@ pub const NAMES: [&str; 13] = [
     KEYS_FEED,
     KEYS_POLL_MS,
     KEYS_STORE,
+    RATE_LIMIT_STORE,
+    RATE_LIMIT_SLOTS,
 ];
 
 /// Where allowed requests go: `http://host:port` or `https://host`, with an optional path
@@ -58,6 +60,15 @@ pub const KEYS_FEED: &str = "keys_feed";
 pub const KEYS_POLL_MS: &str = "keys_poll_ms";
 /// The key-value store holding them (default `default`).
 pub const KEYS_STORE: &str = "keys_store";
+
+/// The key-value store counting the policy's rate limits, shared by every instance of the
+/// app (default `default`). Spin's store has no compare-and-swap, so concurrent instances can
+/// spend the same token: a limit may admit up to the number of concurrent requests more in a
+/// burst (docs/rate-limits.md).
+pub const RATE_LIMIT_STORE: &str = "rate_limit_store";
+/// How many buckets the store keeps at most (a power of two, default 65536): a key hashes to
+/// one slot, and a new key takes a slot over.
+pub const RATE_LIMIT_SLOTS: &str = "rate_limit_slots";
 
 /// A bad setting: its name and what is wrong, never its value (it may be a credential).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +190,10 @@ pub struct Settings {
     pub signature_store: Option<String>,
     /// See [`KEYS_FEED`].
     pub keys: Option<KeysFeed>,
+    /// See [`RATE_LIMIT_STORE`].
+    pub rate_limit_store: String,
+    /// See [`RATE_LIMIT_SLOTS`].
+    pub rate_limit_slots: u64,
 }
 
 fn number<T: std::str::FromStr>(name: &'static str, text: Option<String>, default: T) -> Result<T, SettingsError> {
@@ -235,7 +250,21 @@ impl Settings {
                 Some(KeysFeed { url, poll: Duration::from_millis(poll), store })
             }
         };
-        Ok(Settings { upstream, client_address_header, fixed_now, feed, signature_store, keys })
+        let rate_limit_store = get(RATE_LIMIT_STORE).filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+        let rate_limit_slots = number(RATE_LIMIT_SLOTS, get(RATE_LIMIT_SLOTS), 1u64 << 16)?;
+        if !rate_limit_slots.is_power_of_two() || rate_limit_slots > 1 << 24 {
+            return Err(error(RATE_LIMIT_SLOTS, "a power of two, at most 16777216"));
+        }
+        Ok(Settings {
+            upstream,
+            client_address_header,
+            fixed_now,
+            feed,
+            signature_store,
+            keys,
+            rate_limit_store,
+            rate_limit_slots,
+        })
     }
 }
 
@@ -298,5 +327,13 @@ mod tests {
             assert!(!e.to_string().contains(value) || name == REVOCATIONS_STALE_MODE, "{e}");
         }
         assert_eq!(read(&[(UPSTREAM, "http://u:1"), (FIXED_NOW, "x")]).unwrap_err().name, FIXED_NOW);
+        for slots in ["0", "1000", "33554432"] {
+            assert_eq!(
+                read(&[(UPSTREAM, "http://u:1"), (RATE_LIMIT_SLOTS, slots)]).unwrap_err().name,
+                RATE_LIMIT_SLOTS
+            );
+        }
+        let s = read(&[(UPSTREAM, "http://u:1"), (RATE_LIMIT_SLOTS, "1024")]).unwrap();
+        assert_eq!((s.rate_limit_slots, s.rate_limit_store.as_str()), (1024, "default"));
     }
 }

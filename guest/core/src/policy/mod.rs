@@ -332,12 +332,13 @@ impl Policy {
         self.credentials.service_tokens.as_ref()
     }
 
-    /// Whether any decision can depend on the client address: a rule with `client_cidrs` or an
-    /// API key with `allowed_cidrs`. A runtime for which reading the peer address costs
+    /// Whether any decision can depend on the client address: a rule with `client_cidrs` or
+    /// `not_client_cidrs`, a rate limit keyed by `client`, or an API key with `allowed_cidrs`. A runtime for which reading the peer address costs
     /// something (a call across the proxy-wasm ABI) may leave it unknown when this is false;
     /// decisions are the same either way.
     pub fn reads_client_address(&self) -> bool {
-        self.engine.rules.iter().any(|r| !r.client_cidrs.is_empty())
+        self.engine.rules.iter().any(|r| !r.client_cidrs.is_empty() || !r.not_client_cidrs.is_empty())
+            || self.engine.rate.limits.iter().any(|l| l.key.contains(&crate::engine::edge::KeyPart::Client))
             || self
                 .credentials
                 .api_keys
