@@ -65,7 +65,7 @@ enum Command {
     Policy(PolicyCommand),
     /// Run the sidecar: Envoy ext_authz over gRPC and HTTP, with hot reload and metrics.
     #[command(after_help = SERVE_HELP)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Revoke a token id, service token id, API key id, or every credential of a subject.
     #[command(after_help = REVOKE_HELP)]
     Revoke(revocations::RevokeArgs),
@@ -736,7 +736,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Token(t) => token_command(t),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Revoke(args) => revocations::revoke(args),
         Command::Unrevoke(args) => revocations::unrevoke(args),
         Command::Revocations(cmd) => revocations::revocations(cmd),

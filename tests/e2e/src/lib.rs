@@ -189,6 +189,9 @@ const IDENTITY_HEADERS: &[&str] = &[
     "x-auth-groups",
     "x-auth-org",
     "x-auth-method",
+    "x-user-top-role",
+    "x-api-key-id",
+    "x-worker-id",
 ];
 
 fn filter_config(api: AuthzApi) -> String {
@@ -201,6 +204,12 @@ fn filter_config(api: AuthzApi) -> String {
         AuthzApi::Http(addr) => {
             let upstream: String =
                 IDENTITY_HEADERS.iter().map(|h| format!("\n                    - exact: {h}")).collect();
+            // The decision's response headers (docs/envoy.md): CORS, rate limits and the
+            // security headers of the example policies.
+            let client: String = RESPONSE_HEADER_PATTERNS
+                .iter()
+                .map(|(kind, p)| format!("\n                    - {kind}: {p}"))
+                .collect();
             format!(
                 "
               http_service:
@@ -216,11 +225,26 @@ fn filter_config(api: AuthzApi) -> String {
                     patterns:
                     - exact: content-type
                     - exact: www-authenticate
-                    - exact: x-portcullis-reason"
+                    - exact: x-portcullis-reason{client}
+                  allowed_client_headers_on_success:
+                    patterns:{client}"
             )
         }
     }
 }
+
+/// The response-header names an HTTP ext_authz configuration passes to clients: what a decision
+/// sets itself, and the security headers the example policies add.
+pub const RESPONSE_HEADER_PATTERNS: &[(&str, &str)] = &[
+    ("prefix", "access-control-"),
+    ("prefix", "x-ratelimit-"),
+    ("prefix", "ratelimit"),
+    ("exact", "retry-after"),
+    ("exact", "vary"),
+    ("exact", "strict-transport-security"),
+    ("exact", "x-content-type-options"),
+    ("exact", "content-security-policy"),
+];
 
 /// The head of an ext_authz filter, fail closed (503 when the service cannot answer),
 /// forwarding header values byte for byte; the service (`grpc_service` or `http_service`)
@@ -647,12 +671,40 @@ pub async fn send(listener: SocketAddr, c: &portcullis_adapter::testkit::Case) -
 
 /// What a client and the echo upstream saw of a corpus case's decision: the status and reason of
 /// a denial; for an allow, what the upstream received under each name the decision sets, and
-/// an error when a header the decision removes reached it anyway.
+/// an error when a header the decision removes reached it anyway. When the case names response
+/// headers, what the client got under those names and under every name only a decision sets
+/// (CORS, rate limits), so a header that should be absent is caught too.
 pub fn observe(
     c: &portcullis_adapter::testkit::Case,
     resp: &Response,
 ) -> Result<portcullis_adapter::testkit::Outcome, String> {
     use portcullis_adapter::testkit::Outcome;
+    let response_headers = c.expect.get("response_headers").and_then(|v| v.as_object()).map(|want| {
+        let ours = |k: &str| {
+            k.starts_with("access-control-")
+                || k.starts_with("x-ratelimit-")
+                || k.starts_with("ratelimit")
+                || k == "retry-after"
+                || k == "vary"
+        };
+        let mut got = serde_json::Map::new();
+        for name in want.keys().map(String::as_str).chain(resp.headers.iter().map(|(k, _)| k.as_str()).filter(|k| ours(k))) {
+            let values: Vec<&str> =
+                resp.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
+            let value = if values.is_empty() { serde_json::Value::Null } else { values.join(", ").into() };
+            got.insert(name.to_ascii_lowercase(), value);
+        }
+        serde_json::Value::Object(got)
+    });
+    let with_headers = |mut got: serde_json::Value, fields: &'static [&'static str], all: &'static [&'static str]| {
+        match &response_headers {
+            Some(h) => {
+                got["response_headers"] = h.clone();
+                Outcome::Observed { got, fields: all }
+            }
+            None => Outcome::Observed { got, fields },
+        }
+    };
     if resp.status != 200 {
         let got = serde_json::json!({
             "allow": false,
@@ -660,7 +712,7 @@ pub fn observe(
             "reason": resp.header("x-portcullis-reason"),
             "body": resp.body,
         });
-        return Ok(Outcome::Observed { got, fields: &["allow", "status", "reason"] });
+        return Ok(with_headers(got, &["allow", "status", "reason"], &["allow", "status", "reason", "response_headers"]));
     }
     if c.request.method == "HEAD" {
         // No body to read the upstream's view from.
@@ -679,10 +731,11 @@ pub fn observe(
             return Err(format!("{name} reached the upstream: {v}"));
         }
     }
-    Ok(Outcome::Observed {
-        got: serde_json::json!({"allow": true, "headers_to_set": received}),
-        fields: &["allow", "headers_to_set"],
-    })
+    Ok(with_headers(
+        serde_json::json!({"allow": true, "headers_to_set": received}),
+        &["allow", "headers_to_set"],
+        &["allow", "headers_to_set", "response_headers"],
+    ))
 }
 
 /// The sidecar with a revocations file and its admin listener (the feed), on the real clock.
