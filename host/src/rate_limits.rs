@@ -57,7 +57,7 @@ impl Collector for CounterMetrics {
         let t = &self.0.table;
         let capacity = ConstGauge::new(i64::try_from(t.capacity()).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
-            "portcullis_rate_limit_buckets",
+            "rate_limit_buckets",
             "Rate-limit buckets the sidecar can hold at once",
             None,
             capacity.metric_type(),
@@ -65,7 +65,7 @@ impl Collector for CounterMetrics {
         capacity.encode(m)?;
         let evictions = ConstCounter::new(t.evictions());
         let m = encoder.encode_descriptor(
-            "portcullis_rate_limit_evictions",
+            "rate_limit_evictions",
             "Rate-limit buckets dropped before they had refilled (raise --rate-limit-buckets)",
             None,
             evictions.metric_type(),

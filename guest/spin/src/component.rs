@@ -534,18 +534,19 @@ fn pass_on(
         Ok(p) => p,
         Err(e) => return bad_gateway(out, format!("cannot send: {e:?}")),
     };
-    // The request body, streamed.
-    let copied = stream_body(request.consume(), &body, "request");
-    if let Err(e) = OutgoingBody::finish(body, None) {
-        return bad_gateway(out, format!("finishing the request body: {e:?}"));
-    }
-    copied?;
+    // The request body, streamed. An upstream may answer before it has read the body (and
+    // close): its answer is still the answer, so a failed body only matters without one.
+    let copied = stream_body(request.consume(), &body, "request")
+        .and_then(|()| OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request body: {e:?}")));
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(r))) => r,
-        Some(Ok(Err(e))) => return bad_gateway(out, format!("{e:?}")),
-        _ => return bad_gateway(out, "no response".into()),
+        Some(Ok(Err(e))) => return bad_gateway(out, copied.err().unwrap_or_else(|| format!("{e:?}"))),
+        _ => return bad_gateway(out, copied.err().unwrap_or_else(|| "no response".into())),
     };
+    if let Err(e) = copied {
+        log(&format!("the upstream answered before taking the whole request body: {e}"));
+    }
     // The decision's response headers replace the upstream's of the same name, except `vary`,
     // which is added to.
     let mut headers: Vec<_> = response

@@ -62,7 +62,8 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 /// An upstream that answers every request with the request it received, as JSON:
-/// `{"method", "path", "headers": {name: value}}` (names lower case, repeats joined by `, `).
+/// `{"method", "path", "headers": {name: value}, "body"}` (names lower case, repeats joined by
+/// `, `; the body read whole, as text).
 pub async fn echo_upstream() -> SocketAddr {
     async fn echo(req: axum::extract::Request) -> String {
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -70,8 +71,10 @@ pub async fn echo_upstream() -> SocketAddr {
             let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
             headers.entry(k.as_str().to_owned()).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
         }
-        serde_json::json!({"method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers})
-            .to_string()
+        let (method, path) = (req.method().as_str().to_owned(), req.uri().to_string());
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
+        serde_json::json!({"method": method, "path": path, "headers": headers, "body": body}).to_string()
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -364,8 +367,18 @@ impl Envoy {
         Envoy::try_start(config).await.unwrap_or_else(|log| panic!("Envoy did not start: {log}"))
     }
 
+    /// [`Envoy::start`] with `workers` worker threads (each runs its own filter VM).
+    pub async fn start_with_workers(config: &str, workers: u32) -> Envoy {
+        Envoy::try_start_with(config, workers).await.unwrap_or_else(|log| panic!("Envoy did not start: {log}"))
+    }
+
     /// [`Envoy::start`], or Envoy's log when it exits or its listener never comes up.
     pub async fn try_start(config: &str) -> Result<Envoy, String> {
+        Envoy::try_start_with(config, 1).await
+    }
+
+    /// [`Envoy::try_start`] with `workers` worker threads.
+    pub async fn try_start_with(config: &str, workers: u32) -> Result<Envoy, String> {
         let dir = TempDir::new("envoy");
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.txt");
@@ -376,7 +389,7 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "warn"])
+            .args(["--use-dynamic-base-id", "--concurrency", &workers.to_string(), "--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -688,7 +701,9 @@ pub fn observe(
                 || k == "vary"
         };
         let mut got = serde_json::Map::new();
-        for name in want.keys().map(String::as_str).chain(resp.headers.iter().map(|(k, _)| k.as_str()).filter(|k| ours(k))) {
+        for name in
+            want.keys().map(String::as_str).chain(resp.headers.iter().map(|(k, _)| k.as_str()).filter(|k| ours(k)))
+        {
             let values: Vec<&str> =
                 resp.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
             let value = if values.is_empty() { serde_json::Value::Null } else { values.join(", ").into() };
@@ -712,7 +727,11 @@ pub fn observe(
             "reason": resp.header("x-portcullis-reason"),
             "body": resp.body,
         });
-        return Ok(with_headers(got, &["allow", "status", "reason"], &["allow", "status", "reason", "response_headers"]));
+        return Ok(with_headers(
+            got,
+            &["allow", "status", "reason"],
+            &["allow", "status", "reason", "response_headers"],
+        ));
     }
     if c.request.method == "HEAD" {
         // No body to read the upstream's view from.
