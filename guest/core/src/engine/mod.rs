@@ -1,10 +1,13 @@
 //! The policy engine: routes, scopes, roles, tenants and rules, compiled once.
 //!
-//! A decision walks: limits → path normalisation → route (trie, most specific first) →
-//! credential (only what the route accepts) → requirements (tenant, roles, scopes) → rules
-//! (indexed by path and route; highest priority wins, deny wins ties; a winning allow overrides
-//! the route's requirements) → identity headers. Nothing on this path compiles a pattern, walks
-//! the whole policy, or allocates beyond the identity and the headers it returns.
+//! A decision walks: limits → path normalisation → route (trie, most specific first; a CORS
+//! preflight by the method it asks about) → rules before authentication → CORS preflight → rate
+//! limits on the request alone → credential (only what the route accepts) → requirements
+//! (tenant, roles, scopes) → rules (indexed by path and route; highest priority wins, deny wins
+//! ties; a winning allow overrides the route's requirements) → rate limits on the identity (only
+//! for requests that would be allowed) → identity and response headers. Nothing on this path
+//! compiles a pattern, walks the whole policy, or allocates beyond the identity, the bucket keys
+//! and the headers it returns.
 
 pub(crate) mod audit;
 pub(crate) mod edge;
@@ -256,11 +259,18 @@ struct Verdict {
     rate: edge::RateOutcome,
     /// The headers of an allowed CORS preflight.
     preflight: Option<Vec<edge::Header>>,
+    /// Decided before any credential was read (a rule before authentication, a preflight, a
+    /// limit on the request alone): no dry run may read it either.
+    before_auth: bool,
 }
 
 impl Verdict {
     fn new(reason: Reason, identity: Option<Arc<Identity>>, route: Option<usize>, rule: Option<usize>) -> Verdict {
-        Verdict { reason, identity, route, rule, rate: edge::RateOutcome::None, preflight: None }
+        Verdict { reason, identity, route, rule, rate: edge::RateOutcome::None, preflight: None, before_auth: false }
+    }
+
+    fn before_auth(self) -> Verdict {
+        Verdict { before_auth: true, ..self }
     }
 }
 
@@ -392,6 +402,10 @@ impl Decider<'_> {
             // Rules never run on an unauthenticated request, shadow or not.
             return None;
         }
+        if enforced.before_auth {
+            // Decided before the credential was read: a dry run must not read it either.
+            return None;
+        }
         let v = self.verdict(route, None, f, auth, true, &mut explain::NoTrace);
         let rule_is_shadow = v.rule.is_some_and(|i| e.rules.get(i).is_some_and(|r| r.shadow));
         (route_is_shadow || rule_is_shadow).then(|| {
@@ -419,7 +433,7 @@ impl Decider<'_> {
         if let Some(i) = self.pre_rule(route, f, with_shadow, t)
             && e.rules.get(i).is_some_and(|r| r.effect == Effect::Deny)
         {
-            return Verdict::new(Reason::PolicyDenied, None, route, Some(i));
+            return Verdict::new(Reason::PolicyDenied, None, route, Some(i)).before_auth();
         }
         let accept = match r {
             Some(r) => &r.accept,
@@ -432,7 +446,8 @@ impl Decider<'_> {
                     Verdict { preflight: Some(headers), ..Verdict::new(Reason::CorsPreflight, None, route, None) }
                 }
                 edge::Preflight::Refused => deny(Reason::CorsRejected, None),
-            };
+            }
+            .before_auth();
         }
         // Limits on the request alone are spent before the credential is read, so a flood
         // without credentials is limited too.
@@ -447,7 +462,7 @@ impl Decider<'_> {
             let input = edge::RateInput { req: f.req, route: route.zip(r).map(|(i, r)| (i, &*r.id)), identity: None };
             rate = e.rate.run(true, &input, &e.roles, host, rate);
             if let Some(v) = Self::rate_refusal(rate, route) {
-                return v;
+                return v.before_auth();
             }
         }
         let identity = if r.is_some_and(|r| r.public) {

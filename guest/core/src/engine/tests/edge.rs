@@ -397,6 +397,40 @@ fn a_blocked_range_gets_403_whatever_it_presents() {
 }
 
 #[test]
+fn a_dry_run_never_reads_the_credential_of_a_request_blocked_before_authentication() {
+    /// Counts revocation lookups: each is made only after a credential verified.
+    #[derive(Default)]
+    struct Watch(Cell<u32>);
+    impl Revocations for Watch {
+        fn status(&self, _: RevocationQuery<'_>) -> RevocationStatus {
+            self.0.set(self.0.get() + 1);
+            RevocationStatus::Active
+        }
+    }
+    let p = policy(&format!(
+        "{OPEN}rules:
+  - {{id: block, effect: deny, before_authentication: true, when: {{client_cidrs: [203.0.113.0/24]}}}}
+  - {{id: dry, effect: deny, shadow: true, when: {{subjects: [alice]}}}}
+"
+    ));
+    let watch = Watch::default();
+    let d = get("/x").bearer(&jwt(r#""jti":"t1""#)).ip("203.0.113.9").with(&p, &watch);
+    assert_eq!((d.reason, d.shadow.is_none()), (Reason::PolicyDenied, true));
+    assert_eq!(watch.0.get(), 0, "the token was never verified");
+    // A preflight carrying a token (browsers send none; anyone else may): answered at the edge,
+    // and the dry run does not verify the token either.
+    let p = policy(&format!(
+        "cors: {{origins: [\"https://app.example.com\"]}}\n{OPEN}rules:\n  - {{id: dry, effect: deny, shadow: true, when: {{subjects: [alice]}}}}\n"
+    ));
+    let d = preflight("/x", "https://app.example.com", "GET").bearer(&jwt(r#""jti":"t1""#)).with(&p, &watch);
+    assert_eq!((d.reason, d.shadow.is_none()), (Reason::CorsPreflight, true));
+    assert_eq!(watch.0.get(), 0, "the token was never verified");
+    let d = get("/x").bearer(&jwt(r#""jti":"t1""#)).with(&p, &watch);
+    assert!(d.allowed() && d.shadow.is_some(), "elsewhere the dry run still runs");
+    assert!(watch.0.get() > 0);
+}
+
+#[test]
 fn an_anonymous_route_can_be_kept_to_a_range() {
     let p = policy(&format!(
         "{OPEN}rules:\n  - {{id: internal-only, effect: deny, before_authentication: true, when: {{paths: [/public/**], not_client_cidrs: [10.0.0.0/8]}}}}\n"
