@@ -277,6 +277,22 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
             );
         }
     }
+    // A limit keyed by the identity that only applies on public routes never counts anything.
+    for (i, l) in e.rate.limits.iter().enumerate() {
+        let on_public_only = l.routes.as_ref().is_some_and(|rs| {
+            !rs.is_empty() && rs.iter().all(|&r| e.routes.get(r).is_some_and(|route| route.public))
+        });
+        if on_public_only && !l.before_auth {
+            out.warn(
+                "rate_limit_never_applies",
+                format!("rate_limits.limits[{i}]"),
+                format!(
+                    "limit `{}` is keyed by the identity but applies only to public routes, which have none: it never counts",
+                    l.id
+                ),
+            );
+        }
+    }
     for (i, b) in e.rules.iter().enumerate() {
         let rank_b = e.rule_rank.get(i).copied().unwrap_or(u32::MAX);
         for (j, a) in e.rules.iter().enumerate() {
@@ -425,6 +441,17 @@ issuers:
 
     fn has(found: &[(Severity, &'static str, String)], code: &str, path: &str) -> bool {
         found.iter().any(|(_, c, p)| *c == code && p == path)
+    }
+
+    #[test]
+    fn an_identity_limit_on_public_routes_only_is_reported() {
+        let routes = "routes:\n  - {id: a, path: /a, public: true}\n  - {id: b, path: /b}\n";
+        let f = codes(&format!("{routes}rate_limits:\n  limits:\n    - {{id: l, key: [subject], routes: [a]}}\n"), false);
+        assert!(has(&f, "rate_limit_never_applies", "rate_limits.limits[0]"), "{f:?}");
+        for ok in ["{id: l, key: [client], routes: [a]}", "{id: l, key: [subject], routes: [a, b]}"] {
+            let f = codes(&format!("{routes}rate_limits:\n  limits:\n    - {ok}\n"), false);
+            assert!(!f.iter().any(|(_, c, _)| *c == "rate_limit_never_applies"), "{ok}: {f:?}");
+        }
     }
 
     #[test]
