@@ -48,6 +48,26 @@ fn an_allowed_check_prints_the_identity_and_exits_zero() {
 }
 
 #[test]
+fn a_batch_spends_rate_limits_as_one_sidecar_would_in_both_engines() {
+    let keys: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
+            .unwrap();
+    let line = serde_json::json!({"method": "POST", "path": "/v1/deployments", "headers": [["X-API-Key", keys["live"]]]});
+    let input = format!("{line}\n").repeat(4);
+    for engine in ["component", "native"] {
+        let out = portcullis(&["check", "--policy", "policies/edge.yaml", "--engine", engine, "--batch", "-"], Some(&input));
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let reasons: Vec<&str> = lines.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons, ["allowed", "allowed", "allowed", "rate_limited"], "{engine}");
+        assert_eq!(lines[3]["rule"], "deploys-per-key");
+        assert_eq!(lines[3]["response_headers"]["x-ratelimit-remaining"], "0");
+        assert!(lines[3]["response_headers"]["retry-after"].as_str().is_some(), "{engine}");
+    }
+}
+
+#[test]
 fn a_denied_check_exits_one_with_the_reason() {
     let t = demo_token();
     let out = portcullis(&["check", "--policy", "policies/example.yaml", "--token", &t, "--now", "1900000000"], None);

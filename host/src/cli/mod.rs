@@ -39,6 +39,8 @@ Output: one JSON object per decision: {\"allow\", \"status\", \"reason\", ...ide
 Batch lines look like {\"id\", \"token\", \"now\", \"method\", \"path\", \"headers\", \"client_ip\"}
 (all optional; headers as an object or a list of [name, value] pairs). Each input line gets
 exactly one output line, in order, echoing its id; an invalid line gets {\"id\", \"line\", \"error\"}.
+Rate limits count within this one process: a batch spends its buckets as one sidecar would
+(on this machine's clock), so the lines after a burst are 429 rate_limited.
 
 Exit status: 0 allowed, 1 denied, 2 usage or policy error.
 With --batch: 0 when every line was a valid request, 2 otherwise.";
