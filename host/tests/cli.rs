@@ -52,10 +52,12 @@ fn a_batch_spends_rate_limits_as_one_sidecar_would_in_both_engines() {
     let keys: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/api-keys.plaintext.json")).unwrap())
             .unwrap();
-    let line = serde_json::json!({"method": "POST", "path": "/v1/deployments", "headers": [["X-API-Key", keys["live"]]]});
+    let line =
+        serde_json::json!({"method": "POST", "path": "/v1/deployments", "headers": [["X-API-Key", keys["live"]]]});
     let input = format!("{line}\n").repeat(4);
     for engine in ["component", "native"] {
-        let out = portcullis(&["check", "--policy", "policies/edge.yaml", "--engine", engine, "--batch", "-"], Some(&input));
+        let out =
+            portcullis(&["check", "--policy", "policies/edge.yaml", "--engine", engine, "--batch", "-"], Some(&input));
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let lines: Vec<serde_json::Value> =
             String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

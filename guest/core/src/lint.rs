@@ -279,9 +279,10 @@ fn compiled_checks(doc: &PolicyDocument, policy: &Policy, out: &mut Out) {
     }
     // A limit keyed by the identity that only applies on public routes never counts anything.
     for (i, l) in e.rate.limits.iter().enumerate() {
-        let on_public_only = l.routes.as_ref().is_some_and(|rs| {
-            !rs.is_empty() && rs.iter().all(|&r| e.routes.get(r).is_some_and(|route| route.public))
-        });
+        let on_public_only = l
+            .routes
+            .as_ref()
+            .is_some_and(|rs| !rs.is_empty() && rs.iter().all(|&r| e.routes.get(r).is_some_and(|route| route.public)));
         if on_public_only && !l.before_auth {
             out.warn(
                 "rate_limit_never_applies",
@@ -446,7 +447,8 @@ issuers:
     #[test]
     fn an_identity_limit_on_public_routes_only_is_reported() {
         let routes = "routes:\n  - {id: a, path: /a, public: true}\n  - {id: b, path: /b}\n";
-        let f = codes(&format!("{routes}rate_limits:\n  limits:\n    - {{id: l, key: [subject], routes: [a]}}\n"), false);
+        let f =
+            codes(&format!("{routes}rate_limits:\n  limits:\n    - {{id: l, key: [subject], routes: [a]}}\n"), false);
         assert!(has(&f, "rate_limit_never_applies", "rate_limits.limits[0]"), "{f:?}");
         for ok in ["{id: l, key: [client], routes: [a]}", "{id: l, key: [subject], routes: [a, b]}"] {
             let f = codes(&format!("{routes}rate_limits:\n  limits:\n    - {ok}\n"), false);
