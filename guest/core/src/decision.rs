@@ -129,12 +129,7 @@ impl Decision {
             m.serialize_entry("rule", r)?;
         }
         if !self.headers_to_set.is_empty() {
-            let set: serde_json::Map<String, serde_json::Value> = self
-                .headers_to_set
-                .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
-                .collect();
-            m.serialize_entry("headers_to_set", &set)?;
+            m.serialize_entry("headers_to_set", &header_map(self.headers_to_set.iter().map(|(k, v)| (k, v.as_str()))))?;
         }
         if let Some(h) = self.headers_to_remove.as_ref().filter(|h| !h.is_empty()) {
             m.serialize_entry("headers_to_remove", h)?;
@@ -143,13 +138,15 @@ impl Decision {
             m.serialize_entry("shadow", sh)?;
         }
         if !self.response_headers.is_empty() {
-            let set: serde_json::Map<String, serde_json::Value> = self
-                .response_headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-                .collect();
-            m.serialize_entry("response_headers", &set)?;
+            m.serialize_entry("response_headers", &header_map(self.response_headers.iter().map(|(k, v)| (k, &**v))))?;
         }
         Ok(())
     }
+}
+
+/// Headers as one JSON object, name to value.
+fn header_map<'a>(
+    headers: impl Iterator<Item = (&'a Arc<str>, &'a str)>,
+) -> serde_json::Map<String, serde_json::Value> {
+    headers.map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_owned()))).collect()
 }

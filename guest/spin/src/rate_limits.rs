@@ -62,30 +62,25 @@ impl<'a> Buckets<'a> {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::collections::HashMap;
     use std::rc::Rc;
 
     use portcullis_core::rate::RateParams;
 
     use super::*;
+    use crate::revocations::memory::Map;
 
-    #[derive(Default, Clone)]
-    struct Memory(Rc<RefCell<HashMap<String, Vec<u8>>>>, bool);
+    /// A store whose every read fails.
+    struct Down;
 
-    impl Store for Memory {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            if self.1 {
-                return Err("down".into());
-            }
-            Ok(self.0.borrow().get(key).cloned())
+    impl Store for Down {
+        fn get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+            Err("down".into())
         }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-            self.0.borrow_mut().insert(key.into(), value.to_vec());
-            Ok(())
+        fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
+            Err("down".into())
         }
-        fn delete(&self, key: &str) -> Result<(), String> {
-            self.0.borrow_mut().remove(key);
-            Ok(())
+        fn delete(&self, _: &str) -> Result<(), String> {
+            Err("down".into())
         }
     }
 
@@ -93,11 +88,11 @@ mod tests {
 
     #[test]
     fn instances_share_buckets_through_the_store() {
-        let memory = Memory::default();
-        let opened = Rc::new(RefCell::new(0));
+        let memory = Rc::new(Map::default());
+        let opened = RefCell::new(0);
         let open = |_: &str| {
             *opened.borrow_mut() += 1;
-            Ok(Box::new(memory.clone()) as Box<dyn Store>)
+            Ok(Box::new(Rc::clone(&memory)) as Box<dyn Store>)
         };
         let now = Duration::from_secs(100);
         let bucket = RateBucket { key: "limit\x1fk1", params: P };
@@ -117,8 +112,7 @@ mod tests {
         let open_fails = |_: &str| Err::<Box<dyn Store>, _>("no such store".to_owned());
         let bucket = RateBucket { key: "k", params: P };
         assert_eq!(Buckets::new("x", 16, 7, &open_fails).take(&bucket, Duration::from_secs(1)), RateCount::Unavailable);
-        let down = Memory(Rc::default(), true);
-        let open = |_: &str| Ok(Box::new(down.clone()) as Box<dyn Store>);
+        let open = |_: &str| Ok(Box::new(Down) as Box<dyn Store>);
         assert_eq!(Buckets::new("x", 16, 7, &open).take(&bucket, Duration::from_secs(1)), RateCount::Unavailable);
     }
 }

@@ -236,6 +236,19 @@ pub(crate) mod memory {
             Ok(())
         }
     }
+
+    /// One map shared by several openings of "the store" (a fresh instance per request).
+    impl Store for std::rc::Rc<Map> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            (**self).get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            (**self).set(key, value)
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            (**self).delete(key)
+        }
+    }
 }
 
 #[cfg(test)]
