@@ -70,7 +70,7 @@ fn rate_limits(c: &mut Criterion) {
 
     // Realistic numbers (20 a second, burst 40): a counter on a clock that moves one interval
     // per request, so every request fits and the headers carry small numbers, as most do.
-    let realistic = policy(&format!("    - {{id: k, key: [api_key], requests: 20, burst: 40}}\n"));
+    let realistic = policy("    - {id: k, key: [api_key], requests: 20, burst: 40}\n");
     let steady = Steady::default();
     assert!(realistic.decide(&req, &steady).allowed());
     let mut g = c.benchmark_group("rate_limits/decide_20_per_second");

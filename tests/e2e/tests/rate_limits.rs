@@ -21,7 +21,7 @@ use portcullis_spin_host::{Options, SpinHost};
 
 const POLICY: &str = "policies/edge.yaml";
 const SEARCH_BURST: u64 = 10;
-const SEARCH_PER_SECOND: f64 = 5.0;
+const SEARCH_PER_SECOND: u64 = 5;
 
 async fn sidecar() -> Handle {
     let policy = root().join(POLICY);
@@ -124,9 +124,15 @@ async fn hammer(addr: SocketAddr, extra: &[(String, String)], clients: usize, du
 
 /// The token bucket's promise over the run, with `slack` for what a runtime documents it may
 /// admit beyond it (Spin's store has no compare-and-swap).
+/// What `/v1/search`'s bucket may admit over `elapsed`: the burst and the refill.
+fn promise(elapsed: Duration) -> (u64, u64) {
+    let ms = u64::try_from(elapsed.as_millis()).unwrap();
+    (SEARCH_BURST, (ms * SEARCH_PER_SECOND).div_ceil(1000))
+}
+
 fn assert_limit_held(what: &str, load: &Load, slack: u64) {
-    let refill = (load.elapsed.as_secs_f64() * SEARCH_PER_SECOND).ceil() as u64;
-    let ceiling = SEARCH_BURST + refill + slack;
+    let (burst, refill) = promise(load.elapsed);
+    let ceiling = burst + refill + slack;
     eprintln!(
         "{what}: {} allowed, {} limited in {:.2} s (ceiling {ceiling} = burst {SEARCH_BURST} + refill {refill} + slack {slack})",
         load.allowed,
@@ -189,8 +195,8 @@ async fn the_spin_component_limits_through_its_key_value_store() {
     let load = hammer(host.addr, &client, 4, Duration::from_secs(2)).await;
     // Without compare-and-swap, concurrent instances can each spend the same request: with N
     // requests in flight at once a limit admits at most N times its promise (docs/rate-limits.md).
-    let promise = SEARCH_BURST + (load.elapsed.as_secs_f64() * SEARCH_PER_SECOND).ceil() as u64;
-    assert_limit_held("Spin component", &load, 3 * promise);
+    let (burst, refill) = promise(load.elapsed);
+    assert_limit_held("Spin component", &load, 3 * (burst + refill));
     // Another client has its own bucket.
     let other = headers(&[("x-test-client-addr", "192.0.2.11")]);
     let resp = request(host.addr, "GET", "/v1/search", "api.example.com", &other).await.unwrap();
