@@ -733,6 +733,14 @@ impl DecisionOut {
         out.headers_to_set = self.headers_to_set;
         out.headers_to_remove = (!self.headers_to_remove.is_empty()).then_some(self.headers_to_remove);
         out.shadow = shadow;
+        // Headers go to the client as they are: a guest that names one no HTTP peer would
+        // accept (or smuggles a line break) is faulty, and the check fails closed.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if let Some((k, _)) = self.response_headers.iter().find(|(k, v)| {
+            k.is_empty() || !k.bytes().all(token) || !v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        }) {
+            return Err(Fault::Inconsistent(format!("response header `{}` is not a valid header", k.escape_debug())));
+        }
         out.response_headers = self.response_headers;
         Ok((out, self.audit))
     }

@@ -94,7 +94,13 @@ fn a_guest_reaching_for_output_environment_or_exit_traps() {
 
 #[test]
 fn inconsistent_answers_are_faults_not_allows() {
-    for path in ["/allow-with-deny-reason", "/unknown-reason", "/wrong-status"] {
+    for path in [
+        "/allow-with-deny-reason",
+        "/unknown-reason",
+        "/wrong-status",
+        "/smuggled-response-header",
+        "/bad-response-header-name",
+    ] {
         assert!(matches!(fault(path), Fault::Inconsistent(_)), "{path}");
     }
 }

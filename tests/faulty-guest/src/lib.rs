@@ -57,6 +57,13 @@ fn misbehave(req: &t::Request) -> t::Decision {
         "/allow-with-deny-reason" => decision(true, 200, "expired"),
         "/unknown-reason" => decision(false, 403, "a_reason_from_the_future"),
         "/wrong-status" => decision(false, 200, "expired"),
+        "/smuggled-response-header" => t::Decision {
+            response_headers: vec![("x-ok".into(), "a\r\nset-cookie: session=stolen".into())],
+            ..decision(true, 200, "allowed")
+        },
+        "/bad-response-header-name" => {
+            t::Decision { response_headers: vec![("bad name".into(), "v".into())], ..decision(true, 200, "allowed") }
+        }
         _ => decision(false, 401, "missing_credential"),
     }
 }
