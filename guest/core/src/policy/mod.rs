@@ -359,7 +359,8 @@ impl Policy {
 
     /// Authorizes a request for an identity the caller has already verified (for example behind
     /// another authenticator): routes, the route's accepted credentials, requirements and rules
-    /// apply exactly as in [`Policy::decide`]; no credential in the request is looked at.
+    /// apply exactly as in [`Policy::decide`]; no credential in the request is looked at, and
+    /// rate limits are not counted (there is no host to count with).
     pub fn decide_for(&self, req: &Request<'_>, identity: &Arc<Identity>) -> Decision {
         self.decider().decide_for(req, identity)
     }
