@@ -441,7 +441,11 @@ impl Decider<'_> {
             None => &Accept::ANY,
         };
         if let (Some(ask), Some(cors)) = (ask, r.and_then(|r| r.cors.as_deref())) {
-            return match cors.preflight(ask.origin, ask.method, ask.headers) {
+            let answer = cors.preflight(ask.origin, ask.method, ask.headers);
+            let what =
+                || format!("origin {}, method {}, headers {}", ask.origin, ask.method, ask.headers.unwrap_or("(none)"));
+            t.check("CORS preflight", &what, matches!(answer, edge::Preflight::Allowed(_)));
+            return match answer {
                 edge::Preflight::Allowed(headers) => {
                     Verdict { preflight: Some(headers), ..Verdict::new(Reason::CorsPreflight, None, route, None) }
                 }
@@ -461,6 +465,7 @@ impl Decider<'_> {
         {
             let input = edge::RateInput { req: f.req, route: route.zip(r).map(|(i, r)| (i, &*r.id)), identity: None };
             rate = e.rate.run(true, &input, &e.roles, host, rate);
+            self.trace_rate(rate, t);
             if let Some(v) = Self::rate_refusal(rate, route) {
                 return v.before_auth();
             }
@@ -505,11 +510,28 @@ impl Decider<'_> {
                 identity: v.identity.as_deref(),
             };
             v.rate = e.rate.run(false, &input, &e.roles, host, v.rate);
+            self.trace_rate(v.rate, t);
             if let Some(refused) = Self::rate_refusal(v.rate, route) {
                 return Verdict { identity: v.identity, ..refused };
             }
         }
         v
+    }
+
+    /// Tells an explanation what the rate limits said.
+    fn trace_rate(&self, rate: edge::RateOutcome, t: &mut dyn Trace) {
+        let id = |i: usize| self.engine.rate.limits.get(i).map_or("?", |l| &*l.id);
+        let (held, what): (bool, &dyn Fn() -> String) = match rate {
+            edge::RateOutcome::None => return,
+            edge::RateOutcome::Admitted { limit, taken, .. } => {
+                (true, &move || format!("tightest `{}`: {} left", id(limit), taken.remaining))
+            }
+            edge::RateOutcome::Limited { limit, taken, .. } => {
+                (false, &move || format!("`{}` is empty for {} ms more", id(limit), taken.retry_after_ns / 1_000_000))
+            }
+            edge::RateOutcome::Uncounted { limit } => (false, &move || format!("`{}` could not be counted", id(limit))),
+        };
+        t.check("rate limits", what, held);
     }
 
     /// The verdict of a refusing rate outcome.

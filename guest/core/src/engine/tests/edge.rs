@@ -574,3 +574,21 @@ fn identity_header_names_follow_the_credential_kind() {
     }
     assert!(try_policy(&format!("{OPEN}identity_headers:\n  by_credential:\n    cookie: {{subject: X-A}}\n")).is_err());
 }
+
+#[test]
+fn explanations_say_what_the_preflight_and_the_limits_decided() {
+    let p = policy(CORS);
+    let (d, x) = preflight("/api/o", "https://evil.example", "GET").run(|r| p.explain(r, &NoRevocations));
+    assert_eq!(d.reason, Reason::CorsRejected);
+    let check = x.requirements.iter().find(|c| c.requirement == "CORS preflight").unwrap();
+    assert!(!check.held && check.detail.contains("https://evil.example"), "{check:?}");
+
+    let p = policy(&format!("{OPEN}rate_limits:\n  limits:\n    - {{id: per-key, requests: 1, burst: 1}}\n"));
+    let host = Counter::at(1000);
+    let (_, x) = get("/x").key().run(|r| p.explain(r, &host));
+    assert!(x.requirements.iter().any(|c| c.requirement == "rate limits" && c.held), "{x:?}");
+    let (d, x) = get("/x").key().run(|r| p.explain(r, &host));
+    assert_eq!(d.reason, Reason::RateLimited);
+    let check = x.requirements.iter().find(|c| c.requirement == "rate limits").unwrap();
+    assert!(!check.held && check.detail.contains("`per-key` is empty"), "{check:?}");
+}
