@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use super::*;
 use crate::rate::{RateBucket, RateCount, take};
 use crate::revocation::{RevocationQuery, RevocationStatus, Revocations};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 /// A host that counts like every runtime does ([`take`]) on a clock the test moves.
 #[derive(Default)]
